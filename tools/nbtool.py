@@ -1,0 +1,69 @@
+"""Developer tool: build a notebook from a percent-format script, or strip one.
+
+    python tools/nbtool.py build SRC.py notebooks/NN_name.ipynb
+    python tools/nbtool.py strip notebooks/*.ipynb
+
+SRC.py uses `# %%` for code cells and `# %% [markdown]` for markdown cells (lines of a
+markdown cell start with `# `). The first code cell gets the `parameters` tag. Outputs are
+never written, so committed notebooks stay stripped.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+
+def build(src: Path, out: Path) -> None:
+    cells, kind, lines = [], None, []
+
+    def flush():
+        if kind is None:
+            return
+        text = "\n".join(lines).strip("\n")
+        if kind == "markdown":
+            text = "\n".join(l[2:] if l.startswith("# ") else l.lstrip("#") for l in text.splitlines())
+            cells.append(nbformat.v4.new_markdown_cell(text))
+        elif text:
+            cells.append(nbformat.v4.new_code_cell(text))
+
+    for line in src.read_text().splitlines():
+        if line.startswith("# %%"):
+            flush()
+            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
+        elif kind is not None:
+            lines.append(line)
+    flush()
+    first_code = next(c for c in cells if c.cell_type == "code")
+    first_code.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:02d}"
+    nbformat.validate(nb)
+    out.write_text(nbformat.writes(nb) + "\n")
+
+
+def strip(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+    nb.metadata.pop("papermill", None)
+    path.write_text(nbformat.writes(nb) + "\n")
+
+
+if __name__ == "__main__":
+    verb, *args = sys.argv[1:]
+    if verb == "build":
+        build(Path(args[0]), Path(args[1]))
+    elif verb == "strip":
+        for arg in args:
+            strip(Path(arg))
+    else:
+        sys.exit(__doc__)

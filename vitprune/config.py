@@ -1,0 +1,235 @@
+"""Typed flat parameters: read them from a notebook's `parameters` cell, validate overrides.
+
+The tagged `parameters` cell of each notebook is the single source of the typed defaults:
+every line is an annotated literal, `name: type = value  # comment`. Profiles
+(`params/<profile>/<notebook>.yaml`) and `-p key=value` overrides are checked against it
+before anything runs: unknown keys and values of the wrong type are an error (papermill
+itself only warns and injects them anyway).
+
+Supported annotations: `int`, `float` (ints accepted), `str`, `bool`, `list[T]`, and
+`T | None`.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitprune.errors import UserError
+
+NOTEBOOKS = (
+    "00_data_cache",
+    "01_deit_baseline",
+    "02_token_pruning",
+    "03_block_pruning",
+    "04_combination",
+    "05_analysis",
+)
+PROFILES_DIR = "params"
+SWEEP_FILE = "sweep.yaml"
+# Injected by the pipeline into every notebook; every notebook declares them.
+INJECTED = ("profile", "runs_root", "run_dir")
+
+
+def project_root() -> Path:
+    """The repository root: $VITPRUNE_ROOT, else the first parent of the cwd holding pyproject.toml."""
+    if os.environ.get("VITPRUNE_ROOT"):
+        return Path(os.environ["VITPRUNE_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").exists() and (candidate / "vitprune").is_dir():
+            return candidate
+    package_parent = Path(__file__).resolve().parent.parent
+    if (package_parent / "pyproject.toml").exists():
+        return package_parent
+    return here
+
+
+def runs_root_or_default(runs_root: str | os.PathLike | None) -> Path:
+    return Path(runs_root).resolve() if runs_root else project_root() / "runs"
+
+
+def variant_name(values: dict[str, Any]) -> str:
+    """Directory name of a sweep point, e.g. {"base_rate": 0.7} -> "base_rate_0.7"."""
+    return "__".join(f"{key}_{values[key]}" for key in sorted(values))
+
+
+def run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
+            variant: str | None = None) -> Path:
+    """Where a notebook's executed copy, metrics.json and manifest live."""
+    path = runs_root_or_default(runs_root) / profile / notebook
+    return path / variant if variant else path
+
+
+def notebook_path(notebook: str) -> Path:
+    path = project_root() / "notebooks" / f"{notebook}.ipynb"
+    if not path.exists():
+        raise UserError(f"notebook {notebook!r} not found at {path}; known notebooks: {', '.join(NOTEBOOKS)}")
+    return path
+
+
+# ---------------------------------------------------------------- parameters cell
+
+
+class Param:
+    """One declared parameter: its annotation (as written) and default value."""
+
+    def __init__(self, name: str, annotation: str, default: Any):
+        self.name, self.annotation, self.default = name, annotation, default
+        self._type = ast.parse(annotation, mode="eval").body
+
+    def check(self, value: Any, source: str) -> Any:
+        """Return the value (ints widened to float where a float is declared) or raise UserError."""
+        ok, coerced = _matches(self._type, value)
+        if not ok:
+            raise UserError(
+                f"{source}: parameter {self.name!r} must be {self.annotation}, got {value!r} "
+                f"({type(value).__name__}); fix the value in the YAML or the -p override")
+        return coerced
+
+    def __repr__(self) -> str:
+        return f"{self.name}: {self.annotation} = {self.default!r}"
+
+
+def _matches(node: ast.expr, value: Any) -> tuple[bool, Any]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        for side in (node.left, node.right):
+            ok, coerced = _matches(side, value)
+            if ok:
+                return True, coerced
+        return False, value
+    if isinstance(node, ast.Constant) and node.value is None:
+        return value is None, value
+    if isinstance(node, ast.Name):
+        if node.id == "bool":
+            return isinstance(value, bool), value
+        if node.id == "int":
+            return isinstance(value, int) and not isinstance(value, bool), value
+        if node.id == "float":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return True, float(value)
+            return False, value
+        if node.id == "str":
+            return isinstance(value, str), value
+        if node.id == "None":
+            return value is None, value
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "list":
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        out = []
+        for item in value:
+            ok, coerced = _matches(node.slice, item)
+            if not ok:
+                return False, value
+            out.append(coerced)
+        return True, out
+    raise ValueError(f"unsupported parameter annotation {ast.unparse(node)!r}")
+
+
+def parameters_cell(nb: dict) -> dict:
+    """The first code cell; it must carry the `parameters` tag."""
+    code_cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    if not code_cells or "parameters" not in code_cells[0].get("metadata", {}).get("tags", []):
+        raise UserError("the first code cell of the notebook must be tagged 'parameters'")
+    return code_cells[0]
+
+
+def declared_parameters(notebook: str | os.PathLike) -> dict[str, Param]:
+    """Parse `name: type = literal` lines of a notebook's parameters cell."""
+    path = Path(notebook) if str(notebook).endswith(".ipynb") else notebook_path(str(notebook))
+    nb = json.loads(path.read_text())
+    source = "".join(parameters_cell(nb)["source"])
+    params: dict[str, Param] = {}
+    for stmt in ast.parse(source).body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None):
+            raise ValueError(f"{path.name}: parameters cell may hold only `name: type = literal` lines, "
+                             f"found {ast.unparse(stmt)!r}")
+        name = stmt.target.id
+        param = Param(name, ast.unparse(stmt.annotation), ast.literal_eval(stmt.value))
+        param.check(param.default, f"{path.name} default")
+        params[name] = param
+    missing = [k for k in INJECTED if k not in params]
+    if missing:
+        raise ValueError(f"{path.name}: parameters cell must declare {missing}")
+    return params
+
+
+def validate(declared: dict[str, Param], values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check every key and type; return the values with types normalised."""
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise UserError(
+            f"{source}: unknown parameter(s) {unknown}; this notebook accepts: {', '.join(sorted(declared))}")
+    return {key: declared[key].check(value, source) for key, value in values.items()}
+
+
+# ---------------------------------------------------------------- profiles
+
+
+def profile_dir(profile: str) -> Path:
+    path = project_root() / PROFILES_DIR / profile
+    if not path.is_dir():
+        known = sorted(p.name for p in (project_root() / PROFILES_DIR).iterdir() if p.is_dir())
+        raise UserError(f"unknown profile {profile!r}; known profiles: {', '.join(known)}")
+    return path
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc}); fix the file") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a flat mapping of parameter: value")
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise UserError(f"{path}: parameters must be flat, {nested} hold mappings")
+    return data
+
+
+def profile_params(profile: str, notebook: str) -> dict[str, Any]:
+    """The profile's YAML for one notebook, validated (missing file = all defaults)."""
+    path = profile_dir(profile) / f"{notebook}.yaml"
+    values = load_yaml(path) if path.exists() else {}
+    return validate(declared_parameters(notebook), values, str(path.relative_to(project_root())))
+
+
+def profile_sweep(profile: str) -> dict[str, dict[str, list]]:
+    """`params/<profile>/sweep.yaml`: {notebook: {param: [values...]}}; one run per combination."""
+    path = profile_dir(profile) / SWEEP_FILE
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    for notebook, axes in data.items():
+        if notebook not in NOTEBOOKS or not isinstance(axes, dict):
+            raise UserError(f"{path}: keys must be notebook names mapping to {{param: [values]}}, got {notebook!r}")
+        declared = declared_parameters(notebook)
+        for key, values in axes.items():
+            if not isinstance(values, list) or not values:
+                raise UserError(f"{path}: {notebook}.{key} must be a non-empty list")
+            for value in values:
+                validate(declared, {key: value}, f"{path} ({notebook})")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value read as YAML (so 0.6 is a float, true a bool, [3,6] a list)."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.strip(), value
+
+
+def params_hash(values: dict[str, Any]) -> str:
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
