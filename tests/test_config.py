@@ -1,0 +1,80 @@
+"""Typed parameters: the notebook's `parameters` cell is the schema; YAML and -p are checked."""
+
+import json
+
+import pytest
+
+from vitprune import config
+from vitprune.errors import UserError
+
+CELL = '''profile: str = "fmnist"
+runs_root: str = ""
+run_dir: str = ""
+epochs: int = 3
+lr: float = 1e-3
+locations: list[int] = [3, 6, 9]
+checkpoint: str | None = None
+distill: bool = True
+'''
+
+
+def write_notebook(path, source=CELL, tagged=True):
+    cell = {"cell_type": "code", "metadata": {"tags": ["parameters"] if tagged else []},
+            "source": source, "outputs": [], "execution_count": None}
+    path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+@pytest.fixture
+def declared(tmp_path):
+    return config.declared_parameters(write_notebook(tmp_path / "nb.ipynb"))
+
+
+def test_defaults_are_parsed_with_types(declared):
+    assert declared["epochs"].default == 3
+    assert declared["locations"].annotation == "list[int]"
+    assert declared["checkpoint"].default is None
+
+
+def test_valid_values_pass_and_ints_widen_to_float(declared):
+    out = config.validate(declared, {"lr": 1, "locations": [2, 4], "checkpoint": "a.pt", "distill": False}, "t")
+    assert out == {"lr": 1.0, "locations": [2, 4], "checkpoint": "a.pt", "distill": False}
+    assert isinstance(out["lr"], float)
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"epoch": 3}, "unknown parameter(s) ['epoch']"),
+    ({"epochs": "3"}, "'epochs' must be int"),
+    ({"epochs": 2.5}, "'epochs' must be int"),
+    ({"epochs": True}, "'epochs' must be int"),
+    ({"locations": [3, "six"]}, "'locations' must be list[int]"),
+    ({"distill": "yes"}, "'distill' must be bool"),
+    ({"lr": None}, "'lr' must be float"),
+])
+def test_bad_values_are_one_clear_error(declared, values, fragment):
+    with pytest.raises(UserError) as err:
+        config.validate(declared, values, "params/x.yaml")
+    assert fragment in str(err.value)
+    assert "params/x.yaml" in str(err.value)
+
+
+def test_untagged_or_non_literal_cells_are_rejected(tmp_path):
+    with pytest.raises(UserError, match="tagged 'parameters'"):
+        config.declared_parameters(write_notebook(tmp_path / "a.ipynb", tagged=False))
+    with pytest.raises(ValueError, match="only `name: type = literal`"):
+        config.declared_parameters(write_notebook(tmp_path / "b.ipynb", CELL + "x = 1\n"))
+    with pytest.raises(ValueError, match="must declare"):
+        config.declared_parameters(write_notebook(tmp_path / "c.ipynb", "epochs: int = 3\n"))
+
+
+def test_override_values_are_read_as_yaml():
+    assert config.parse_override("base_rate=0.6") == ("base_rate", 0.6)
+    assert config.parse_override("locations=[3,6]") == ("locations", [3, 6])
+    assert config.parse_override("name=deit_small_patch16_224") == ("name", "deit_small_patch16_224")
+    with pytest.raises(UserError, match="key=value"):
+        config.parse_override("base_rate")
+
+
+def test_variant_names_are_stable():
+    assert config.variant_name({"base_rate": 0.7}) == "base_rate_0.7"
+    assert config.variant_name({"b": 1, "a": 2}) == "a_2__b_1"

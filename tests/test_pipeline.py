@@ -1,0 +1,115 @@
+"""The papermill pipeline on a toy project: order, sweeps, skipping, failures, manifests."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vitprune import config, pipeline
+from vitprune.errors import UserError
+
+PARAMS = 'profile: str = "fmnist"\nruns_root: str = ""\nrun_dir: str = ""\n'
+BODY = '''
+import json, pathlib
+if fail:
+    raise RuntimeError("asked to fail")
+pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
+pathlib.Path(run_dir, "metrics.json").write_text(json.dumps({"top1": value * 10, "value": value}))
+'''
+
+
+def notebook(params: str) -> dict:
+    cells = [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": PARAMS + params,
+              "outputs": [], "execution_count": None, "id": "p"},
+             {"cell_type": "code", "metadata": {}, "source": BODY, "outputs": [], "execution_count": None,
+              "id": "b"}]
+    return {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A project with notebooks 00 and 02 (02 swept over base_rate) and a `toy` profile."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks/00_data_cache.ipynb").write_text(
+        json.dumps(notebook("value: int = 1\nfail: bool = False\n")))
+    (tmp_path / "notebooks/02_token_pruning.ipynb").write_text(
+        json.dumps(notebook("value: float = 0.5\nbase_rate: float = 0.7\nfail: bool = False\n")))
+    prof = tmp_path / "params/toy"
+    prof.mkdir(parents=True)
+    (prof / "00_data_cache.yaml").write_text("value: 2\n")
+    (prof / "sweep.yaml").write_text("02_token_pruning:\n  base_rate: [0.9, 0.5]\n")
+    monkeypatch.setenv("VITPRUNE_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_runs_in_order_with_sweep_then_skips(toy, capsys):
+    runs = toy / "runs"
+    first = pipeline.run_profile("toy", runs_root=str(runs))
+    assert [s["run"] for s in first] == ["00_data_cache", "02_token_pruning/base_rate_0.9",
+                                         "02_token_pruning/base_rate_0.5"]
+    assert all(s["status"] == "ran" for s in first)
+    m = manifest(runs / "toy/00_data_cache")
+    assert m["status"] == "ok" and m["params"]["value"] == 2 and m["versions"]["torch"]
+    assert {"git_sha", "params_hash", "wall_time_s", "device", "seed"} <= set(m)
+    assert (runs / "toy/02_token_pruning/base_rate_0.9/02_token_pruning.ipynb").exists()
+    assert manifest(runs / "toy/02_token_pruning/base_rate_0.9")["params"]["base_rate"] == 0.9
+
+    again = pipeline.run_profile("toy", runs_root=str(runs))
+    assert all(s["status"] == "up to date" for s in again)
+    forced = pipeline.run_profile("toy", only="00_data_cache", force=True, runs_root=str(runs))
+    assert forced[0]["status"] == "ran"
+    assert "top-1 20.00 %" in capsys.readouterr().out
+
+
+def test_upstream_change_reruns_downstream(toy):
+    runs = str(toy / "runs")
+    pipeline.run_profile("toy", runs_root=runs)
+    changed = pipeline.run_profile("toy", overrides={"value": 3}, runs_root=runs)
+    assert all(s["status"] == "ran" for s in changed)  # 00 changed, so both 02 runs are stale
+    pinned = pipeline.run_profile("toy", only="02_token_pruning", overrides={"value": 3, "base_rate": 0.6},
+                                  runs_root=runs)
+    assert [s["run"] for s in pinned] == ["02_token_pruning/base_rate_0.6"]
+
+
+def test_failed_run_keeps_partial_notebook_and_is_not_done(toy):
+    runs = toy / "runs"
+    with pytest.raises(UserError, match="00_data_cache failed"):
+        pipeline.run_profile("toy", only="00_data_cache", overrides={"fail": True}, runs_root=str(runs))
+    rdir = runs / "toy/00_data_cache"
+    assert manifest(rdir)["status"] == "failed"
+    assert "asked to fail" in (rdir / "00_data_cache.ipynb").read_text()
+    assert not (rdir / "metrics.json").exists()
+    ok = pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
+    assert ok[0]["status"] == "ran"
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"valu": 1}, "no selected notebook"),
+    ({"value": "high"}, "'value' must be int"),
+    ({"run_dir": "/tmp"}, "set by the pipeline"),
+])
+def test_bad_overrides_fail_before_anything_runs(toy, overrides, fragment):
+    with pytest.raises(UserError, match=fragment):
+        pipeline.run_profile("toy", only="00_data_cache", overrides=overrides, runs_root=str(toy / "runs"))
+    assert not (toy / "runs").exists()
+
+
+def test_unknown_yaml_key_and_profile(toy):
+    (toy / "params/toy/00_data_cache.yaml").write_text("value: 2\nepochs: 3\n")
+    with pytest.raises(UserError, match=r"unknown parameter\(s\) \['epochs'\]"):
+        pipeline.run_profile("toy", runs_root=str(toy / "runs"))
+    with pytest.raises(UserError, match="unknown profile 'nope'"):
+        pipeline.run_profile("nope", runs_root=str(toy / "runs"))
+
+
+def test_cli_prints_one_error_line(toy):
+    proc = subprocess.run([sys.executable, "-m", "vitprune", "run", "--profile", "toy", "-p", "valu=1"],
+                          capture_output=True, text=True, cwd=toy)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: -p ['valu']")

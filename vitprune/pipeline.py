@@ -1,0 +1,265 @@
+"""Run a profile's notebooks in order with papermill: `python -m vitprune run`.
+
+Every run gets `runs/<profile>/<notebook>[/<variant>]/` holding the executed notebook,
+its `metrics.json` and a `manifest.json` (params and their hash, git sha, package
+versions, seed, device, wall time, status). A run is up to date when its manifest says
+`ok`, its metrics exist, and its key is unchanged; the key hashes the params, the
+notebook file, and the keys of every earlier notebook's runs, so a changed baseline
+re-runs everything after it. A failed run keeps its partial notebook for inspection and
+is marked `failed`, never taken as done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from vitprune import config
+from vitprune.errors import UserError
+
+MANIFEST_FILE = "manifest.json"
+VERSIONED_PACKAGES = ("vitprune", "torch", "torchvision", "timm", "datasets", "papermill",
+                      "accelerate", "fvcore", "numpy")
+
+
+@dataclass
+class Run:
+    """One papermill execution: a notebook at one point of its sweep."""
+
+    notebook: str
+    variant: str | None
+    params: dict[str, Any]
+    run_dir: Path
+    key: str = ""
+    upstream: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.notebook}/{self.variant}" if self.variant else self.notebook
+
+
+def available_notebooks() -> list[str]:
+    root = config.project_root() / "notebooks"
+    return [nb for nb in config.NOTEBOOKS if (root / f"{nb}.ipynb").exists()]
+
+
+def select_notebooks(only: str | None) -> list[str]:
+    available = available_notebooks()
+    if not only:
+        return available
+    chosen = [name.strip() for name in only.split(",") if name.strip()]
+    for name in chosen:
+        if name not in available:
+            raise UserError(f"--only {name!r}: no such notebook; available: {', '.join(available)}")
+    return [nb for nb in available if nb in chosen]
+
+
+def plan(profile: str, notebooks: list[str], overrides: dict[str, Any], runs_root: Path) -> list[Run]:
+    """Expand profiles, sweeps and overrides into the ordered list of runs (validated)."""
+    declared = {nb: config.declared_parameters(nb) for nb in notebooks}
+    unused = [key for key in overrides if not any(key in d for d in declared.values())]
+    if unused:
+        raise UserError(f"-p {unused}: no selected notebook ({', '.join(notebooks)}) declares "
+                        f"{'this parameter' if len(unused) == 1 else 'these parameters'}")
+    injected_overrides = [key for key in overrides if key in config.INJECTED]
+    if injected_overrides:
+        raise UserError(f"-p {injected_overrides}: set by the pipeline; use --profile / --runs-root instead")
+    sweeps = config.profile_sweep(profile)
+    runs = []
+    for nb in notebooks:
+        base = config.profile_params(profile, nb)
+        own = {k: v for k, v in overrides.items() if k in declared[nb]}
+        base.update(config.validate(declared[nb], own, "-p override"))
+        # An override of a swept parameter pins the sweep to that single value.
+        axes = {k: [base[k]] if k in own else v for k, v in sweeps.get(nb, {}).items()}
+        points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] or [{}]
+        for point in points:
+            params = {**base, **config.validate(declared[nb], point, f"sweep of {nb}")}
+            variant = config.variant_name(point) if point else None
+            rdir = config.run_dir(runs_root, profile, nb, variant)
+            params.update(profile=profile, runs_root=str(runs_root), run_dir=str(rdir))
+            runs.append(Run(nb, variant, params, rdir))
+    return runs
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_key(run: Run, upstream_keys: list[str]) -> str:
+    own = {k: v for k, v in run.params.items() if k not in config.INJECTED}
+    blob = json.dumps({"params": own, "notebook": _file_hash(config.notebook_path(run.notebook)),
+                       "upstream": upstream_keys, "variant": run.variant}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, run_dir / MANIFEST_FILE)
+
+
+def is_up_to_date(run: Run) -> bool:
+    manifest = read_manifest(run.run_dir)
+    return bool(manifest and manifest.get("status") == "ok" and manifest.get("key") == run.key
+                and (run.run_dir / "metrics.json").exists())
+
+
+def git_sha() -> str:
+    try:
+        root = config.project_root()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        device, threads = "unknown", None
+    return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+            "device": device, "torch_threads": threads, "git_sha": git_sha()}
+
+
+def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
+    """Execute one run with papermill; the manifest says `running` until it ends."""
+    import papermill
+
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "metrics.json").unlink(missing_ok=True)
+    output = run.run_dir / f"{run.notebook}.ipynb"
+    manifest = {"notebook": run.notebook, "variant": run.variant, "profile": run.params["profile"],
+                "params": run.params, "params_hash": config.params_hash(run.params), "key": run.key,
+                "upstream_keys": run.upstream, "seed": run.params.get("seed"), "output": str(output),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", **env}
+    write_manifest(run.run_dir, manifest)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(config.notebook_path(run.notebook)), str(output),
+                                   parameters=run.params, cwd=str(config.project_root()),
+                                   kernel_name="python3", progress_bar=False)
+    except BaseException as exc:
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+                        wall_time_s=round(time.perf_counter() - start, 2))
+        write_manifest(run.run_dir, manifest)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserError(f"{run.name} failed ({manifest['error']}); the partial notebook is at {output}") from exc
+    manifest.update(status="ok", wall_time_s=round(time.perf_counter() - start, 2))
+    if not (run.run_dir / "metrics.json").exists():
+        manifest.update(status="failed", error="notebook finished without writing metrics.json")
+        write_manifest(run.run_dir, manifest)
+        raise UserError(f"{run.name} finished without writing metrics.json (see {output})")
+    write_manifest(run.run_dir, manifest)
+    return manifest
+
+
+def headline(run_dir: Path) -> str:
+    """A one-line summary of a run's metrics for the console."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return ""
+    parts = []
+    if "top1" in metrics:
+        parts.append(f"top-1 {metrics['top1']:.2f} %")
+    if "macs" in metrics:
+        parts.append(f"{metrics['macs'] / 1e6:.2f} M MACs")
+    if "params" in metrics:
+        parts.append(f"{metrics['params'] / 1e6:.3f} M params")
+    if "counts" in metrics and isinstance(metrics["counts"], dict):
+        parts.append("images " + ", ".join(f"{k} {v}" for k, v in metrics["counts"].items()))
+    return "; ".join(parts)
+
+
+def run_profile(profile: str, only: str | None = None, force: bool = False,
+                overrides: dict[str, Any] | None = None, runs_root: str | None = None) -> list[dict[str, Any]]:
+    """Plan, then execute every run that is not up to date. Returns one summary per run."""
+    root = config.runs_root_or_default(runs_root)
+    runs = plan(profile, select_notebooks(only), overrides or {}, root)
+    env = environment()
+    keys_by_notebook: dict[str, list[str]] = {}
+    summaries = []
+    for run in runs:
+        upstream = []
+        for nb in config.NOTEBOOKS[:config.NOTEBOOKS.index(run.notebook)]:
+            if nb in keys_by_notebook:
+                upstream += keys_by_notebook[nb]
+            else:  # not part of this invocation: take what is on disk
+                upstream += sorted(str(m.get("key")) for m in map(read_manifest, _run_dirs(root, profile, nb)) if m)
+        run.upstream = upstream
+        run.key = run_key(run, upstream)
+        if not force and is_up_to_date(run):
+            status, wall = "up to date", read_manifest(run.run_dir).get("wall_time_s")
+            print(f"[{run.name}] up to date, skipped (--force re-runs it)", flush=True)
+        else:
+            print(f"[{run.name}] running -> {run.run_dir}", flush=True)
+            wall = execute(run, env)["wall_time_s"]
+            status = "ran"
+        summary = headline(run.run_dir)
+        print(f"[{run.name}] {status} in {wall} s" + (f": {summary}" if summary else ""), flush=True)
+        keys_by_notebook.setdefault(run.notebook, []).append(run.key)
+        summaries.append({"run": run.name, "status": status, "wall_time_s": wall, "run_dir": str(run.run_dir)})
+    return summaries
+
+
+def _run_dirs(runs_root: Path, profile: str, notebook: str) -> list[Path]:
+    base = config.run_dir(runs_root, profile, notebook)
+    if (base / MANIFEST_FILE).exists():
+        return [base]
+    return sorted(p.parent for p in base.glob(f"*/{MANIFEST_FILE}"))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitprune run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="fmnist", help="params/<profile>/ to use (default: fmnist)")
+    parser.add_argument("--only", help="comma-separated notebook names to run (e.g. 02_token_pruning)")
+    parser.add_argument("--force", action="store_true", help="re-run even when up to date")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter of every selected notebook that declares it")
+    parser.add_argument("--runs-root", help="where run folders go (default: <repo>/runs)")
+    args = parser.parse_args(argv)
+    overrides = dict(config.parse_override(text) for text in args.param)
+    start = time.perf_counter()
+    summaries = run_profile(args.profile, args.only, args.force, overrides, args.runs_root)
+    ran = sum(s["status"] == "ran" for s in summaries)
+    print(f"done: {ran} run(s) executed, {len(summaries) - ran} up to date, "
+          f"{time.perf_counter() - start:.1f} s in all", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
