@@ -1,0 +1,47 @@
+# vitprune: `make reproduce` and `make test` are the two commands a fresh clone needs.
+# Both create .venv on first use and install the package (with its pinned torch) into it.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vitprune-installed
+PROFILE ?= fmnist
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup reproduce test figures lab clean distclean data-package
+
+setup: $(STAMP)
+
+# Re-install whenever pyproject.toml changes; the stamp is written only after success.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian ships Fashion-MNIST as IDX files; install them when we can (root + apt). Without
+# them notebook 00 falls back to the HF hub and, offline, says how to get the data.
+data-package:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist with apt-get"; \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+		echo "apt-get could not install dataset-fashion-mnist; notebook 00 will try the HF hub"; \
+	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for offline data (else the HF hub is used)"; fi
+
+reproduce: setup data-package
+	$(BIN)/python -m vitprune run --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+figures: setup
+	$(BIN)/python -m vitprune run --profile $(PROFILE) --only 05_analysis --force
+
+lab: setup
+	$(BIN)/python -m jupyter lab notebooks/
+
+clean:
+	rm -rf runs cache .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

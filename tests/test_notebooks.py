@@ -1,0 +1,38 @@
+"""Committed notebooks: outputs stripped, a tagged parameters cell, and every profile valid."""
+
+import json
+
+import pytest
+
+from vitprune import config
+
+ROOT = config.project_root()
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PROFILES = sorted(p.name for p in (ROOT / "params").iterdir() if p.is_dir())
+
+
+def test_there_are_notebooks_and_profiles():
+    assert NOTEBOOKS, "no notebooks committed"
+    assert {"fmnist", "smoke", "imagenet"} <= set(PROFILES)
+    assert {p.stem for p in NOTEBOOKS} <= set(config.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_outputs_stripped_and_parameters_tagged(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "parameters" in code[0]["metadata"].get("tags", []), "first code cell must be tagged 'parameters'"
+    dirty = [i for i, c in enumerate(code) if c.get("outputs") or c.get("execution_count")]
+    assert not dirty, f"code cells {dirty} carry outputs: run `python tools/nbtool.py strip {path}`"
+    assert "papermill" not in nb["metadata"], "an executed copy was committed"
+    config.declared_parameters(path)  # only `name: type = literal` lines, injected names declared
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_validates_against_the_notebooks(profile):
+    for path in NOTEBOOKS:
+        config.profile_params(profile, path.stem)
+    config.profile_sweep(profile)
+    stray = [p.name for p in (ROOT / "params" / profile).glob("*.yaml")
+             if p.stem not in config.NOTEBOOKS and p.name != config.SWEEP_FILE]
+    assert not stray, f"params/{profile} holds files no notebook reads: {stray}"
