@@ -13,3 +13,17 @@ import tinydata  # noqa: E402
 def tiny_idx_dir(tmp_path_factory) -> Path:
     """Gzipped IDX files of a tiny Fashion-MNIST look-alike (10 classes)."""
     return tinydata.write_idx_dir(tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory, tiny_idx_dir) -> Path:
+    """Run every committed notebook once on the `smoke` profile; returns runs/<root>/smoke.
+
+    Tests of individual notebooks read the metrics this one pipeline run writes, so the
+    suite executes each notebook once.
+    """
+    from vitprune import pipeline
+
+    runs_root = tmp_path_factory.mktemp("runs")
+    pipeline.run_profile("smoke", overrides={"idx_dir": str(tiny_idx_dir)}, runs_root=str(runs_root))
+    return runs_root / "smoke"
