@@ -1,0 +1,343 @@
+"""DynamicViT token pruning: schedules, keep counts, masked vs gathered forward, losses, checkpoints."""
+
+import argparse
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
+
+from vitprune import token_pruning as tp
+from vitprune.errors import UserError
+
+torch.set_num_threads(2)
+
+
+def tiny_vit(seed=0, **kw):
+    """Depth 12 like DeiT (so blocks 3/6/9 exist), width 32, 32x32 input, 8x8 = 64 patches."""
+    torch.manual_seed(seed)
+    args = dict(img_size=32, patch_size=4, embed_dim=32, depth=12, num_heads=4, num_classes=10)
+    args.update(kw)
+    return VisionTransformer(**args)
+
+
+class ZeroAttention(nn.Module):
+    """Stand-in for block_pruning.NoAttention: a block whose attention lost every head."""
+
+    num_heads = 0
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        return torch.zeros_like(x)
+
+
+# ---------------------------------------------------------------- schedules and counts
+
+
+def test_keep_counts_per_schedule_deit_grid():
+    # 14 x 14 = 196 patch tokens (DeiT at 224), CLS excluded, floor(N * cumulative ratio)
+    assert tp.keep_counts(196, 0.7, "geometric") == [137, 96, 67]  # 0.7, 0.49, 0.343
+    assert tp.keep_counts(196, 0.7, "linear") == [137, 98, 58]  # 0.7, 0.5, 0.3
+    assert tp.keep_counts(196, 0.5, "geometric") == [98, 49, 24]
+    assert tp.keep_counts(196, None, "explicit", keep_ratios=[0.5, 0.25, 0.1]) == [98, 49, 19]
+    assert tp.keep_counts(196, 0.9, "geometric", locations=(4, 8)) == [176, 158]
+
+
+def test_keep_counts_ignore_binary_float_noise():
+    # 0.7 - 0.4 == 0.29999999999999993 in floats; int(10 * that) would be 2, we count 0.3 -> 3
+    assert tp.keep_counts(10, 0.7, "linear") == [7, 5, 3]
+
+
+def test_schedule_ratios():
+    assert tp.schedule_ratios(0.8, "geometric", num_stages=3) == pytest.approx([0.8, 0.64, 0.512])
+    assert tp.schedule_ratios(0.8, "linear", num_stages=3) == pytest.approx([0.8, 0.6, 0.4])
+
+
+def test_empty_stage_is_an_error_naming_the_stage():
+    with pytest.raises(UserError, match=r"stage 2 \(before block 9\) keeps 0 of 196"):
+        tp.keep_counts(196, 0.4, "linear")
+    assert tp.keep_counts(196, 0.4, "linear", allow_empty_stage=True) == [78, 39, 0]
+    with pytest.raises(UserError, match="stage 2"):
+        tp.attach(tiny_vit(), 0.4, "linear")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(base_rate=0.7, schedule="cubic"), "unknown token-pruning schedule"),
+    (dict(base_rate=None, schedule="explicit"), "needs keep_ratios"),
+    (dict(base_rate=None, schedule="explicit", keep_ratios=[0.5, 0.6, 0.2]), "must not increase"),
+    (dict(base_rate=None, schedule="explicit", keep_ratios=[0.5, 0.2]), "one ratio per location"),
+    (dict(base_rate=1.3), r"base_rate must be in \(0, 1\]"),
+    (dict(base_rate=0.7, keep_ratios=[0.5, 0.4, 0.3]), "only used by schedule 'explicit'"),
+    (dict(base_rate=0.7, locations=(3, 6, 12)), "beyond the model's 12 blocks"),
+    (dict(base_rate=0.7, locations=(6, 3)), "increasing"),
+])
+def test_bad_configurations_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        tp.attach(tiny_vit(), **kwargs)
+
+
+def test_attach_keeps_timm_keys_and_adds_official_predictor_keys():
+    plain = tiny_vit()
+    plain_keys = set(plain.state_dict())
+    model = tp.attach(tiny_vit(), 0.7)
+    keys = set(model.state_dict())
+    assert plain_keys <= keys
+    extra = sorted(keys - plain_keys)
+    assert "score_predictor.0.in_conv.0.weight" in extra  # LayerNorm
+    assert "score_predictor.2.out_conv.4.bias" in extra  # last Linear -> 2 (keep, drop)
+    assert all(k.startswith("score_predictor.") for k in extra)
+    assert model.vitprune_token_pruning == {"base_rate": 0.7, "schedule": "geometric", "keep_ratios": None,
+                                            "locations": [3, 6, 9], "allow_empty_stage": False}
+
+
+def test_tokens_per_block_include_cls():
+    model = tp.attach(tiny_vit(), 0.7)  # 64 patches -> 44, 31, 21
+    assert tp.tokens_per_block(model) == [65] * 3 + [45] * 3 + [32] * 3 + [22] * 3
+    assert tp.tokens_per_block(tiny_vit()) == [65] * 12
+
+
+def test_config_reattaches_to_a_fresh_model_and_reattach_changes_schedule():
+    model = tp.attach(tiny_vit(), 0.6, "linear")
+    fresh = tp.attach(tiny_vit(), **model.vitprune_token_pruning)
+    assert tp.describe(fresh)["keep_counts"] == tp.describe(model)["keep_counts"] == [38, 25, 12]
+    predictors = model.score_predictor
+    tp.attach(model, 0.9)  # same locations: schedule changes, predictors stay
+    assert model.score_predictor is predictors
+    assert tp.model_keep_counts(model) == [57, 51, 46]
+    with pytest.raises(UserError, match="already has token pruning"):
+        tp.attach(model, 0.9, locations=(2, 4))
+
+
+# ---------------------------------------------------------------- forwards
+
+
+def _spread_scores(model):
+    """Freshly initialised predictors score every token ~log(0.5) with gaps near float noise;
+    larger weights separate the scores so both forwards must pick the same tokens."""
+    torch.manual_seed(99)
+    for predictor in model.score_predictor:
+        for layer in predictor.out_conv:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.5)
+
+
+def _masked_and_gathered(model, images):
+    _spread_scores(model)
+    tp.set_decision_mode(model, "topk")
+    model.train()
+    masked = model(images)
+    aux = tp.pop_aux(model)
+    model.eval()
+    with torch.no_grad():
+        gathered = model(images)
+    _, stage_masks = tp.kept_token_masks(model, images)
+    return masked, gathered, aux, stage_masks
+
+
+@pytest.mark.parametrize("rate", [0.9, 0.7, 0.5])
+def test_masked_forward_equals_gathered_forward_with_fixed_decisions(rate):
+    # Same kept set (deterministic top-k in the masked forward) => same logits; the masked
+    # attention's eps term (1e-6, official) bounds the difference: tolerance 1e-5.
+    model = tp.attach(tiny_vit(seed=1), rate)
+    images = torch.randn(4, 3, 32, 32)
+    masked, gathered, aux, stage_masks = _masked_and_gathered(model, images)
+    assert torch.equal(stage_masks[-1], aux.mask.bool())
+    assert [int(m.sum(1)[0]) for m in stage_masks] == tp.model_keep_counts(model)
+    torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
+
+
+def test_masked_equals_gathered_on_block_pruned_attention_and_avg_pool():
+    # fewer heads with the head size kept (block pruning's shapes), one block with no attention,
+    # and average pooling over the kept patch tokens instead of CLS
+    model = tiny_vit(seed=2, global_pool="avg")
+    model.blocks[4].attn = Attention(32, num_heads=2, attn_head_dim=8, qkv_bias=True)
+    model.blocks[7].attn = ZeroAttention()
+    model.blocks[10].attn = Attention(32, num_heads=1, attn_head_dim=8, qkv_bias=True)
+    tp.attach(model, 0.6)
+    images = torch.randn(3, 3, 32, 32)
+    masked, gathered, _, _ = _masked_and_gathered(model, images)
+    torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
+
+
+def test_unpruned_blocks_match_plain_timm_model():
+    # base_rate 1.0 keeps every token: logits identical to the model before attach
+    plain = tiny_vit(seed=3).eval()
+    pruned = tp.attach(tiny_vit(seed=3), 1.0).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(images), plain(images), atol=1e-6, rtol=0)
+
+
+def test_empty_stage_allowed_runs_on_cls_alone():
+    model = tp.attach(tiny_vit(), 0.4, "linear", allow_empty_stage=True)  # 25, 12, 0 of 64
+    assert tp.tokens_per_block(model)[-3:] == [1, 1, 1]
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(images)).all()
+    model.train()
+    loss, logits, logs = tp.make_loss_fn()(model, images, torch.tensor([0, 1]), None)
+    assert torch.isfinite(loss) and torch.isfinite(logits).all()
+
+
+def test_gumbel_decisions_are_cumulative_and_train_the_predictors():
+    model = tp.attach(tiny_vit(seed=4), 0.7).train()
+    teacher = tiny_vit(seed=4).eval()
+    images = torch.randn(4, 3, 32, 32)
+    loss, logits, logs = tp.make_loss_fn()(model, images, torch.tensor([0, 1, 2, 3]), teacher)
+    assert set(logs) >= {"ce", "ratio_loss", "kl", "token_mse", "keep_frac_0", "keep_frac_2"}
+    model.train()
+    model(images)
+    aux = tp.pop_aux(model)
+    for earlier, later in zip(aux.decisions, aux.decisions[1:]):
+        assert bool((later <= earlier).all())  # a dropped token never comes back
+    loss.backward()
+    for predictor in model.score_predictor:
+        assert predictor.out_conv[4].weight.grad.abs().sum() > 0
+
+
+def test_ratio_loss_teaches_the_predictors_the_keep_ratio():
+    # only the predictors learn, only the keep-ratio term: the kept fraction moves to the target.
+    # Fresh predictors keep ~1/2 per stage (0.5, 0.25, 0.125); targets are 0.8, 0.64, 0.51.
+    model = tp.attach(tiny_vit(seed=5, depth=4), 0.8, locations=(1, 2, 3)).train()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("score_predictor."))
+    loss_fn = tp.make_loss_fn(clf_weight=0.0, ratio_weight=1.0, distill_weight=0.0)
+    opt = torch.optim.Adam(tp.predictor_parameters(model), lr=1e-2)
+    images = torch.randn(8, 3, 32, 32)
+    first = None
+    for _ in range(30):
+        loss, _, logs = loss_fn(model, images, torch.zeros(8, dtype=torch.long), None)
+        first = logs["ratio_loss"] if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        model(images)
+    fractions = [float(d.mean()) for d in tp.pop_aux(model).decisions]
+    assert first > 0.05
+    assert fractions == pytest.approx([0.8, 0.64, 0.51], abs=0.12)
+
+
+def test_teacher_with_token_pruning_is_refused():
+    model = tp.attach(tiny_vit(), 0.7).train()
+    teacher = tp.attach(tiny_vit(), 0.7).eval()
+    with pytest.raises(UserError, match="unpruned"):
+        tp.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), teacher)
+
+
+def test_param_groups_and_frozen_backbone_phase():
+    model = tp.attach(tiny_vit(), 0.7)
+    groups = tp.param_groups(model, backbone_lr_scale=0.01)
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.01]
+    predictor_ids = {id(p) for p in model.score_predictor.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == predictor_ids
+    backbone_ids = {id(p) for p in groups[1]["params"]}
+    assert not backbone_ids & predictor_ids
+    assert id(model.cls_token) not in backbone_ids and id(model.pos_embed) not in backbone_ids  # frozen (official)
+    assert id(model.blocks[0].attn.qkv.weight) in backbone_ids
+    hook = tp.frozen_backbone_hook(model, frozen_steps=2)
+    model.train()
+    loss, _, _ = tp.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
+    loss.backward()
+    hook(1, 10, model)  # still frozen: backbone gradients dropped, predictors keep theirs
+    assert model.blocks[5].mlp.fc1.weight.grad is None
+    assert model.score_predictor[0].in_conv[1].weight.grad is not None
+    loss, _, _ = tp.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
+    loss.backward()
+    hook(2, 10, model)  # phase over
+    assert model.blocks[5].mlp.fc1.weight.grad is not None
+
+
+# ---------------------------------------------------------------- compute
+
+
+def _macs(model):
+    """Multiply-accumulates at batch 1, eval mode, with the attention matmuls counted
+    (timm's fused SDPA is switched off so torch's counter sees q@k and attn@v)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for blk in model.blocks:
+        if hasattr(blk.attn, "fused_attn"):
+            blk.attn.fused_attn = False
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    return counter.get_total_flops() // 2
+
+
+def test_macs_fall_monotonically_with_base_rate():
+    full = _macs(tiny_vit())
+    macs = [_macs(tp.attach(tiny_vit(), rate)) for rate in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)]
+    assert all(a > b for a, b in zip(macs, macs[1:]))
+    assert macs[0] < full
+    assert macs[2] < 0.75 * full  # rho = 0.7: at least 25 % fewer MACs on this tiny model
+
+
+def test_deit_base_plus_predictors_has_the_studys_89_4m_params():
+    import timm
+
+    model = timm.create_model("deit_base_patch16_224", pretrained=False)
+    base = sum(p.numel() for p in model.parameters())
+    tp.attach(model, 0.7)
+    total = sum(p.numel() for p in model.parameters())
+    # per predictor: LN 2*768 + 768*768+768 + 768*384+384 + 384*192+192 + 192*2+2
+    assert total - base == 3 * 961_730
+    assert base == 86_567_656
+    assert total == pytest.approx(89.4e6, abs=0.1e6)  # 89.45 M; the study (truncating) reports 89.4 M
+
+
+# ---------------------------------------------------------------- official checkpoint layout
+
+
+def _official_layout(model):
+    """What the official main_dynamic_vit.py writes: {'model': weights, 'optimizer', 'epoch', 'args'};
+    weights named as in its vit.py (DeiT names + score_predictor.<i>.in_conv/out_conv)."""
+    names = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+    for i in range(12):
+        for part in ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                     "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                     "mlp.fc2.weight", "mlp.fc2.bias"):
+            names.append(f"blocks.{i}.{part}")
+    names += ["norm.weight", "norm.bias", "head.weight", "head.bias"]
+    for s in range(3):
+        for part in ("in_conv.0.weight", "in_conv.0.bias", "in_conv.1.weight", "in_conv.1.bias",
+                     "out_conv.0.weight", "out_conv.0.bias", "out_conv.2.weight", "out_conv.2.bias",
+                     "out_conv.4.weight", "out_conv.4.bias"):
+            names.append(f"score_predictor.{s}.{part}")
+    own = model.state_dict()
+    assert sorted(names) == sorted(own)  # our layout is the official one, key for key
+    weights = {name: own[name].clone() for name in names}
+    return {"model": weights, "optimizer": {}, "epoch": 29,
+            "args": argparse.Namespace(base_rate=0.7, arch="deit_small")}
+
+
+def test_official_checkpoint_round_trip(tmp_path):
+    source = tp.attach(tiny_vit(seed=6), 0.7)
+    torch.nn.init.normal_(source.score_predictor[1].out_conv[4].weight)  # not the default init
+    path = tmp_path / "dynamicvit.pth"
+    torch.save(_official_layout(source), path)
+    target = tp.attach(tiny_vit(seed=7), 0.7)
+    tp.load_official_checkpoint(target, path)
+    images = torch.randn(2, 3, 32, 32)
+    source.eval(), target.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images), atol=0, rtol=0)
+    # our writer produces the same layout; DDP's module. prefix is understood
+    ours = tp.save_official_checkpoint(source, tmp_path / "ours.pth")
+    assert sorted(torch.load(ours)["model"]) == sorted(_official_layout(source)["model"])
+    prefixed = {"model": {"module." + k: v for k, v in source.state_dict().items()}}
+    tp.load_official_checkpoint(tp.attach(tiny_vit(seed=8), 0.7), prefixed)
+
+
+def test_official_checkpoint_mismatch_is_a_clear_error(tmp_path):
+    wide = tp.attach(tiny_vit(embed_dim=48, num_heads=4), 0.7)
+    with pytest.raises(UserError, match="mis-shaped: cls_token"):
+        tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), {"model": wide.state_dict()})
+    plain = tiny_vit().state_dict()  # a plain DeiT file: predictors missing
+    with pytest.raises(UserError, match="missing: score_predictor.0"):
+        tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain)
+    tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain, strict=False)
+    with pytest.raises(UserError, match="does not exist"):
+        tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), tmp_path / "nope.pth")

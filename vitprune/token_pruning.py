@@ -1,0 +1,715 @@
+"""DynamicViT token pruning, patched in place onto any timm `VisionTransformer`.
+
+Method: Rao et al., "DynamicViT: Efficient Vision Transformers with Dynamic Token
+Sparsification", NeurIPS 2021 (arXiv:2106.02034); official code
+github.com/raoyongming/DynamicViT (vit.py, losses.py, main_dynamic_vit.py). This file is our
+own implementation of that method; comments cite where a formula comes from.
+
+How it works
+- `attach(model, base_rate, ...)` adds one score predictor before each pruning location
+  (default blocks 3, 6, 9) as `model.score_predictor.<i>` -- the official checkpoint layout --
+  and swaps the model's class for a subclass whose forward prunes tokens (the ToMe-style
+  patch: parameters and timm key names are untouched, so state dicts stay compatible).
+- Training mode (`model.train()`): the masked forward. Every token stays in the tensor; each
+  predictor draws hard keep/drop decisions with Gumbel-softmax (straight-through), the
+  decisions are cumulative (a dropped token never comes back) and attention is masked by the
+  keep policy, so kept tokens never see dropped ones while gradients still reach the
+  predictors.
+- Eval mode: the gathered forward. Before each pruning location the top-k patch tokens by
+  predicted keep score are gathered and the rest are removed, so compute really drops.
+  Prefix tokens (CLS, and any register/distillation token) are always kept.
+
+Units and conventions
+- Keep ratios are cumulative fractions of the *patch* tokens of the input (CLS excluded):
+  stage s keeps `keep_counts[s]` of the N patch tokens, counted from the original N, not from
+  the previous stage. Counts are `floor(N * ratio)`, as the official `int(N * ratio)`, with the
+  ratio first rounded to 12 decimals so binary noise cannot tip it (0.7 - 0.4 counts as 0.3).
+- `tokens_per_block` counts the tokens entering each block *including* the prefix tokens.
+- MACs are counted elsewhere (`vitprune.measure.count`, eval mode = gathered model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from vitprune.errors import UserError
+
+SCHEDULES = ("geometric", "linear", "explicit")
+DEFAULT_LOCATIONS = (3, 6, 9)
+LINEAR_STEP = 0.2  # the study's text: keep b, b - 0.2, b - 0.4 at blocks 3, 6, 9
+CONFIG_ATTR = "vitprune_token_pruning"
+PREDICTOR_ATTR = "score_predictor"
+
+
+# ---------------------------------------------------------------- schedules and counts
+
+
+def schedule_ratios(base_rate: float | None, schedule: str = "geometric",
+                    keep_ratios: Sequence[float] | None = None,
+                    num_stages: int = len(DEFAULT_LOCATIONS)) -> list[float]:
+    """Cumulative keep ratio of patch tokens after each pruning stage.
+
+    geometric: rho, rho^2, rho^3, ... (official main_dynamic_vit.py: KEEP_RATE = [b, b**2, b**3]);
+    linear:    b, b - 0.2, b - 0.4, ... (what the study's section 4.1 describes);
+    explicit:  `keep_ratios` as given (one per stage).
+    Ratios below 0 (linear at small b) are returned as they are; `keep_counts` judges them.
+    """
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown token-pruning schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if num_stages < 1:
+        raise UserError("token pruning needs at least one pruning location; pass e.g. locations=(3, 6, 9)")
+    if schedule == "explicit":
+        if keep_ratios is None:
+            raise UserError("schedule 'explicit' needs keep_ratios, one per pruning location (e.g. 0.7,0.5,0.3)")
+        ratios = [float(r) for r in keep_ratios]
+        if len(ratios) != num_stages:
+            raise UserError(f"keep_ratios has {len(ratios)} values but there are {num_stages} pruning "
+                            f"locations; give one ratio per location")
+    else:
+        if keep_ratios is not None:
+            raise UserError(f"keep_ratios is only used by schedule 'explicit', not {schedule!r}; "
+                            f"drop it or pass schedule='explicit'")
+        if base_rate is None or isinstance(base_rate, bool) or not isinstance(base_rate, (int, float)):
+            raise UserError(f"base_rate must be a number in (0, 1], got {base_rate!r}")
+        if not 0.0 < base_rate <= 1.0:
+            raise UserError(f"base_rate must be in (0, 1], got {base_rate}")
+        if schedule == "geometric":
+            ratios = [float(base_rate) ** (s + 1) for s in range(num_stages)]
+        else:
+            ratios = [float(base_rate) - LINEAR_STEP * s for s in range(num_stages)]
+    for s, r in enumerate(ratios):
+        if not r <= 1.0 or math.isnan(r):
+            raise UserError(f"keep ratio {r} at stage {s} is above 1; ratios are fractions of the patch tokens")
+    for s in range(1, len(ratios)):
+        if ratios[s] > ratios[s - 1] + 1e-12:
+            raise UserError(f"keep ratios must not increase from stage to stage (a dropped token never "
+                            f"comes back), got {ratios}")
+    return [round(r, 12) for r in ratios]
+
+
+def _floor_count(num_patches: int, ratio: float) -> int:
+    """floor(N * ratio) on the ratio rounded to 12 decimals (exact rational arithmetic)."""
+    if ratio <= 0:
+        return 0
+    return math.floor(Fraction(repr(round(ratio, 12))) * num_patches)
+
+
+def keep_counts(num_patches: int, base_rate: float | None = None, schedule: str = "geometric",
+                keep_ratios: Sequence[float] | None = None,
+                locations: Sequence[int] = DEFAULT_LOCATIONS,
+                allow_empty_stage: bool = False) -> list[int]:
+    """Patch tokens (CLS excluded) kept after each pruning stage, out of `num_patches`.
+
+    A stage that keeps no patch token is an error unless `allow_empty_stage` (which reproduces
+    the study's degenerate DyViT/0.4 row: linear schedule, block 9 sees only CLS).
+    """
+    if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
+        raise UserError(f"num_patches must be a positive int, got {num_patches!r}")
+    locations = _check_locations(locations)
+    ratios = schedule_ratios(base_rate, schedule, keep_ratios, len(locations))
+    counts = [_floor_count(num_patches, r) for r in ratios]
+    for s, (count, ratio) in enumerate(zip(counts, ratios)):
+        if count == 0 and not allow_empty_stage:
+            raise UserError(
+                f"stage {s} (before block {locations[s]}) keeps 0 of {num_patches} patch tokens: "
+                f"{schedule} schedule gives keep ratio {ratio:g} and floor({num_patches} x {ratio:g}) = 0; "
+                f"raise base_rate, use schedule='geometric', or pass allow_empty_stage=True to run "
+                f"those blocks on CLS alone (the study's degenerate row)")
+    return counts
+
+
+def _check_locations(locations: Iterable[int], depth: int | None = None) -> tuple[int, ...]:
+    try:
+        locs = tuple(int(v) for v in locations)
+    except (TypeError, ValueError):
+        raise UserError(f"locations must be block indices like 3,6,9, got {locations!r}") from None
+    if not locs:
+        raise UserError("token pruning needs at least one pruning location; pass e.g. locations=(3, 6, 9)")
+    if list(locs) != sorted(set(locs)) or locs[0] < 0:
+        raise UserError(f"locations must be distinct increasing block indices >= 0, got {list(locs)}")
+    if depth is not None and locs[-1] >= depth:
+        raise UserError(f"pruning location {locs[-1]} is beyond the model's {depth} blocks "
+                        f"(valid: 0..{depth - 1})")
+    return locs
+
+
+# ---------------------------------------------------------------- the score predictor
+
+
+class ScorePredictor(nn.Module):
+    """Per-token keep/drop log-probabilities from local and global features.
+
+    DynamicViT paper eq. (1)-(3), official `PredictorLG`: z = MLP(LayerNorm(x)); the first half
+    of the channels is the token's local feature, the second half averaged over the currently
+    kept tokens is the global feature; [local, global] -> MLP -> log-softmax over (keep, drop).
+    Sub-module names match the official checkpoint (in_conv.0/1, out_conv.0/2/4).
+    """
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.in_conv = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.GELU())
+        self.out_conv = nn.Sequential(
+            nn.Linear(embed_dim, embed_dim // 2), nn.GELU(),
+            nn.Linear(embed_dim // 2, embed_dim // 4), nn.GELU(),
+            nn.Linear(embed_dim // 4, 2), nn.LogSoftmax(dim=-1))
+        for module in self.modules():  # official init: trunc_normal(0.02) weights, zero bias
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, C] (patch tokens only), policy [B, N, 1] (1 = kept) -> [B, N, 2] log-probs."""
+        z = self.in_conv(tokens)
+        half = z.shape[-1] // 2
+        local = z[..., :half]
+        # masked mean over kept tokens; the clamp keeps an all-dropped row finite (0 instead of 0/0)
+        global_ = (z[..., half:] * policy).sum(dim=1, keepdim=True) / policy.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        return self.out_conv(torch.cat([local, global_.expand(-1, z.shape[1], -1)], dim=-1))
+
+
+# ---------------------------------------------------------------- attach / describe
+
+
+def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geometric",
+           keep_ratios: Sequence[float] | None = None,
+           locations: Sequence[int] = DEFAULT_LOCATIONS,
+           allow_empty_stage: bool = False) -> nn.Module:
+    """Add DynamicViT token pruning to a timm VisionTransformer in place and return it.
+
+    Re-attaching to a model that already has predictors at the same locations only changes the
+    schedule (evaluate one trained model at another rate); other locations are an error.
+    Sets `model.vitprune_token_pruning` (the arguments, so a checkpoint can re-attach).
+    """
+    if not isinstance(model, VisionTransformer):
+        raise UserError(f"token pruning patches timm VisionTransformer models, got {type(model).__name__}")
+    depth = len(model.blocks)
+    locs = _check_locations(locations, depth)
+    for i, blk in enumerate(model.blocks):
+        missing = [name for name in ("norm1", "attn", "norm2", "mlp") if not hasattr(blk, name)]
+        if missing:
+            raise UserError(f"block {i} ({type(blk).__name__}) has no {missing}; token pruning supports "
+                            f"timm's pre-norm Block (norm1/attn/norm2/mlp)")
+        _check_attention(blk.attn, i)
+    if model.global_pool not in ("token", "avg") or getattr(model, "attn_pool", None) is not None:
+        raise UserError(f"token pruning supports global_pool 'token' or 'avg', not {model.global_pool!r}")
+    if model.global_pool == "token" and model.num_prefix_tokens == 0:
+        raise UserError("global_pool 'token' without a class token: nothing to classify from after pruning")
+    num_patches = int(model.patch_embed.num_patches)
+    # validates the schedule (and the empty-stage rule) before anything changes
+    keep_counts(num_patches, base_rate, schedule, keep_ratios, locs, allow_empty_stage)
+
+    existing = getattr(model, CONFIG_ATTR, None)
+    if existing is not None and tuple(existing["locations"]) != locs:
+        raise UserError(f"model already has token pruning at blocks {list(existing['locations'])}; "
+                        f"re-attach with the same locations or start from an unpruned model")
+    if existing is None:
+        predictors = nn.ModuleList(ScorePredictor(model.embed_dim) for _ in locs)
+        ref = next(model.parameters())
+        model.add_module(PREDICTOR_ATTR, predictors.to(device=ref.device, dtype=ref.dtype))
+        model.__class__ = _pruned_class(type(model))
+    setattr(model, CONFIG_ATTR, {
+        "base_rate": None if base_rate is None else float(base_rate),
+        "schedule": schedule,
+        "keep_ratios": None if keep_ratios is None else [float(r) for r in keep_ratios],
+        "locations": list(locs),
+        "allow_empty_stage": bool(allow_empty_stage),
+    })
+    model._tp_decision = getattr(model, "_tp_decision", "gumbel")
+    model._tp_aux = None
+    return model
+
+
+def _check_attention(attn: nn.Module, index: int) -> None:
+    if getattr(attn, "num_heads", None) == 0:  # block_pruning.NoAttention: branch is zero
+        return
+    missing = [name for name in ("num_heads", "head_dim", "qkv", "proj", "scale") if not hasattr(attn, name)]
+    if missing:
+        raise UserError(f"block {index} attention ({type(attn).__name__}) lacks {missing}; token pruning needs "
+                        f"timm's fused-qkv Attention (or block_pruning.NoAttention)")
+
+
+def config(model: nn.Module) -> dict[str, Any]:
+    """The attach arguments of a token-pruned model (UserError if it has none)."""
+    cfg = getattr(_unwrap(model), CONFIG_ATTR, None)
+    if cfg is None:
+        raise UserError("this model has no token pruning; call token_pruning.attach(model, base_rate) first")
+    return cfg
+
+
+def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
+    """Keep counts (patch tokens, CLS excluded) of an attached model for `num_patches` inputs."""
+    model = _unwrap(model)
+    cfg = config(model)
+    n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
+    return keep_counts(n, cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], cfg["locations"],
+                       cfg["allow_empty_stage"])
+
+
+def tokens_per_block(model: nn.Module) -> list[int]:
+    """Tokens entering each block in eval mode, prefix tokens (CLS) INCLUDED, at the model's input size."""
+    model = _unwrap(model)
+    prefix = int(model.num_prefix_tokens)
+    current = int(model.patch_embed.num_patches)
+    cfg = getattr(model, CONFIG_ATTR, None)
+    stage_at = {}
+    if cfg is not None:
+        stage_at = dict(zip(cfg["locations"], model_keep_counts(model)))
+    out = []
+    for i in range(len(model.blocks)):
+        if i in stage_at:
+            current = min(current, stage_at[i])
+        out.append(prefix + current)
+    return out
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """Everything a metrics.json needs about the pruning: config, resolved ratios, counts, tokens."""
+    model = _unwrap(model)
+    cfg = config(model)
+    return {
+        **cfg,
+        "keep_ratios_resolved": schedule_ratios(cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"],
+                                                len(cfg["locations"])),
+        "num_patches": int(model.patch_embed.num_patches),
+        "keep_counts": model_keep_counts(model),
+        "tokens_per_block": tokens_per_block(model),
+        "tokens_include_cls": True,
+        "predictor_params": sum(p.numel() for p in getattr(model, PREDICTOR_ATTR).parameters()),
+    }
+
+
+def set_decision_mode(model: nn.Module, mode: str) -> None:
+    """How the training-mode (masked) forward decides: 'gumbel' (training, as published) or
+    'topk' (deterministic: the same top-k tokens the eval-mode gather keeps; no gradient to the
+    predictors). 'topk' exists to check that masked and gathered forwards agree."""
+    if mode not in ("gumbel", "topk"):
+        raise UserError(f"decision mode must be 'gumbel' or 'topk', got {mode!r}")
+    config(model)
+    _unwrap(model)._tp_decision = mode
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / accelerate wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+# ---------------------------------------------------------------- forwards
+
+
+@dataclass
+class TrainAux:
+    """Side outputs of the training-mode forward that the DynamicViT losses need."""
+
+    decisions: list[torch.Tensor]  # per stage, [B, N] cumulative hard keep decisions (with ST gradient)
+    target_ratios: list[float]     # per stage, keep_count / N (what inference keeps)
+    tokens: torch.Tensor           # [B, N, C] final normed patch tokens
+    mask: torch.Tensor             # [B, N] final keep mask, detached
+    num_prefix_tokens: int
+
+
+class _TokenPruningMixin:
+    """Forward of a token-pruned VisionTransformer (mixed in front of the model's own class)."""
+
+    def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise UserError("a token-pruned model takes no attn_mask / is_causal")
+        if self.training:
+            feats, aux = _masked_features(self, x)
+            self._tp_aux = aux
+            return feats
+        return _gathered_features(self, x)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        aux = getattr(self, "_tp_aux", None)
+        if self.training and aux is not None and self.global_pool == "avg":
+            # masked forward keeps dropped tokens in the tensor: average only the kept ones
+            prefix = self.num_prefix_tokens
+            keep = aux.mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x[:, prefix:] * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+            pooled = self.head_drop(self.fc_norm(pooled))
+            return pooled if pre_logits else self.head(pooled)
+        return super().forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _pruned_class(base: type) -> type:
+    if issubclass(base, _TokenPruningMixin):
+        return base
+    if base not in _CLASSES:
+        name = f"TokenPruned{base.__name__}"
+        cls = type(name, (_TokenPruningMixin, base), {"__module__": __name__})
+        globals()[name] = cls  # importable by name, so the model can be pickled
+        _CLASSES[base] = cls
+    return _CLASSES[base]
+
+
+def _embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Tokens entering block 0, exactly as timm's forward_features builds them."""
+    x = model.patch_embed(images)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    return model.norm_pre(x)
+
+
+def _gathered_features(model: nn.Module, images: torch.Tensor, record: bool = False):
+    """Eval-mode forward: drop tokens for real. Returns (normed tokens, kept original indices per stage)."""
+    x = _embed(model, images)
+    prefix = model.num_prefix_tokens
+    B, _, C = x.shape
+    n = x.shape[1] - prefix
+    counts = dict(zip(config(model)["locations"], model_keep_counts(model, n)))
+    predictors = getattr(model, PREDICTOR_ATTR)
+    origin = torch.arange(n, device=x.device).expand(B, n) if record else None
+    kept = []
+    stage = 0
+    for i, blk in enumerate(model.blocks):
+        if i in counts:
+            current = x.shape[1] - prefix
+            k = min(counts[i], current)
+            if k < current:
+                patches = x[:, prefix:]
+                ones = patches.new_ones(B, current, 1)
+                score = predictors[stage](patches, ones)[..., 0]  # log p(keep)
+                # official eval: argsort descending, first k; topk picks the same set
+                idx = score.topk(k, dim=1).indices
+                patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
+                x = torch.cat([x[:, :prefix], patches], dim=1)
+                if record:
+                    origin = origin.gather(1, idx)
+            if record:
+                kept.append(origin.clone())
+            stage += 1
+        x = blk(x)
+    return model.norm(x), kept
+
+
+def _masked_features(model: nn.Module, images: torch.Tensor):
+    """Training-mode forward: all tokens stay, hard decisions mask attention (DynamicViT sec. 3.2)."""
+    x = _embed(model, images)
+    prefix = model.num_prefix_tokens
+    B = x.shape[0]
+    n = x.shape[1] - prefix
+    cfg = config(model)
+    counts = model_keep_counts(model, n)
+    stage_of = {loc: s for s, loc in enumerate(cfg["locations"])}
+    predictors = getattr(model, PREDICTOR_ATTR)
+    decision_mode = getattr(model, "_tp_decision", "gumbel")
+    prev = x.new_ones(B, n, 1)
+    policy = None  # None until the first stage: blocks run unmasked (and fused)
+    decisions = []
+    for i, blk in enumerate(model.blocks):
+        if i in stage_of:
+            s = stage_of[i]
+            log_p = predictors[s](x[:, prefix:], prev)  # [B, N, 2]
+            if decision_mode == "gumbel":
+                # official: gumbel_softmax(hard=True) on the log-probs, times the previous decision
+                hard = F.gumbel_softmax(log_p, hard=True)[..., 0:1] * prev
+            else:
+                score = log_p[..., 0].masked_fill(prev[..., 0] <= 0, float("-inf")).detach()
+                idx = score.topk(counts[s], dim=1).indices
+                hard = torch.zeros_like(prev).scatter_(1, idx.unsqueeze(-1), 1.0) * prev
+            decisions.append(hard[..., 0])
+            prev = hard
+            policy = torch.cat([x.new_ones(B, prefix, 1), hard], dim=1)
+        x = blk(x) if policy is None else _masked_block(blk, x, policy)
+    x = model.norm(x)
+    aux = TrainAux(decisions=decisions, target_ratios=[c / n for c in counts], tokens=x[:, prefix:],
+                   mask=prev[..., 0].detach(), num_prefix_tokens=prefix)
+    return x, aux
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _masked_block(blk: nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+    """One timm pre-norm Block with attention masked by `policy` [B, T, 1]."""
+    ls1 = getattr(blk, "ls1", _identity)
+    ls2 = getattr(blk, "ls2", _identity)
+    dp1 = getattr(blk, "drop_path1", _identity)
+    dp2 = getattr(blk, "drop_path2", _identity)
+    x = x + dp1(ls1(masked_attention(blk.attn, blk.norm1(x), policy)))
+    return x + dp2(ls2(blk.mlp(blk.norm2(x))))
+
+
+def masked_attention(attn: nn.Module, x: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """timm Attention on x [B, T, C] where key j is visible only if policy[b, j] = 1 or j is the query.
+
+    Official `softmax_with_policy` (DynamicViT vit.py / paper eq. 6): weights exp(a_ij) * G_ij with
+    G_ij = policy_j off the diagonal and 1 on it, normalised as (w + eps/T) / (sum w + eps). A
+    multiplicative mask, unlike -inf masking, lets gradients reach the predictors through the
+    Gumbel straight-through policy. Ours subtracts the row max over *visible* keys only (the
+    official subtracts the max over all keys), so a visible weight is 1 and eps stays negligible.
+    Geometry is read from the module (num_heads, head_dim, scale), so pruned heads work;
+    an attention with num_heads == 0 contributes zero.
+    """
+    if getattr(attn, "num_heads", None) == 0:
+        return torch.zeros_like(x)
+    B, T, _ = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    q, k, v = attn.qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q = getattr(attn, "q_norm", _identity)(q)
+    k = getattr(attn, "k_norm", _identity)(k)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, T, T]
+    keep = policy.reshape(B, 1, 1, T).to(torch.float32)
+    eye = torch.eye(T, dtype=torch.float32, device=x.device).view(1, 1, T, T)
+    visible = keep + (1.0 - keep) * eye
+    with torch.no_grad():
+        row_max = logits.float().masked_fill(visible <= 0, float("-inf")).amax(dim=-1, keepdim=True)
+    weights = torch.exp(logits.float() - row_max) * visible
+    weights = (weights + eps / T) / (weights.sum(dim=-1, keepdim=True) + eps)
+    weights = attn.attn_drop(weights.to(v.dtype))
+    out = (weights @ v).transpose(1, 2).reshape(B, T, heads * head_dim)
+    out = getattr(attn, "norm", _identity)(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out))
+
+
+def pop_aux(model: nn.Module) -> TrainAux:
+    """The side outputs of the last training-mode forward (cleared once read)."""
+    bare = _unwrap(model)
+    aux = getattr(bare, "_tp_aux", None)
+    if aux is None:
+        raise UserError("no training-mode token-pruning forward to read: attach token pruning and call "
+                        "the model in train mode before the DynamicViT loss")
+    bare._tp_aux = None
+    return aux
+
+
+@torch.no_grad()
+def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Eval-mode logits and, per stage, a bool mask [B, N] over the ORIGINAL patch grid of the
+    tokens still kept after that stage (for the kept-token visualisation)."""
+    bare = _unwrap(model)
+    was_training = bare.training
+    bare.eval()
+    try:
+        feats, kept = _gathered_features(bare, images, record=True)
+        logits = bare.forward_head(feats)
+    finally:
+        bare.train(was_training)
+    n = _num_patches_of(bare, images)
+    masks = []
+    for idx in kept:
+        mask = torch.zeros(images.shape[0], n, dtype=torch.bool, device=images.device)
+        masks.append(mask.scatter_(1, idx, True))
+    return logits, masks
+
+
+def _num_patches_of(model: nn.Module, images: torch.Tensor) -> int:
+    if getattr(model, "dynamic_img_size", False):
+        grid = model.patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))
+    else:
+        grid = model.patch_embed.grid_size
+    return int(grid[0] * grid[1])
+
+
+# ---------------------------------------------------------------- losses and optimisation
+
+
+def make_loss_fn(clf_weight: float = 1.0, ratio_weight: float = 2.0, distill_weight: float = 0.5,
+                 token_distill_weight: float | None = None, label_smoothing: float = 0.1,
+                 temperature: float = 1.0) -> Callable:
+    """DynamicViT objective for engine.train's `loss_fn(model, images, targets, teacher)` hook.
+
+    loss = clf_weight * CE(label-smoothed)
+         + ratio_weight * mean_s (mean_b (kept fraction_{b,s}) - target_s)^2  (mean over stages)
+         + distill_weight * KL(teacher logits || student logits) * T^2
+         + token_distill_weight * MSE(kept student patch tokens, teacher tokens)
+    Defaults from the official DeiT recipe (main_dynamic_vit.py / losses.DistillDiffPruningLoss:
+    clf 1.0, ratiow 2.0, distillw 0.5 for both distillation terms, MSE token loss, T = 1). The
+    keep-ratio target per stage is keep_count / N, the fraction inference really keeps (the
+    official uses the ratio itself; they differ by under 1/N). Without a teacher the
+    distillation terms are 0.
+    """
+    token_w = distill_weight if token_distill_weight is None else token_distill_weight
+    for name, value in (("clf_weight", clf_weight), ("ratio_weight", ratio_weight),
+                        ("distill_weight", distill_weight), ("token_distill_weight", token_w),
+                        ("label_smoothing", label_smoothing)):
+        if value < 0:
+            raise UserError(f"{name} must be >= 0, got {value}")
+    if temperature <= 0:
+        raise UserError(f"temperature must be > 0, got {temperature}")
+
+    def loss_fn(model, images, targets, teacher=None):
+        logits = model(images)
+        aux = pop_aux(model)
+        if targets.dim() == 2:  # soft targets (mixup): soft cross-entropy
+            ce = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            ce = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        # official: pos_ratio = decision.mean(1); ((pos_ratio - ratio)^2).mean(); summed, / stages
+        ratio_terms = [((d.mean(dim=1) - r) ** 2).mean() for d, r in zip(aux.decisions, aux.target_ratios)]
+        ratio_loss = torch.stack(ratio_terms).sum() / len(ratio_terms)
+        loss = clf_weight * ce + ratio_weight * ratio_loss
+        logs = {"ce": ce.item(), "ratio_loss": ratio_loss.item()}
+        for s, d in enumerate(aux.decisions):
+            logs[f"keep_frac_{s}"] = d.detach().mean().item()
+        if teacher is not None and (distill_weight > 0 or token_w > 0):
+            kl, token_mse = _distillation_terms(teacher, images, logits, aux, temperature)
+            loss = loss + distill_weight * kl + token_w * token_mse
+            logs.update(kl=kl.item(), token_mse=token_mse.item())
+        logs["loss"] = loss.item()
+        return loss, logits, logs
+
+    return loss_fn
+
+
+def _distillation_terms(teacher, images, logits, aux: TrainAux, temperature: float):
+    bare_teacher = _unwrap(teacher)
+    if getattr(bare_teacher, CONFIG_ATTR, None) is not None:
+        raise UserError("the DynamicViT teacher must be the unpruned model, but it has token pruning attached")
+    with torch.no_grad():
+        t_feats = bare_teacher.forward_features(images)
+        t_logits = bare_teacher.forward_head(t_feats)
+    t_tokens = t_feats[:, getattr(bare_teacher, "num_prefix_tokens", aux.num_prefix_tokens):]
+    if t_tokens.shape != aux.tokens.shape:
+        raise UserError(f"teacher patch tokens {tuple(t_tokens.shape)} do not match the student's "
+                        f"{tuple(aux.tokens.shape)}; the teacher must be the same architecture, unpruned")
+    T = temperature
+    kl = F.kl_div(F.log_softmax(logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1),
+                  reduction="batchmean", log_target=True) * (T * T)
+    keep = aux.mask > 0.5  # official: MSE over the tokens kept after the last stage
+    if keep.any():
+        token_mse = ((aux.tokens[keep] - t_tokens[keep]) ** 2).mean()
+    else:
+        token_mse = logits.new_zeros(())
+    return kl, token_mse
+
+
+def predictor_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(getattr(_unwrap(model), PREDICTOR_ATTR).parameters())
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable backbone parameters; cls_token and pos_embed stay frozen as in the official
+    get_param_groups (main_dynamic_vit.py)."""
+    bare = _unwrap(model)
+    out = []
+    for name, p in bare.named_parameters():
+        if name.startswith(PREDICTOR_ATTR + ".") or not p.requires_grad:
+            continue
+        if name in ("cls_token", "pos_embed", "reg_token", "dist_token"):
+            continue
+        out.append(p)
+    return out
+
+
+def param_groups(model: nn.Module, backbone_lr_scale: float = 0.01) -> list[dict]:
+    """engine.train param groups: predictors at the full lr, the backbone at lr * backbone_lr_scale
+    (official: backbone lr = min(0.01 * lr, cosine lr), i.e. a 0.01 scale)."""
+    config(model)
+    if backbone_lr_scale < 0:
+        raise UserError(f"backbone_lr_scale must be >= 0, got {backbone_lr_scale}")
+    groups = [{"params": predictor_parameters(model), "lr_scale": 1.0}]
+    if backbone_lr_scale > 0:
+        groups.append({"params": backbone_parameters(model), "lr_scale": float(backbone_lr_scale)})
+    return groups
+
+
+def frozen_backbone_hook(model: nn.Module, frozen_steps: int,
+                         then: Callable | None = None) -> Callable:
+    """An engine.train `on_step(step, total_steps, model)` that drops the backbone's gradients
+    for the first `frozen_steps` optimizer steps, so only the predictors learn at first (official:
+    backbone lr 0 for the first 5 of 30 epochs). `then` is another on_step to chain."""
+    if frozen_steps < 0:
+        raise UserError(f"frozen_steps must be >= 0, got {frozen_steps}")
+    params = backbone_parameters(model)
+
+    def on_step(step: int, total_steps: int, model_: nn.Module) -> None:
+        if step < frozen_steps:
+            for p in params:
+                p.grad = None
+        if then is not None:
+            then(step, total_steps, model_)
+
+    return on_step
+
+
+# ---------------------------------------------------------------- official checkpoints
+
+
+def _torch_load(path: str | os.PathLike) -> Any:
+    """torch.load without arbitrary unpickling; official files also hold an argparse Namespace."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - reported as one clear line
+        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def official_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The model weights of an official DynamicViT file: `{"model": ...}`, `{"state_dict": ...}`
+    or a bare state dict; a DDP `module.` prefix is removed."""
+    state = obj
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError("not a DynamicViT checkpoint: expected a state dict, or one under 'model'")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_official_checkpoint(model: nn.Module, path_or_state: Any, strict: bool = True) -> nn.Module:
+    """Load weights in the official DynamicViT layout (timm DeiT keys + `score_predictor.<i>.*`)
+    into a token-pruned model. With strict=False, missing predictor keys are allowed (start
+    from a plain DeiT checkpoint); everything else must match."""
+    bare = _unwrap(model)
+    cfg = config(bare)
+    obj = _torch_load(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
+    state = official_state_dict(obj)
+    stages = {int(k.split(".")[1]) for k in state if k.startswith(PREDICTOR_ATTR + ".")}
+    if stages and len(stages) != len(cfg["locations"]):
+        raise UserError(f"checkpoint has {len(stages)} score predictors but the model prunes at "
+                        f"{len(cfg['locations'])} locations {cfg['locations']}; attach with matching locations")
+    own = bare.state_dict()
+    missing = [k for k in own if k not in state and (strict or not k.startswith(PREDICTOR_ATTR + "."))]
+    unexpected = [k for k in state if k not in own]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+            if keys:
+                more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+                parts.append(f"{label}: {', '.join(keys[:8])}{more}")
+        raise UserError("checkpoint does not fit the model -- " + "; ".join(parts) +
+                        "; build the same architecture (embed dim, depth, img size) before loading")
+    bare.load_state_dict(state, strict=False)
+    return model
+
+
+def save_official_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write `{"model": state_dict, **extra}` (the official layout) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": _unwrap(model).state_dict(), **extra}, tmp)
+    os.replace(tmp, path)
+    return path
