@@ -1,0 +1,722 @@
+"""Block pruning: remove whole attention heads and MLP hidden channels from timm ViTs.
+
+The unit of pruning is a *block of weights* that can be cut out of a dense matrix
+(Lagunas et al. 2021, "Block Pruning For Faster Transformers"; here the blocks are whole
+heads and whole MLP rows/columns, the structured end of their method, which is also what
+Wang et al. 2022 apply to DeiT). Three stages:
+
+1. **Masks.** Every head gets a gate on its slice of the attention output (the input of
+   `attn.proj`), every MLP hidden channel a gate on its slice of the input of `mlp.fc2`
+   (Michel et al. 2019, "Are Sixteen Heads Really Better than One?", head masks ξ_h).
+   Gates are forward hooks plus a buffer, so state-dict key names stay timm's and any code
+   that calls `attn.proj` / `mlp.fc2` (e.g. DynamicViT's masked attention) is gated too.
+   A block whose gates are all closed drops its whole branch (bias included): its output
+   is zero and the residual carries the tokens through.
+2. **Importance and schedule.** Importance of a head (channel) is the first-order Taylor
+   estimate of the loss change when its gate closes, |dL/dξ| = |Σ_{tokens, j ∈ unit} x_j
+   ∂L/∂x_j| = |Σ_{i, j ∈ unit} W_ij ∂L/∂W_ij| over the columns of `proj` (`fc2`) that read
+   the unit (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning";
+   Michel et al. 2019). It is taken per batch and accumulated (exponential moving average
+   while training, a sum for one-shot pruning). Without data the criterion is weight
+   magnitude: the L2 norm of every weight coupled to the unit (qkv rows + proj columns for
+   a head, fc1 row + fc2 column for a channel), as Torch-Pruning's magnitude importance
+   groups coupled parameters. Units are ranked per layer, or globally with scores
+   L2-normalised per layer first (Michel et al. 2019, sec. 4). Masks are tightened on the
+   cubic schedule of Zhu & Gupta 2017 ("To prune, or not to prune"), driven from
+   `engine.train(on_step=...)`; pruned units never come back.
+3. **Removal.** Kept heads are cut out of the `qkv` rows and `proj` columns (`num_heads`
+   and `attn_dim` updated, `head_dim` and `scale` unchanged, as timm 1.0's
+   `Attention(attn_head_dim=...)` allows), kept channels out of `fc1` rows / `fc2`
+   columns (and `mlp.norm` if present). A block with no head left gets `NoAttention`,
+   one with no channel left `NoMlp`. The per-block spec `[{"heads": h, "mlp": m}, ...]` is
+   stored as `model.vitprune_block_spec`; `apply_spec` rebuilds those shapes before a
+   state dict is loaded.
+
+MACs here are multiply-accumulates for one image (batch 1); tokens include CLS.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.layers import Mlp
+from timm.layers.attention import Attention
+
+from vitprune.errors import UserError
+
+MASK = "vitprune_unit_mask"  # buffer on attn.proj / mlp.fc2 (and attn.norm / mlp.norm): 1 keep, 0 pruned
+ALIVE = "vitprune_branch_alive"  # scalar buffer on attn.proj / mlp.fc2: 0 once every unit is pruned
+
+IMPORTANCE = ("magnitude", "taylor")
+SCOPES = ("layer", "global")
+
+
+class NoAttention(nn.Module):
+    """Attention branch of a block whose heads were all pruned: outputs zeros.
+
+    Keeps the geometry attributes other code reads (`num_heads == 0`, `head_dim`,
+    `scale`, `attn_dim == 0`) so it can be recognised without isinstance checks.
+    """
+
+    def __init__(self, dim_out: int, head_dim: int):
+        super().__init__()
+        self.num_heads = 0
+        self.head_dim = head_dim
+        self.attn_dim = 0
+        self.dim_out = dim_out
+        self.scale = head_dim ** -0.5
+        self.fused_attn = False
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.dim_out)
+
+    def extra_repr(self) -> str:
+        return f"num_heads=0, dim_out={self.dim_out}"
+
+
+class NoMlp(nn.Module):
+    """MLP branch of a block whose hidden channels were all pruned: outputs zeros."""
+
+    def __init__(self, dim_out: int):
+        super().__init__()
+        self.hidden_features = 0
+        self.dim_out = dim_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.dim_out)
+
+    def extra_repr(self) -> str:
+        return f"hidden_features=0, dim_out={self.dim_out}"
+
+
+# --------------------------------------------------------------------------- geometry
+
+def _blocks(model: nn.Module) -> Sequence[nn.Module]:
+    model = unwrap(model)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise UserError(
+            f"{type(model).__name__} has no `blocks`; block pruning works on timm "
+            "VisionTransformer-style models (model.blocks[i].attn / .mlp)")
+    for i, blk in enumerate(blocks):
+        attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
+        if not isinstance(attn, (Attention, NoAttention)):
+            raise UserError(
+                f"block {i}: attention is {type(attn).__name__}, not timm's Attention; "
+                "block pruning supports timm ViT/DeiT blocks (timm.layers.Attention + Mlp)")
+        if not isinstance(mlp, (Mlp, NoMlp)) or (isinstance(mlp, Mlp) and not isinstance(mlp.fc1, nn.Linear)):
+            raise UserError(
+                f"block {i}: MLP is {type(mlp).__name__}, not timm's Linear Mlp; "
+                "block pruning supports timm ViT/DeiT blocks (timm.layers.Attention + Mlp)")
+    return blocks
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _num_heads(attn: nn.Module) -> int:
+    return int(attn.num_heads)
+
+
+def _num_channels(mlp: nn.Module) -> int:
+    return 0 if isinstance(mlp, NoMlp) else int(mlp.fc1.out_features)
+
+
+def block_spec(model: nn.Module) -> list[dict]:
+    """Current per-block widths: `[{"heads": h, "mlp": m}, ...]`."""
+    return [{"heads": _num_heads(b.attn), "mlp": _num_channels(b.mlp)} for b in _blocks(model)]
+
+
+# --------------------------------------------------------------------------- masks
+
+def _gate_input(module: nn.Module, args):
+    # forward pre-hook: zero the input slices of pruned units
+    return (args[0] * getattr(module, MASK),) + tuple(args[1:])
+
+
+def _gate_branch(module: nn.Module, args, out):
+    # forward hook: the whole branch (bias included) vanishes once every unit is pruned
+    return out * getattr(module, ALIVE)
+
+
+def _masked_layer_norm(module: nn.Module, args, out):
+    """LayerNorm over a pruned width: statistics over kept channels only, so that the
+    masked model equals the model with those channels removed."""
+    m = getattr(module, MASK)
+    if bool(m.all()):
+        return out
+    x = args[0]
+    keep = m.sum().clamp_min(1.0)
+    mean = (x * m).sum(-1, keepdim=True) / keep
+    var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / keep
+    y = (x - mean) * torch.rsqrt(var + module.eps)
+    if module.weight is not None:
+        y = y * module.weight
+    if module.bias is not None:
+        y = y + module.bias
+    return y * m
+
+
+_HOOKS = (_gate_input, _gate_branch, _masked_layer_norm)
+
+
+def _check_norm(norm: nn.Module, where: str) -> bool:
+    """True if `norm` normalises over the prunable width and needs masking."""
+    if isinstance(norm, nn.Identity):
+        return False
+    if isinstance(norm, nn.LayerNorm):
+        return True
+    raise UserError(f"{where} is {type(norm).__name__}; block pruning handles only "
+                    "Identity or LayerNorm between the pruned layers")
+
+
+def _add_mask(module: nn.Module, width: int, pre=None, post=None, alive: bool = False) -> None:
+    p = next(module.parameters(), None)
+    kw = {"device": p.device if p is not None else None, "dtype": p.dtype if p is not None else None}
+    if not hasattr(module, MASK):
+        module.register_buffer(MASK, torch.ones(width, **kw))
+        if alive:
+            module.register_buffer(ALIVE, torch.ones((), **kw))
+        if pre is not None:
+            module.register_forward_pre_hook(pre)
+        if post is not None:
+            module.register_forward_hook(post)
+
+
+def attach_masks(model: nn.Module) -> nn.Module:
+    """Install (all-open) head and channel gates on every block; idempotent.
+
+    The masks are persistent buffers, so a training checkpoint of the masked model holds
+    them (call `remove` before `models.save_checkpoint`)."""
+    for i, blk in enumerate(_blocks(model)):
+        attn, mlp = blk.attn, blk.mlp
+        if isinstance(attn, Attention):
+            if attn.gate is not None and not isinstance(attn.gate, nn.Linear):
+                raise UserError(f"block {i}: unsupported attention gate {type(attn.gate).__name__}")
+            _add_mask(attn.proj, attn.attn_dim, pre=_gate_input, post=_gate_branch, alive=True)
+            if _check_norm(attn.norm, f"block {i} attn.norm"):
+                _add_mask(attn.norm, attn.attn_dim, post=_masked_layer_norm)
+        if isinstance(mlp, Mlp):
+            _add_mask(mlp.fc2, mlp.fc1.out_features, pre=_gate_input, post=_gate_branch, alive=True)
+            if _check_norm(mlp.norm, f"block {i} mlp.norm"):
+                _add_mask(mlp.norm, mlp.fc1.out_features, post=_masked_layer_norm)
+    return model
+
+
+def detach_masks(model: nn.Module) -> nn.Module:
+    """Remove every gate hook and mask buffer (the weights are left untouched)."""
+    for mod in unwrap(model).modules():
+        for hooks in (mod._forward_pre_hooks, mod._forward_hooks):
+            for key in [k for k, fn in hooks.items() if fn in _HOOKS]:
+                del hooks[key]
+        for name in (MASK, ALIVE):
+            if name in mod._buffers:
+                del mod._buffers[name]
+    return model
+
+
+def has_masks(model: nn.Module) -> bool:
+    """True if gates are installed (the model is in its masked, not yet removed, form)."""
+    return any(hasattr(getattr(b.attn, "proj", None), MASK) or hasattr(getattr(b.mlp, "fc2", None), MASK)
+               for b in _blocks(model))
+
+
+def get_masks(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Boolean keep masks per block: (heads [num_heads], mlp channels [hidden])."""
+    heads, chans = [], []
+    for blk in _blocks(model):
+        attn, mlp = blk.attn, blk.mlp
+        if isinstance(attn, NoAttention):
+            heads.append(torch.zeros(0, dtype=torch.bool))
+        elif hasattr(attn.proj, MASK):
+            heads.append(getattr(attn.proj, MASK).detach().view(attn.num_heads, attn.head_dim)[:, 0].cpu() > 0)
+        else:
+            heads.append(torch.ones(attn.num_heads, dtype=torch.bool))
+        if isinstance(mlp, NoMlp):
+            chans.append(torch.zeros(0, dtype=torch.bool))
+        elif hasattr(mlp.fc2, MASK):
+            chans.append(getattr(mlp.fc2, MASK).detach().cpu() > 0)
+        else:
+            chans.append(torch.ones(mlp.fc1.out_features, dtype=torch.bool))
+    return heads, chans
+
+
+@torch.no_grad()
+def set_masks(model: nn.Module, heads: Sequence[torch.Tensor], mlp: Sequence[torch.Tensor]) -> None:
+    """Set the keep masks (bool or 0/1 tensors per block); installs gates if needed."""
+    blocks = _blocks(model)
+    if len(heads) != len(blocks) or len(mlp) != len(blocks):
+        raise UserError(f"got masks for {len(heads)}/{len(mlp)} blocks, the model has {len(blocks)}")
+    attach_masks(model)
+    for i, blk in enumerate(blocks):
+        attn, m = blk.attn, blk.mlp
+        if isinstance(attn, Attention):
+            hm = torch.as_tensor(heads[i]).flatten()
+            if hm.numel() != attn.num_heads:
+                raise UserError(f"block {i}: head mask has {hm.numel()} entries, the block has {attn.num_heads} heads")
+            full = hm.to(attn.proj.weight).repeat_interleave(attn.head_dim)
+            getattr(attn.proj, MASK).copy_(full)
+            getattr(attn.proj, ALIVE).fill_(float(bool(hm.any())))
+            if hasattr(attn.norm, MASK):
+                getattr(attn.norm, MASK).copy_(full)
+        if isinstance(m, Mlp):
+            cm = torch.as_tensor(mlp[i]).flatten()
+            if cm.numel() != m.fc1.out_features:
+                raise UserError(f"block {i}: MLP mask has {cm.numel()} entries, the block has {m.fc1.out_features} channels")
+            getattr(m.fc2, MASK).copy_(cm.to(m.fc2.weight))
+            getattr(m.fc2, ALIVE).fill_(float(bool(cm.any())))
+            if hasattr(m.norm, MASK):
+                getattr(m.norm, MASK).copy_(cm.to(m.fc2.weight))
+
+
+# --------------------------------------------------------------------------- importance
+
+@torch.no_grad()
+def magnitude_importance(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """L2 norm of all weights coupled to each head / MLP channel (data-free criterion)."""
+    heads, chans = [], []
+    for blk in _blocks(model):
+        attn, mlp = blk.attn, blk.mlp
+        if isinstance(attn, Attention):
+            h, d = attn.num_heads, attn.head_dim
+            sq = attn.qkv.weight.float().pow(2).view(3, h, d, -1).sum(dim=(0, 2, 3))
+            if attn.qkv.bias is not None:
+                sq += attn.qkv.bias.float().pow(2).view(3, h, d).sum(dim=(0, 2))
+            sq += attn.proj.weight.float().pow(2).view(-1, h, d).sum(dim=(0, 2))
+            heads.append(sq.sqrt().cpu())
+        else:
+            heads.append(torch.zeros(0))
+        if isinstance(mlp, Mlp):
+            sq = mlp.fc1.weight.float().pow(2).sum(1) + mlp.fc2.weight.float().pow(2).sum(0)
+            if mlp.fc1.bias is not None:
+                sq += mlp.fc1.bias.float().pow(2)
+            chans.append(sq.sqrt().cpu())
+        else:
+            chans.append(torch.zeros(0))
+    return heads, chans
+
+
+@torch.no_grad()
+def taylor_scores_from_grads(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """|dL/dξ| per head and channel for the gradient currently in `.grad` (one batch).
+
+    dL/dξ_unit = Σ_{i, j ∈ unit} W_ij ∂L/∂W_ij over the proj (fc2) columns reading the
+    unit — Molchanov et al. 2019 eq. 8 applied to a group, Michel et al. 2019 eq. 2.
+    Units with no gradient (already pruned, or no backward yet) score 0."""
+    heads, chans = [], []
+    for blk in _blocks(model):
+        attn, mlp = blk.attn, blk.mlp
+        if isinstance(attn, Attention):
+            w = attn.proj.weight
+            if w.grad is None:
+                heads.append(torch.zeros(attn.num_heads))
+            else:
+                gw = (w.grad.float() * w.float()).view(w.shape[0], attn.num_heads, attn.head_dim)
+                heads.append(gw.sum(dim=(0, 2)).abs().cpu())
+        else:
+            heads.append(torch.zeros(0))
+        if isinstance(mlp, Mlp):
+            w = mlp.fc2.weight
+            if w.grad is None:
+                chans.append(torch.zeros(mlp.fc2.in_features))
+            else:
+                chans.append((w.grad.float() * w.float()).sum(0).abs().cpu())
+        else:
+            chans.append(torch.zeros(0))
+    return heads, chans
+
+
+def _logits(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def taylor_importance(model: nn.Module, data, *, loss_fn=None, max_batches: int | None = None,
+                      batch_size: int = 32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """First-order Taylor importance summed over the batches of `data`.
+
+    `data`: an iterable of `(images, labels)` batches or a torch Dataset of
+    `(image, label)` pairs. `loss_fn(logits, labels)` defaults to cross-entropy. The model
+    runs in eval mode (no dropout; a DynamicViT model takes its inference path); its
+    parameters' `.grad` are left as they were."""
+    model = unwrap(model)
+    if isinstance(data, torch.utils.data.Dataset):
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    loss_fn = loss_fn or F.cross_entropy
+    params = [p for p in model.parameters()]
+    saved = [p.grad for p in params]
+    was_training = model.training
+    device = next(model.parameters()).device
+    total_h = total_c = None
+    n = 0
+    try:
+        model.eval()
+        for images, labels in data:
+            if max_batches is not None and n >= max_batches:
+                break
+            for p in params:
+                p.grad = None
+            with torch.enable_grad():
+                loss = loss_fn(_logits(model(images.to(device))), torch.as_tensor(labels).to(device))
+                loss.backward()
+            h, c = taylor_scores_from_grads(model)
+            total_h = h if total_h is None else [a + b for a, b in zip(total_h, h)]
+            total_c = c if total_c is None else [a + b for a, b in zip(total_c, c)]
+            n += 1
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+        model.train(was_training)
+    if n == 0:
+        raise UserError("Taylor importance needs at least one batch of (images, labels); `data` was empty")
+    return total_h, total_c
+
+
+# --------------------------------------------------------------------------- ranking
+
+def keep_count(fraction: float, n: int, minimum: int = 0) -> int:
+    """Units kept out of `n` for a keep fraction: round half up, at least `minimum`
+    (capped at n). E.g. 0.5 of 3 heads -> 2, 0.5 of 6 -> 3."""
+    return min(n, max(int(math.floor(fraction * n + 0.5)), min(minimum, n)))
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+        raise UserError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    return float(value)
+
+
+def select_units(scores: Sequence[torch.Tensor], keep: float, *, scope: str = "layer", minimum: int = 0,
+                 active: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Boolean keep masks from per-layer importance scores.
+
+    scope="layer": each layer keeps `keep_count(keep, n_l, minimum)` of its units.
+    scope="global": `keep_count(keep, Σ n_l)` units over all layers, by score
+    L2-normalised per layer (Michel et al. 2019), each layer keeping at least `minimum`.
+    Units not in `active` are never selected (pruning is monotone); ties go to the lower
+    index."""
+    keep = _check_fraction("keep fraction", keep)
+    if scope not in SCOPES:
+        raise UserError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if minimum < 0:
+        raise UserError(f"minimum units per layer must be >= 0, got {minimum}")
+    active = [torch.ones(len(s), dtype=torch.bool) for s in scores] if active is None else [a.bool().cpu() for a in active]
+    ranked = []
+    for s, a in zip(scores, active):
+        s = s.detach().float().cpu().clone()
+        if scope == "global" and a.any():
+            norm = s[a].norm()
+            s = s / norm if norm > 0 else s
+        s[~a] = -math.inf
+        ranked.append(s)
+    masks = [torch.zeros(len(s), dtype=torch.bool) for s in ranked]
+
+    def take(i: int, k: int) -> None:
+        order = torch.argsort(-ranked[i], stable=True)
+        masks[i][order[:k]] = True
+
+    if scope == "layer":
+        for i, s in enumerate(ranked):
+            take(i, min(keep_count(keep, len(s), minimum), int(active[i].sum())))
+        return masks
+    total = keep_count(keep, sum(len(s) for s in ranked))
+    for i, s in enumerate(ranked):  # reserved minimum per layer
+        take(i, min(minimum, int(active[i].sum())))
+    left = total - sum(int(m.sum()) for m in masks)
+    if left > 0:
+        flat = torch.cat(ranked)
+        free = ~torch.cat(masks) & torch.cat(active)
+        order = torch.argsort(-flat, stable=True)  # ties: earlier layer, then lower index
+        chosen = order[free[order]][:left]
+        picked = torch.zeros(len(flat), dtype=torch.bool)
+        picked[chosen] = True
+        return [m | p for m, p in zip(masks, torch.split(picked, [len(s) for s in ranked]))]
+    return masks
+
+
+# --------------------------------------------------------------------------- schedule
+
+def cubic_keep(step: int, total_steps: int, final_keep: float, start: float = 0.0, end: float = 0.7) -> float:
+    """Keep fraction after `step` (0-based) of `total_steps`, Zhu & Gupta 2017 eq. 1:
+    sparsity s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3 with s_i = 0, written in
+    keep = 1 - sparsity. t counts completed steps (step + 1); t0 = start*total,
+    t1 = end*total (fractions of training); constant final_keep after t1."""
+    if not 0.0 <= start < end <= 1.0:
+        raise UserError(f"schedule needs 0 <= start < end <= 1 (fractions of the training steps), got {start}, {end}")
+    t = (step + 1) / max(total_steps, 1)
+    p = min(max((t - start) / (end - start), 0.0), 1.0)
+    return final_keep + (1.0 - final_keep) * (1.0 - p) ** 3
+
+
+class GradualPruner:
+    """`engine.train(on_step=pruner)` hook: tightens head/channel masks on a cubic schedule.
+
+    Importance "taylor" is an exponential moving average (factor `ema`) of the per-step
+    |Σ w·∂L/∂w| of the training loss (distillation included), read from `.grad` before
+    the optimizer step; "magnitude" re-reads the weights each update. Masks change at
+    most every `update_every` steps and always on the last step, so the model ends at the
+    target. Call `remove(model)` after training for the dense model."""
+
+    def __init__(self, model: nn.Module, keep_heads: float = 0.5, keep_mlp: float = 0.5, *,
+                 importance: str = "taylor", scope: str = "layer", min_heads: int = 0, min_mlp: int = 0,
+                 start: float = 0.0, end: float = 0.7, ema: float = 0.9, update_every: int = 1):
+        if importance not in IMPORTANCE:
+            raise UserError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
+        if scope not in SCOPES:
+            raise UserError(f"scope must be one of {SCOPES}, got {scope!r}")
+        cubic_keep(0, 1, 1.0, start, end)  # validates start/end
+        if not 0.0 <= ema < 1.0:
+            raise UserError(f"ema must be in [0, 1), got {ema}")
+        if update_every < 1:
+            raise UserError(f"update_every must be >= 1, got {update_every}")
+        self.keep_heads = _check_fraction("keep_heads", keep_heads)
+        self.keep_mlp = _check_fraction("keep_mlp", keep_mlp)
+        self.importance, self.scope = importance, scope
+        self.min_heads, self.min_mlp = int(min_heads), int(min_mlp)
+        self.start, self.end, self.ema, self.update_every = start, end, ema, update_every
+        attach_masks(model)
+        self.scores: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self.log: list[dict] = []  # one entry per mask change
+
+    def _update_scores(self, model: nn.Module) -> None:
+        if self.importance == "magnitude":
+            self.scores = magnitude_importance(model)
+            return
+        h, c = taylor_scores_from_grads(model)
+        if self.scores is None:
+            self.scores = (h, c)
+        else:
+            a = self.ema
+            self.scores = ([a * o + (1 - a) * n for o, n in zip(self.scores[0], h)],
+                           [a * o + (1 - a) * n for o, n in zip(self.scores[1], c)])
+
+    def fractions(self, step: int, total_steps: int) -> tuple[float, float]:
+        return (cubic_keep(step, total_steps, self.keep_heads, self.start, self.end),
+                cubic_keep(step, total_steps, self.keep_mlp, self.start, self.end))
+
+    def __call__(self, step: int, total_steps: int, model: nn.Module) -> None:
+        model = unwrap(model)
+        self._update_scores(model)
+        last = step + 1 >= total_steps
+        if not last and (step + 1) % self.update_every:
+            return
+        fh, fm = self.fractions(step, total_steps)
+        heads, chans = get_masks(model)
+        new_h = select_units(self.scores[0], fh, scope=self.scope, minimum=self.min_heads, active=heads)
+        new_c = select_units(self.scores[1], fm, scope=self.scope, minimum=self.min_mlp, active=chans)
+        if any(not torch.equal(a, b) for a, b in zip(heads + chans, new_h + new_c)):
+            set_masks(model, new_h, new_c)
+            self.log.append({"step": step, "keep_heads": fh, "keep_mlp": fm,
+                             "heads": int(sum(m.sum() for m in new_h)),
+                             "mlp": int(sum(m.sum() for m in new_c))})
+
+
+# --------------------------------------------------------------------------- removal
+
+def _linear(src: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    w = src.weight
+    if rows is not None:
+        w = w[rows.to(w.device)]
+    if cols is not None:
+        w = w[:, cols.to(w.device)]
+    out = nn.Linear(w.shape[1], w.shape[0], bias=src.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if src.bias is not None:
+            out.bias.copy_(src.bias if rows is None else src.bias[rows.to(w.device)])
+    out.weight.requires_grad_(src.weight.requires_grad)
+    if out.bias is not None:
+        out.bias.requires_grad_(src.bias.requires_grad)
+    return out
+
+
+def _layer_norm(src: nn.LayerNorm, idx: torch.Tensor) -> nn.LayerNorm:
+    """A copy of `src` (same class, eps, affinity) over the channels `idx` only."""
+    out = copy.deepcopy(src)
+    out.normalized_shape = (len(idx),)
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            p = getattr(src, name, None)
+            if isinstance(p, nn.Parameter):
+                setattr(out, name, nn.Parameter(p[idx.to(p.device)].clone(), requires_grad=p.requires_grad))
+    return out
+
+
+def _shrink_attention(attn: Attention, keep: torch.Tensor) -> nn.Module:
+    """Keep heads `keep` (sorted indices) of a timm Attention; in place, or NoAttention."""
+    if len(keep) == 0:
+        return NoAttention(attn.proj.out_features, attn.head_dim)
+    if len(keep) == attn.num_heads and torch.equal(keep, torch.arange(attn.num_heads)):
+        return attn
+    d = attn.head_dim
+    chan = (keep[:, None] * d + torch.arange(d)).flatten()  # channels of kept heads
+    rows = torch.cat([s * attn.attn_dim + chan for s in range(3)])  # q, k, v blocks of qkv
+    attn.qkv = _linear(attn.qkv, rows=rows)
+    attn.proj = _linear(attn.proj, cols=chan)
+    if attn.gate is not None:
+        attn.gate = _linear(attn.gate, rows=chan)
+    if isinstance(attn.norm, nn.LayerNorm):
+        attn.norm = _layer_norm(attn.norm, chan)
+    attn.num_heads = len(keep)
+    attn.attn_dim = len(keep) * d  # head_dim and scale unchanged
+    return attn
+
+
+def _shrink_mlp(mlp: Mlp, keep: torch.Tensor) -> nn.Module:
+    if len(keep) == 0:
+        return NoMlp(mlp.fc2.out_features)
+    if len(keep) == mlp.fc1.out_features and torch.equal(keep, torch.arange(len(keep))):
+        return mlp
+    mlp.fc1 = _linear(mlp.fc1, rows=keep)
+    mlp.fc2 = _linear(mlp.fc2, cols=keep)
+    if isinstance(mlp.norm, nn.LayerNorm):
+        mlp.norm = _layer_norm(mlp.norm, keep)
+    return mlp
+
+
+def _shrink(model: nn.Module, heads: Sequence[torch.Tensor], chans: Sequence[torch.Tensor]) -> nn.Module:
+    blocks = _blocks(model)
+    for blk, h, c in zip(blocks, heads, chans):
+        if isinstance(blk.attn, Attention):
+            blk.attn = _shrink_attention(blk.attn, torch.nonzero(h.cpu()).flatten())
+        if isinstance(blk.mlp, Mlp):
+            blk.mlp = _shrink_mlp(blk.mlp, torch.nonzero(c.cpu()).flatten())
+    unwrap(model).vitprune_block_spec = block_spec(model)
+    return model
+
+
+def kept_units(model: nn.Module) -> list[dict]:
+    """Indices of the heads and MLP channels the current masks keep, per block (lists of int),
+    for plots and logs; call before `remove`."""
+    heads, chans = get_masks(model)
+    return [{"heads": torch.nonzero(h).flatten().tolist(), "mlp": torch.nonzero(c).flatten().tolist()}
+            for h, c in zip(heads, chans)]
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Physically remove the masked heads and channels (in place): a dense smaller model
+    whose outputs equal the masked model's. Sets `model.vitprune_block_spec`."""
+    heads, chans = get_masks(model)
+    detach_masks(model)
+    return _shrink(model, heads, chans)
+
+
+def apply_spec(model: nn.Module, spec: Sequence[dict]) -> nn.Module:
+    """Rebuild the layer shapes of a pruned model from its spec (in place), so that a pruned
+    state dict loads. Keeps the first h heads / m channels; the weights are meant to be
+    overwritten by `load_state_dict`."""
+    blocks = _blocks(model)
+    if not isinstance(spec, (list, tuple)) or len(spec) != len(blocks):
+        n = len(spec) if isinstance(spec, (list, tuple)) else type(spec).__name__
+        raise UserError(f"block spec has {n} entries but the model has {len(blocks)} blocks; "
+                        "use the spec saved with this model's checkpoint")
+    heads, chans = [], []
+    for i, (blk, s) in enumerate(zip(blocks, spec)):
+        if not isinstance(s, dict) or set(s) != {"heads", "mlp"}:
+            raise UserError(f"block spec entry {i} must be {{'heads': int, 'mlp': int}}, got {s!r}")
+        nh, nm = _num_heads(blk.attn), _num_channels(blk.mlp)
+        h, m = s["heads"], s["mlp"]
+        for name, val, cur in (("heads", h, nh), ("mlp", m, nm)):
+            if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val <= cur:
+                raise UserError(f"block spec entry {i}: {name}={val!r} must be an int in [0, {cur}] "
+                                "(the block has that many); was the spec made for another model?")
+        heads.append(torch.arange(nh) < h)
+        chans.append(torch.arange(nm) < m)
+    return _shrink(model, heads, chans)
+
+
+# --------------------------------------------------------------------------- targets
+
+def _tokens_per_block(model: nn.Module) -> list[int]:
+    """Tokens (CLS and other prefix tokens included) entering each block at batch 1."""
+    model = unwrap(model)
+    blocks = _blocks(model)
+    if getattr(model, "vitprune_token_pruning", None):
+        from vitprune import token_pruning  # lazy: optional dependency between modules
+        return [int(n) for n in token_pruning.tokens_per_block(model)]
+    n = int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 1))
+    return [n] * len(blocks)
+
+
+def block_macs(model: nn.Module) -> int:
+    """MACs of the prunable part (qkv, attention matmuls, proj, fc1, fc2) per image."""
+    total = 0
+    dim = None
+    for blk, n in zip(_blocks(model), _tokens_per_block(model)):
+        attn, mlp = blk.attn, blk.mlp
+        if isinstance(attn, Attention):
+            dim, a = attn.qkv.in_features, attn.attn_dim
+            total += n * dim * 3 * a + 2 * n * n * a + n * a * attn.proj.out_features
+        if isinstance(mlp, Mlp):
+            total += n * mlp.fc1.in_features * mlp.fc1.out_features + n * mlp.fc2.in_features * mlp.fc2.out_features
+    return total
+
+
+def keep_for_mac_ratio(model: nn.Module, target_mac_ratio: float, total_macs: int | None = None,
+                       min_heads: int = 0, min_mlp: int = 0) -> float:
+    """The largest keep fraction f (same for heads and MLP channels, per layer) such that
+    MACs(original) / MACs(pruned to f) >= target_mac_ratio.
+
+    `total_macs`: MACs of the whole model as `measure.count` reports them (defaults to
+    calling it); the non-prunable part (patch embedding, norms, head) is taken as fixed."""
+    if not isinstance(target_mac_ratio, (int, float)) or target_mac_ratio < 1.0:
+        raise UserError(f"target_mac_ratio is original/pruned MACs and must be >= 1, got {target_mac_ratio!r}")
+    if total_macs is None:
+        from vitprune import measure  # lazy: measure imports this module for its variants
+        bare = unwrap(model)
+        total_macs = int(measure.count(bare, img_size=tuple(bare.patch_embed.img_size))["macs"])
+    var = block_macs(model)
+    fixed = total_macs - var
+    geo = []
+    for blk, n in zip(_blocks(model), _tokens_per_block(model)):
+        attn, mlp = blk.attn, blk.mlp
+        per_head = 0 if not isinstance(attn, Attention) else attn.head_dim * (
+            n * attn.qkv.in_features * 3 + 2 * n * n + n * attn.proj.out_features)
+        per_chan = 0 if not isinstance(mlp, Mlp) else n * (mlp.fc1.in_features + mlp.fc2.out_features)
+        geo.append((_num_heads(attn), per_head, _num_channels(mlp), per_chan))
+    best = None
+    for k in range(1001):
+        f = k / 1000
+        macs = fixed + sum(keep_count(f, h, min_heads) * ph + keep_count(f, m, min_mlp) * pc for h, ph, m, pc in geo)
+        if macs > 0 and total_macs / macs >= target_mac_ratio:
+            best = f
+    if best is None:
+        raise UserError(f"target_mac_ratio {target_mac_ratio} is out of reach: even removing every head and "
+                        f"channel allowed by min_heads={min_heads}, min_mlp={min_mlp} leaves too many MACs")
+    return best
+
+
+# --------------------------------------------------------------------------- one shot
+
+def prune_to(model: nn.Module, keep_heads: float, keep_mlp: float, importance: str = "magnitude", data=None, *,
+             scope: str = "layer", min_heads: int = 0, min_mlp: int = 0, max_batches: int | None = None,
+             loss_fn=None) -> nn.Module:
+    """One-shot: rank heads and channels, keep the given fractions, remove the rest (in place).
+
+    importance="magnitude" needs no data; "taylor" needs `data` (batches or a Dataset of
+    `(image, label)`). Returns the dense pruned model with `vitprune_block_spec` set."""
+    keep_heads = _check_fraction("keep_heads", keep_heads)
+    keep_mlp = _check_fraction("keep_mlp", keep_mlp)
+    if importance not in IMPORTANCE:
+        raise UserError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
+    if importance == "taylor":
+        if data is None:
+            raise UserError("importance='taylor' needs data (batches of images and labels); "
+                            "pass data=... or use importance='magnitude'")
+        scores = taylor_importance(model, data, loss_fn=loss_fn, max_batches=max_batches)
+    else:
+        scores = magnitude_importance(model)
+    heads, chans = get_masks(model)
+    new_h = select_units(scores[0], keep_heads, scope=scope, minimum=min_heads, active=heads)
+    new_c = select_units(scores[1], keep_mlp, scope=scope, minimum=min_mlp, active=chans)
+    detach_masks(model)
+    return _shrink(model, new_h, new_c)
