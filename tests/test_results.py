@@ -1,0 +1,183 @@
+"""Table 1 assembly: values equal the runs' metrics.json, reference rows carry their units."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitprune import results
+from vitprune.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _history(epochs, start_loss, final_top1):
+    return [{"epoch": e, "train_loss": start_loss / (e + 1), "eval_top1": final_top1 - 5.0 / (e + 1)}
+            for e in range(epochs)]
+
+
+def _write_run(run_dir: Path, metrics: dict, params: dict | None = None) -> None:
+    results.write_metrics(run_dir, metrics)
+    manifest = {"status": "ok", "params": params or {}, "variant": run_dir.name}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def write_synthetic_runs(runs_root: Path, profile: str = "fmnist") -> dict[str, dict]:
+    """A runs tree shaped like the pipeline's, following the metrics.json contract.
+
+    Returns {run name: metrics} so tests can compare the table against what was written.
+    """
+    base = runs_root / profile
+    written = {}
+    depth, heads, mlp = 4, 4, 128
+
+    def add(name, metrics, params=None):
+        _write_run(base / name, metrics, params)
+        written[name] = metrics
+
+    add("01_deit_baseline", {
+        "method": "baseline", "label": "ViT-FMNIST", "model_name": "vit_fmnist", "img_size": 28,
+        "params": 612_345, "macs": 31_250_000, "flops": 62_500_000, "top1": 90.25, "top5": 99.75,
+        "eval_samples": 10000, "train_wall_time_s": 200.0, "history": _history(3, 1.2, 90.25),
+        "block_spec": [{"heads": heads, "mlp": mlp}] * depth})
+    for rate, macs, top1, speed in ((0.9, 27_000_000, 89.9, 1.08), (0.7, 21_000_000, 88.75, 1.3),
+                                    (0.5, 15_500_000, 85.5, 1.6)):
+        counts = [int(49 * rate ** s) for s in (1, 2, 3)]
+        tokens = [50, counts[0] + 1, counts[1] + 1, counts[2] + 1]
+        add(f"02_token_pruning/base_rate_{rate}", {
+            "method": "dynamicvit", "label": f"DyViT-FMNIST/{rate}", "model_name": "vit_fmnist",
+            "img_size": 28, "params": 640_000, "macs": macs, "flops": 2 * macs, "top1": top1,
+            "top5": 99.5, "eval_samples": 10000, "train_wall_time_s": 60.0, "history": _history(2, 0.9, top1),
+            "base_rate": rate, "schedule": "geometric", "keep_ratios": [rate, rate ** 2, rate ** 3],
+            "tokens_per_block": tokens, "speedup": speed, "mac_ratio": 31_250_000 / macs,
+            "rows": [{"method": "training_free", "label": f"EViT-style/{rate}", "params": 612_345,
+                      "macs": macs - 100_000, "flops": 2 * (macs - 100_000), "top1": top1 - 3.0,
+                      "top5": 98.0, "base_rate": rate, "tokens_per_block": tokens}]},
+            {"base_rate": rate, "epochs": 2})
+    spec = [{"heads": 2, "mlp": 64}, {"heads": 3, "mlp": 80}, {"heads": 0, "mlp": 40}, {"heads": 2, "mlp": 96}]
+    add("03_block_pruning", {
+        "method": "block", "label": "Block-FMNIST", "model_name": "vit_fmnist", "img_size": 28,
+        "params": 300_000, "macs": 16_000_000, "flops": 32_000_000, "top1": 87.5, "top5": 99.0,
+        "eval_samples": 10000, "train_wall_time_s": 90.0, "history": _history(2, 1.0, 87.5),
+        "block_spec": spec, "baseline_heads": heads, "baseline_mlp": mlp, "keep_heads": 0.5,
+        "keep_mlp": 0.5, "speedup": 1.7, "mac_ratio": 31_250_000 / 16_000_000})
+    for order, macs, top1 in (("token_then_block", 11_000_000, 84.0), ("block_then_token", 10_500_000, 85.25)):
+        add(f"04_combination/order_{order}", {
+            "method": order, "label": f"{order}-FMNIST", "model_name": "vit_fmnist", "img_size": 28,
+            "params": 320_000, "macs": macs, "flops": 2 * macs, "top1": top1, "top5": 98.5,
+            "eval_samples": 10000, "train_wall_time_s": 80.0, "history": _history(2, 1.1, top1),
+            "block_spec": spec, "base_rate": 0.7, "speedup": 2.1, "mac_ratio": 31_250_000 / macs},
+            {"order": order})
+    # the data notebook and a failed run are not table rows
+    (base / "00_data_cache").mkdir(parents=True)
+    results.write_metrics(base / "00_data_cache", {"cache_path": "/x", "class_names": ["a"]})
+    failed = base / "04_combination" / "order_broken"
+    _write_run(failed, {"method": "block_then_token", "label": "broken", "macs": 1, "params": 1, "top1": 1.0})
+    (failed / "manifest.json").write_text(json.dumps({"status": "failed"}))
+    # kept-token arrays as the token notebook saves them: images + one mask per stage
+    rng = np.random.default_rng(0)
+    np.savez(base / "02_token_pruning/base_rate_0.7/kept_tokens.npz",
+             images=rng.random((3, 28, 28)).astype(np.float32),
+             masks=rng.random((3, 3, 49)) > 0.4)
+    return written
+
+
+@pytest.fixture()
+def runs_tree(tmp_path):
+    written = write_synthetic_runs(tmp_path / "runs")
+    return tmp_path / "runs", written
+
+
+def test_collect_runs_finds_every_model_run_and_expands_rows(runs_tree):
+    root, written = runs_tree
+    runs = results.collect_runs(root, "fmnist")
+    names = {r["run"] for r in runs}
+    assert set(written) <= names
+    assert "02_token_pruning/base_rate_0.7#0" in names  # the training-free row
+    assert "04_combination/order_broken" not in names  # failed manifest
+    assert not any(r["notebook"] == "00_data_cache" for r in runs)
+    tf = next(r for r in runs if r["run"] == "02_token_pruning/base_rate_0.7#0")
+    assert tf["metrics"]["method"] == "training_free" and tf["metrics"]["img_size"] == 28
+    combo = next(r for r in runs if r["run"] == "04_combination/order_token_then_block")
+    assert combo["command"] == "python -m vitprune run --profile fmnist --only 04_combination -p order=token_then_block"
+
+
+def test_table1_values_equal_metrics(runs_tree):
+    root, written = runs_tree
+    df = results.table1(results.collect_runs(root, "fmnist"))
+    ours = df[df["source"] == results.MEASURED].set_index("run")
+    for name, m in written.items():
+        row = ours.loc[name]
+        assert row["model"] == m["label"] and row["method"] == m["method"]
+        assert row["params_M"] == pytest.approx(m["params"] / 1e6)
+        assert row["gmacs"] == pytest.approx(m["macs"] / 1e9)
+        assert row["gflops"] == pytest.approx(m["flops"] / 1e9)
+        assert row["top1"] == pytest.approx(m["top1"])
+    base = written["01_deit_baseline"]
+    rate = written["02_token_pruning/base_rate_0.7"]
+    row = ours.loc["02_token_pruning/base_rate_0.7"]
+    assert row["d_top1"] == pytest.approx(rate["top1"] - base["top1"])
+    assert row["d_gmacs"] == pytest.approx((rate["macs"] - base["macs"]) / 1e9)
+    assert ours.loc["01_deit_baseline", "d_top1"] == 0
+    # ordering: baseline first, then DynamicViT from the highest rate down
+    methods = list(df[df["source"] == results.MEASURED]["method"])
+    assert methods[0] == "baseline" and methods[1:4] == ["dynamicvit"] * 3
+    assert list(ours[ours["method"] == "dynamicvit"]["model"]) == [
+        "DyViT-FMNIST/0.9", "DyViT-FMNIST/0.7", "DyViT-FMNIST/0.5"]
+
+
+def test_reference_rows_present_with_units():
+    df = results.table1([])
+    study = df[df["source"] == results.STUDY].set_index("model")
+    paper = df[df["source"] == results.PAPER].set_index("model")
+    assert len(study) == 10 and {"DeiT-B", "EfficientFormer-L1", "DynamicViT-B/0.7"} <= set(paper.index)
+    # DeiT's "FLOPs" are MACs: 17.6 printed = 17.6 GMACs = 35.2 GFLOPs
+    deit = study.loc["DeiT-Base/16 [13]"]
+    assert (deit["printed_G"], deit["printed_unit"], deit["gmacs"]) == (17.6, "GMACs", 17.6)
+    assert deit["gflops"] == pytest.approx(35.2)
+    # EfficientFormer's were doubled: printed 2.6 "FLOPs" is 1.3 GMACs, the published number
+    l1 = study.loc["EfficientFormer-L1 [16]"]
+    assert l1["printed_unit"] == "GFLOPs" and l1["gmacs"] == pytest.approx(paper.loc["EfficientFormer-L1", "gmacs"])
+    # in one unit, L7 is cheaper than DeiT-B, not 2.8 more
+    assert study.loc["EfficientFormer-L7 [16]", "d_gmacs"] == pytest.approx(10.2 - 17.6)
+    assert study.loc["DyViT-Sub/0.4", "d_top1"] == pytest.approx(63.1 - 81.8)
+    assert math.isnan(paper.loc["DeiT-B", "gmacs"])
+
+
+def test_write_table1_files(runs_tree, tmp_path):
+    root, written = runs_tree
+    df = results.table1(results.collect_runs(root, "fmnist"))
+    paths = results.write_table1(df, tmp_path / "fig")
+    md = paths["table1.md"].read_text()
+    assert "DyViT-FMNIST/0.7" in md and "EfficientFormer-L7 [16]" in md and "= GFLOPs" in md
+    assert "88.75 (-1.5)" in md  # value (change vs baseline)
+    import pandas as pd
+    back = pd.read_csv(paths["table1.csv"])
+    assert back.loc[back["run"] == "03_block_pruning", "top1"].item() == pytest.approx(87.5)
+    tex = paths["table1.tex"].read_text()
+    assert "\\begin{tabular}" in tex and "DyViT-Sub/0.4" in tex
+
+
+def test_no_runs_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="python -m vitprune run --profile smoke"):
+        results.require_runs(results.collect_runs(tmp_path, "smoke"), tmp_path, "smoke")
+
+
+def test_table_cli(runs_tree, tmp_path):
+    root, _ = runs_tree
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "vitprune", "table", "--profile", "fmnist",
+                           "--runs-root", str(root), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Block-FMNIST" in proc.stdout and "DyViT-Sub/0.7" in proc.stdout
+    assert {p.name for p in out.iterdir()} == {"table1.md", "table1.csv", "table1.tex"}
+    empty = subprocess.run([sys.executable, "-m", "vitprune", "table", "--profile", "fmnist",
+                            "--runs-root", str(tmp_path / "nothing"), "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2
+    assert empty.stderr.startswith("error: ") and "run --profile fmnist" in empty.stderr
