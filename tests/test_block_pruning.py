@@ -12,7 +12,6 @@ from timm.models.vision_transformer import VisionTransformer
 from vitprune import block_pruning as bp
 from vitprune.errors import UserError
 
-torch.set_num_threads(2)
 
 DEPTH, DIM, HEADS, HIDDEN = 12, 48, 3, 192
 
