@@ -253,26 +253,18 @@ def test_param_groups_and_frozen_backbone_phase():
 
 
 def _macs(model):
-    """Multiply-accumulates at batch 1, eval mode, with the attention matmuls counted
-    (timm's fused SDPA is switched off so torch's counter sees q@k and attn@v)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """MACs at batch 1, eval mode (the gathered model), predictors included."""
+    from vitprune import measure
 
-    for blk in model.blocks:
-        if hasattr(blk.attn, "fused_attn"):
-            blk.attn.fused_attn = False
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.randn(1, 3, 32, 32))
-    return counter.get_total_flops() // 2
+    return measure.count(model, img_size=32)["macs"]
 
 
 def test_macs_fall_monotonically_with_base_rate():
     full = _macs(tiny_vit())
-    macs = [_macs(tp.attach(tiny_vit(), rate)) for rate in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)]
+    macs = [_macs(tp.attach(tiny_vit(), rate)) for rate in (0.9, 0.7, 0.5, 0.4)]
     assert all(a > b for a, b in zip(macs, macs[1:]))
     assert macs[0] < full
-    assert macs[2] < 0.75 * full  # rho = 0.7: at least 25 % fewer MACs on this tiny model
+    assert macs[1] < 0.75 * full  # rho = 0.7: at least 25 % fewer MACs on this tiny model
 
 
 def test_deit_base_plus_predictors_has_the_studys_89_4m_params():
