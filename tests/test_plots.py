@@ -1,0 +1,83 @@
+"""Every figure draws from synthetic runs and is written as PNG and PDF; empty input is skipped."""
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from test_results import write_synthetic_runs
+from vitprune import plots, results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    write_synthetic_runs(root)
+    return results.collect_runs(root, "fmnist")
+
+
+@pytest.mark.parametrize("name", sorted(plots.FIGURES))
+def test_each_figure_saves_png_and_pdf(runs, tmp_path, name):
+    fig = plots.FIGURES[name](runs)
+    assert isinstance(fig, Figure)
+    paths = plots.save(fig, tmp_path, name)
+    assert [p.name for p in paths] == [f"{name}.png", f"{name}.pdf"]
+    with Image.open(paths[0]) as img:
+        assert img.size[0] > 300 and img.size[1] > 200
+    assert paths[1].read_bytes().startswith(b"%PDF")
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("name", sorted(plots.FIGURES))
+def test_nothing_to_draw_gives_none(name):
+    assert plots.FIGURES[name]([]) is None
+
+
+def test_make_all_skips_missing_data_and_removes_stale_files(runs, tmp_path):
+    (tmp_path / "speedup_vs_mac_ratio.png").write_bytes(b"old")
+    no_speed = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if k != "speedup"}} for r in runs]
+    drawn = plots.make_all(no_speed, tmp_path)
+    assert "speedup_vs_mac_ratio" not in drawn and set(drawn) == set(plots.FIGURES) - {"speedup_vs_mac_ratio"}
+    assert not (tmp_path / "speedup_vs_mac_ratio.png").exists()
+    assert all((tmp_path / f"{n}.pdf").exists() for n in drawn)
+
+
+def test_pareto_front():
+    pts = [(10, 80.0), (5, 70.0), (7, 69.0), (12, 79.0), (5, 72.0), (20, 90.0)]
+    assert plots.pareto_front(pts) == [4, 0, 5]
+
+
+def test_accuracy_vs_macs_plots_every_measured_point(runs):
+    fig = plots.accuracy_vs_macs(runs)
+    ax = fig.axes[0]
+    n_points = sum(len(c.get_offsets()) for c in ax.collections)
+    assert n_points == len(runs)
+    frontier = [line for line in ax.get_lines() if line.get_label() == "Pareto frontier"][0]
+    ys = list(frontier.get_ydata())
+    assert max(ys) == max(r["metrics"]["top1"] for r in runs)  # the baseline is on it
+    assert ys == sorted(ys)  # more compute buys accuracy along the frontier
+
+
+def test_kept_tokens_grid_greys_dropped_patches():
+    image = np.ones((28, 28), dtype=np.float32)
+    image[0, 0] = 0.0  # a non-constant image
+    mask = np.zeros(49, dtype=bool)
+    mask[0] = True  # keep only the top-left 4x4 patch
+    out = plots._masked(image, mask)
+    assert out.shape == (28, 28, 3)
+    assert np.allclose(out[2, 2], 1.0) and not np.allclose(out[10, 10], 1.0)
+
+
+def test_kept_tokens_from_picture_only(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(run_dir / "kept_tokens.png")
+    runs = [{"run": "02_token_pruning/base_rate_0.5", "run_dir": str(run_dir),
+             "metrics": {"method": "dynamicvit", "base_rate": 0.5}}]
+    assert isinstance(plots.kept_tokens_grid(runs), Figure)
+
+
+def test_layer_widths_relative_to_baseline(runs):
+    fig = plots.layer_widths(runs)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights[:4] == [0.5, 0.75, 0.0, 0.5]  # heads kept / 4 per block

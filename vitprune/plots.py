@@ -1,0 +1,439 @@
+"""Every figure of the study, one function per figure, drawn from `results.collect_runs` output.
+
+Each function takes the list of runs (dicts with "run", "notebook", "run_dir", "metrics") and
+returns a `matplotlib.figure.Figure`, or None when the runs hold nothing to draw (e.g. no
+speedup was measured); `make_all` draws and saves whatever is available. Figures are built
+with `Figure()` directly rather than pyplot: no global figure registry, no GUI backend
+needed (saving uses Agg), and a notebook shows a returned Figure exactly once.
+
+Units: MACs are multiply-accumulates per image (`metrics["macs"]`), shown in M or G so the
+small Fashion-MNIST models and DeiT-B read naturally; accuracies are percent; tokens per
+block include the CLS token (token_pruning.tokens_per_block's convention).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+METHOD_LABELS = {
+    "baseline": "baseline",
+    "dynamicvit": "DynamicViT (token)",
+    "training_free": "training-free tokens",
+    "block": "block (heads+MLP)",
+    "token_then_block": "token -> block",
+    "block_then_token": "block -> token",
+}
+METHOD_MARKERS = {"baseline": "*", "dynamicvit": "o", "training_free": "v", "block": "s",
+                  "token_then_block": "D", "block_then_token": "P"}
+FORMATS = ("png", "pdf")
+
+
+def _palette() -> dict[str, Any]:
+    import seaborn as sns
+
+    colors = sns.color_palette("colorblind", len(METHOD_LABELS))
+    return dict(zip(METHOD_LABELS, colors))
+
+
+def _new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.0), **kw):
+    import seaborn as sns
+
+    fig = Figure(figsize=size, layout="constrained")
+    with sns.axes_style("whitegrid"):
+        axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _metric(run: dict, key: str) -> Any:
+    return run["metrics"].get(key)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _label(run: dict) -> str:
+    return str(_metric(run, "label") or run["run"])
+
+
+def _mac_scale(values: list[float]) -> tuple[float, str]:
+    """Divide MACs by 1e9 (G) for big models, by 1e6 (M) for the small ones."""
+    return (1e9, "GMACs") if max(values, default=0) >= 1e9 else (1e6, "MMACs")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (cost, accuracy) points no other point beats: lower or equal cost with
+    higher accuracy. Returned in order of increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+# ---------------------------------------------------------------- figures
+
+
+def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
+    """Top-1 against MACs for every method, with the Pareto frontier across all of them."""
+    pts = [r for r in runs if _is_number(_metric(r, "macs")) and _is_number(_metric(r, "top1"))]
+    if not pts:
+        return None
+    scale, unit = _mac_scale([_metric(r, "macs") for r in pts])
+    colors = _palette()
+    fig, axes = _new_figure(size=(7.0, 4.8))
+    ax = axes[0, 0]
+    methods = [m for m in METHOD_LABELS if any(_metric(r, "method") == m for r in pts)]
+    methods += sorted({str(_metric(r, "method")) for r in pts} - set(methods))
+    for method in methods:
+        group = [r for r in pts if str(_metric(r, "method")) == method]
+        xs = [_metric(r, "macs") / scale for r in group]
+        ys = [_metric(r, "top1") for r in group]
+        ax.scatter(xs, ys, s=90 if method == "baseline" else 45, marker=METHOD_MARKERS.get(method, "o"),
+                   color=colors.get(method), label=METHOD_LABELS.get(method, method), zorder=3)
+        for x, y, r in zip(xs, ys, group):
+            ax.annotate(_label(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    coords = [(_metric(r, "macs") / scale, _metric(r, "top1")) for r in pts]
+    front = pareto_front(coords)
+    ax.plot([coords[i][0] for i in front], [coords[i][1] for i in front], "--", color="0.4",
+            lw=1.2, zorder=2, label="Pareto frontier")
+    ax.set_xlabel(f"{unit} per image (multiply-accumulates)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Accuracy vs compute, every method")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def rate_sweep(runs: list[dict]) -> Figure | None:
+    """Top-1 and MACs against DynamicViT's base rate (and training-free rows at the same rates)."""
+    swept = [r for r in runs if _is_number(_metric(r, "base_rate"))
+             and _metric(r, "method") in ("dynamicvit", "training_free")]
+    if not swept:
+        return None
+    base = [r for r in runs if _metric(r, "method") == "baseline"]
+    macs_all = [_metric(r, "macs") for r in swept + base if _is_number(_metric(r, "macs"))]
+    scale, unit = _mac_scale(macs_all)
+    colors = _palette()
+    fig, axes = _new_figure(ncols=2, size=(9.0, 3.8))
+    for ax, key, ylabel, div in ((axes[0, 0], "top1", "top-1 accuracy (%)", 1.0),
+                                 (axes[0, 1], "macs", f"{unit} per image", scale)):
+        for method in ("dynamicvit", "training_free"):
+            group = sorted((r for r in swept if _metric(r, "method") == method and _is_number(_metric(r, key))),
+                           key=lambda r: _metric(r, "base_rate"))
+            if group:
+                ax.plot([_metric(r, "base_rate") for r in group], [_metric(r, key) / div for r in group],
+                        marker=METHOD_MARKERS[method], color=colors[method], label=METHOD_LABELS[method])
+        for r in base[:1]:
+            if _is_number(_metric(r, key)):
+                ax.axhline(_metric(r, key) / div, ls="--", color=colors["baseline"], label="baseline")
+        ax.set_xlabel("base rate (keep ratio at the first pruning stage)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title("Accuracy vs base rate")
+    axes[0, 1].set_title("Compute vs base rate")
+    return fig
+
+
+def tokens_per_block(runs: list[dict]) -> Figure | None:
+    """Tokens entering each block (CLS included) for each DynamicViT rate."""
+    rows = [r for r in runs if isinstance(_metric(r, "tokens_per_block"), list) and _metric(r, "tokens_per_block")
+            and _metric(r, "method") in ("dynamicvit", "token_then_block", "block_then_token")]
+    if not rows:
+        return None
+    rows.sort(key=lambda r: -(_metric(r, "base_rate") or 0))
+    import seaborn as sns
+
+    colors = sns.color_palette("viridis", len(rows))
+    fig, axes = _new_figure(size=(6.5, 4.0))
+    ax = axes[0, 0]
+    for color, r in zip(colors, rows):
+        tokens = _metric(r, "tokens_per_block")
+        ax.step(range(len(tokens)), tokens, where="mid", marker="o", ms=3, color=color, label=_label(r))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("block index")
+    ax.set_ylabel("tokens entering the block (incl. CLS)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Tokens kept per block")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
+    """Measured CPU speedup against the MAC ratio (baseline MACs / variant MACs); y = x is
+    the speedup the MAC count promises."""
+    pts = [r for r in runs if _is_number(_metric(r, "speedup")) and _is_number(_metric(r, "mac_ratio"))]
+    if not pts:
+        return None
+    colors = _palette()
+    fig, axes = _new_figure(size=(5.5, 4.5))
+    ax = axes[0, 0]
+    for r in pts:
+        method = str(_metric(r, "method"))
+        ax.scatter(_metric(r, "mac_ratio"), _metric(r, "speedup"), color=colors.get(method),
+                   marker=METHOD_MARKERS.get(method, "o"), s=45, zorder=3)
+        ax.annotate(_label(r), (_metric(r, "mac_ratio"), _metric(r, "speedup")), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    hi = max(max(_metric(r, "mac_ratio"), _metric(r, "speedup")) for r in pts) * 1.1
+    ax.plot([1, hi], [1, hi], ":", color="0.4", label="speedup = MAC ratio")
+    for method in dict.fromkeys(str(_metric(r, "method")) for r in pts):
+        ax.scatter([], [], color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"),
+                   label=METHOD_LABELS.get(method, method))
+    ax.set_xlabel("MAC ratio (baseline / variant)")
+    ax.set_ylabel("measured CPU speedup (median latency ratio)")
+    ax.set_title("Does fewer MACs mean faster?")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _load_kept_tokens(run_dir: Path) -> dict[str, np.ndarray] | None:
+    path = run_dir / "kept_tokens.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    if "images" not in arrays:
+        return None
+    if "masks" not in arrays:
+        stages = sorted(k for k in arrays if k.startswith("mask_"))
+        if not stages:
+            return None
+        arrays["masks"] = np.stack([arrays[k] for k in stages])
+    return arrays
+
+
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+    """One image as HxW or HxWxC in [0, 1] for imshow (CHW and 0..255 accepted)."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def _masked(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grey out the patches a stage dropped (mask over the patch grid, row-major)."""
+    img = _as_hwc(image)
+    n = int(mask.size)
+    side = int(round(math.sqrt(n)))
+    if side * side != n:
+        return img
+    ph, pw = img.shape[0] // side, img.shape[1] // side
+    grid = np.asarray(mask, dtype=bool).reshape(side, side)
+    keep = np.kron(grid, np.ones((ph, pw), dtype=bool))
+    keep = np.pad(keep, ((0, img.shape[0] - keep.shape[0]), (0, img.shape[1] - keep.shape[1])),
+                  constant_values=True)
+    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img.copy()
+    rgb[~keep] = 0.5 * rgb[~keep] + 0.5 * np.array([0.85, 0.85, 0.85])
+    return rgb
+
+
+def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
+    """Which patches survive each pruning stage, per token-pruning run.
+
+    Reads `<run_dir>/kept_tokens.npz` (arrays `images` [B,H,W(,C)] or [B,C,H,W] and `masks`
+    [stages, B, patches] of booleans, True = kept; or `mask_0`, `mask_1`, ...) and draws rows
+    = (run, image), columns = input then each stage. Runs that only saved a picture
+    (`kept_tokens.png`) are shown as that picture.
+    """
+    arrays, pictures = [], []
+    for r in runs:
+        if "#" in r["run"]:  # extra table rows share their parent's run folder
+            continue
+        run_dir = Path(r["run_dir"])
+        data = _load_kept_tokens(run_dir)
+        if data is not None:
+            arrays.append((r, data))
+        elif (run_dir / "kept_tokens.png").is_file():
+            pictures.append((r, run_dir / "kept_tokens.png"))
+    seen = set()
+    arrays = [(r, d) for r, d in arrays if not (r["run_dir"] in seen or seen.add(r["run_dir"]))]
+    pictures = [(r, p) for r, p in pictures if not (r["run_dir"] in seen or seen.add(r["run_dir"]))]
+    if not arrays and not pictures:
+        return None
+    arrays.sort(key=lambda item: -(_metric(item[0], "base_rate") or 0))
+    rows = [(r, d, i) for r, d in arrays for i in range(min(max_images, len(d["images"])))]
+    stages = max((d["masks"].shape[0] for _, d in arrays), default=0)
+    ncols = max(1 + stages, 1)
+    nrows = len(rows) + len(pictures)
+    fig = Figure(figsize=(1.6 * ncols + 0.8, 1.6 * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, (r, d, i) in enumerate(rows):
+        axes[row, 0].imshow(_as_hwc(d["images"][i]), cmap="gray")
+        axes[row, 0].set_title(f"{_label(r)}\ninput", fontsize=7)
+        for s in range(d["masks"].shape[0]):
+            mask = d["masks"][s, i]
+            axes[row, 1 + s].imshow(_masked(d["images"][i], mask), cmap="gray")
+            axes[row, 1 + s].set_title(f"stage {s + 1}: {int(np.sum(mask))}/{mask.size}", fontsize=7)
+    for k, (r, path) in enumerate(pictures):
+        from matplotlib.image import imread
+
+        ax = axes[len(rows) + k, 0]
+        ax.imshow(imread(path))
+        ax.set_title(_label(r), fontsize=8)
+    fig.suptitle("Kept tokens (grey = dropped)", fontsize=10)
+    return fig
+
+
+HISTORY_KEYS = (("train_loss", "training loss"), ("eval_top1", "eval top-1 (%)"))
+
+
+def training_curves(runs: list[dict]) -> Figure | None:
+    """Per-epoch training loss and eval top-1 of every run that logged a `history`."""
+    rows = [r for r in runs if isinstance(_metric(r, "history"), list) and _metric(r, "history")
+            and "#" not in r["run"]]
+    rows = [r for r in rows if any(isinstance(h, dict) and any(k in h for k, _ in HISTORY_KEYS)
+                                   for h in _metric(r, "history"))]
+    if not rows:
+        return None
+    import seaborn as sns
+
+    colors = sns.color_palette("tab10", len(rows))
+    fig, axes = _new_figure(ncols=2, size=(10.0, 4.0))
+    styles = ["-", "--", ":", "-."]
+    for n, r in enumerate(rows):
+        history = [h for h in _metric(r, "history") if isinstance(h, dict)]
+        epochs = [h["epoch"] if _is_number(h.get("epoch")) else i for i, h in enumerate(history)]
+        if epochs and epochs[0] == 0:  # 0-based epoch indices are shown 1-based
+            epochs = [e + 1 for e in epochs]
+        for ax, (key, _) in zip(axes[0], HISTORY_KEYS):
+            pairs = [(e, h[key]) for e, h in zip(epochs, history) if _is_number(h.get(key))]
+            if pairs:
+                ax.plot(*zip(*pairs), marker="o", ms=3, ls=styles[n // 10 % len(styles)],
+                        color=colors[n], label=_label(r))
+    for ax, (_, ylabel) in zip(axes[0], HISTORY_KEYS):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    axes[0, 0].set_title("Training loss")
+    axes[0, 1].set_title("Evaluation accuracy")
+    return fig
+
+
+def _baseline_widths(run: dict, runs: list[dict]) -> tuple[list[int] | None, list[int] | None]:
+    """Per-block original (heads, MLP channels): from the run, else the baseline run's spec,
+    else the timm model named by the run (built lazily, random init)."""
+    depth = len(_metric(run, "block_spec"))
+
+    def per_block(value):
+        if _is_number(value):
+            return [int(value)] * depth
+        if isinstance(value, list) and len(value) == depth:
+            return [int(v) for v in value]
+        return None
+
+    heads, mlp = per_block(_metric(run, "baseline_heads")), per_block(_metric(run, "baseline_mlp"))
+    if heads and mlp:
+        return heads, mlp
+    for r in runs:
+        spec = _metric(r, "block_spec")
+        if _metric(r, "method") == "baseline" and isinstance(spec, list) and len(spec) == depth:
+            return heads or [b["heads"] for b in spec], mlp or [b["mlp"] for b in spec]
+    name = _metric(run, "model_name")
+    if name:
+        try:
+            import timm
+
+            import vitprune.models  # noqa: F401  (registers the embedded model with timm)
+
+            model = timm.create_model(name, pretrained=False)
+            blocks = list(model.blocks)
+            if len(blocks) == depth:
+                return (heads or [int(b.attn.num_heads) for b in blocks],
+                        mlp or [int(b.mlp.fc1.out_features) for b in blocks])
+        except Exception:  # an unknown name just means no reference widths
+            pass
+    return heads, mlp
+
+
+def layer_widths(runs: list[dict]) -> Figure | None:
+    """Per-layer attention heads and MLP channels kept by block pruning (fraction of the
+    original width when it is known, else absolute counts)."""
+    rows = [r for r in runs if isinstance(_metric(r, "block_spec"), list) and _metric(r, "block_spec")
+            and _metric(r, "method") != "baseline" and "#" not in r["run"]]
+    if not rows:
+        return None
+    import seaborn as sns
+
+    colors = sns.color_palette("colorblind", len(rows))
+    fig, axes = _new_figure(ncols=2, size=(10.0, 3.8))
+    width = 0.8 / len(rows)
+    relative = True
+    series = []
+    for r in rows:
+        spec = _metric(r, "block_spec")
+        heads0, mlp0 = _baseline_widths(r, runs)
+        heads = [b.get("heads", 0) for b in spec]
+        mlp = [b.get("mlp", 0) for b in spec]
+        if not (heads0 and mlp0):
+            relative = False
+        series.append((r, heads, mlp, heads0, mlp0))
+    for k, (r, heads, mlp, heads0, mlp0) in enumerate(series):
+        x = np.arange(len(heads)) - 0.4 + width * (k + 0.5)
+        for ax, kept, full in ((axes[0, 0], heads, heads0), (axes[0, 1], mlp, mlp0)):
+            values = [a / b if b else 0.0 for a, b in zip(kept, full)] if relative else kept
+            ax.bar(x, values, width=width, color=colors[k], label=_label(r))
+    for ax, what in ((axes[0, 0], "attention heads"), (axes[0, 1], "MLP channels")):
+        ax.set_xticks(range(len(series[0][1])))
+        ax.set_xlabel("block index")
+        ax.set_ylabel(f"fraction of {what} kept" if relative else f"{what} kept")
+        if relative:
+            ax.set_ylim(0, 1.05)
+        ax.set_title(f"{what[0].upper()}{what[1:]} kept per block")
+        ax.legend(fontsize=7)
+    return fig
+
+
+FIGURES: dict[str, Callable[[list[dict]], Figure | None]] = {
+    "accuracy_vs_macs": accuracy_vs_macs,
+    "rate_sweep": rate_sweep,
+    "tokens_per_block": tokens_per_block,
+    "speedup_vs_mac_ratio": speedup_vs_mac_ratio,
+    "kept_tokens": kept_tokens_grid,
+    "training_curves": training_curves,
+    "layer_widths": layer_widths,
+}
+
+
+def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """Write `<out_dir>/<name>.png` (150 dpi) and `.pdf`, each atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = out / f"{name}.{fmt}"
+        tmp = out / f".{name}.tmp.{fmt}"
+        fig.savefig(tmp, format=fmt, dpi=150)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def make_all(runs: list[dict], out_dir: str | os.PathLike) -> dict[str, Figure]:
+    """Draw every figure the runs support, save each as PNG+PDF; returns {name: Figure}.
+    Figures with nothing to draw are skipped, and a stale file of that name is removed so
+    the folder never shows a figure from older runs."""
+    drawn = {}
+    for name, func in FIGURES.items():
+        fig = func(runs)
+        if fig is None:
+            for fmt in FORMATS:
+                (Path(out_dir) / f"{name}.{fmt}").unlink(missing_ok=True)
+            continue
+        save(fig, out_dir, name)
+        drawn[name] = fig
+    return drawn
