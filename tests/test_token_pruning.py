@@ -159,6 +159,17 @@ def test_masked_equals_gathered_on_block_pruned_attention_and_avg_pool():
     torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
 
 
+def test_token_pruning_on_a_block_pruned_model():
+    # block_pruning's dense removal (fewer heads and MLP channels), then token pruning on top
+    from vitprune import block_pruning
+
+    model = block_pruning.prune_to(tiny_vit(seed=9), keep_heads=0.5, keep_mlp=0.5)
+    tp.attach(model, 0.7)
+    assert model.blocks[5].attn.num_heads == 2
+    masked, gathered, _, _ = _masked_and_gathered(model, torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
+
+
 def test_unpruned_blocks_match_plain_timm_model():
     # base_rate 1.0 keeps every token: logits identical to the model before attach
     plain = tiny_vit(seed=3).eval()
