@@ -71,6 +71,27 @@ def test_fused_attention_counts_like_unfused(deit_tiny):
     assert fused["input_shape"] == [1, 3, 224, 224]
 
 
+def test_small_vit_hand_computed():
+    # 28x28x1 image, patch 7 -> 16 patches + CLS = 17 tokens, width 32, 2 heads, MLP 128
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10,
+                              embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0)
+    n, d, h, hidden = 17, 32, 2, 128
+    patch = 16 * d * (1 * 7 * 7)
+    layer_norm = n * d * 5  # fvcore: 5 per element with affine
+    block = (n * d * 3 * d            # qkv
+             + 2 * h * n * n * (d // h)  # QK^T and AV inside fused SDPA
+             + n * d * d              # proj
+             + 2 * n * d * hidden     # fc1, fc2
+             + 2 * layer_norm)
+    expected = patch + 2 * block + layer_norm + d * 10
+    res = measure.count(model)  # size and channels read from the model, not timm's cfg
+    assert res["input_shape"] == [1, 1, 28, 28]
+    assert res["macs"] == expected
+    assert res["params"] == sum(p.numel() for p in model.parameters())
+
+
 def test_count_restores_mode_and_per_module(deit_tiny):
     deit_tiny.train()
     res = measure.count(deit_tiny, per_module=True)
@@ -189,19 +210,21 @@ def test_bench_cli_needs_a_variant(capsys):
 
 @pytest.mark.skipif(not _has("token_pruning"), reason="vitprune.token_pruning not written yet")
 def test_cli_token_pruning_variant(capsys):
-    assert cli(["measure", "deit_tiny_patch16_224", "--json"]) == 0
+    small = ["--img-size", "112", "--json"]  # 49 patches + CLS keeps the test fast
+    assert cli(["measure", "deit_tiny_patch16_224", *small]) == 0
     base = json.loads(capsys.readouterr().out)
-    assert cli(["measure", "deit_tiny_patch16_224", "--base-rate", "0.7", "--json"]) == 0
+    assert cli(["measure", "deit_tiny_patch16_224", "--base-rate", "0.7", *small]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["tokens_per_block"][:3] == [197, 197, 197]
-    assert info["tokens_per_block"][-1] < info["tokens_per_block"][3] < 197
+    assert info["tokens_per_block"][:3] == [50, 50, 50]
+    assert info["tokens_per_block"][-1] < info["tokens_per_block"][3] < 50
     assert info["macs"] < 0.7 * base["macs"]
     assert info["params"] > base["params"]  # score predictors are counted
 
 
 @pytest.mark.skipif(not _has("token_pruning"), reason="vitprune.token_pruning not written yet")
 def test_bench_cli_token_variant_json(capsys):
-    argv = ["bench", "deit_tiny_patch16_224", "--base-rate", "0.5", "--batch-size", "1",
+    argv = ["bench", "deit_tiny_patch16_224", "--img-size", "112", "--base-rate", "0.5",
+            "--batch-size", "1",
             "--warmup", "0", "--repeats", "1", "--threads", "1", "--json"]
     assert cli(argv) == 0
     res = json.loads(capsys.readouterr().out)
@@ -214,10 +237,10 @@ def test_bench_cli_token_variant_json(capsys):
 @pytest.mark.skipif(not _has("block_pruning"), reason="vitprune.block_pruning not written yet")
 def test_cli_block_then_token_variant(capsys):
     argv = ["measure", "deit_tiny_patch16_224", "--keep-heads", "0.5", "--keep-mlp", "0.5",
-            "--base-rate", "0.7", "--json"]
+            "--base-rate", "0.7", "--img-size", "112", "--json"]
     assert cli(argv) == 0
     info = json.loads(capsys.readouterr().out)
     assert len(info["block_spec"]) == 12
     assert all(b["heads"] < 3 and b["mlp"] < 768 for b in info["block_spec"])
-    assert info["tokens_per_block"][3] < 197
+    assert info["tokens_per_block"][3] < 50
     assert info["keep_heads"] == 0.5 and info["keep_mlp"] == 0.5

@@ -95,10 +95,23 @@ def baddbmm_mac_handle(inputs: list[Any], outputs: list[Any]) -> int:
 
 def input_shape_for(model: nn.Module, img_size: int | Sequence[int] | None = None,
                     in_chans: int | None = None) -> tuple[int, int, int, int]:
-    """Batch-1 input shape ``(1, C, H, W)`` from timm's data config, with overrides."""
+    """Batch-1 input shape ``(1, C, H, W)`` the model was built for, with overrides.
+
+    timm's data config gives the pretrained size, which is stale when the model was created
+    with ``img_size=``/``in_chans=`` (e.g. a 28x28 Fashion-MNIST ViT from ``deit_*``); the
+    patch embedding's fixed ``img_size`` and the first convolution's input channels win.
+    """
     from timm.data import resolve_model_data_config
 
     c, h, w = resolve_model_data_config(model)["input_size"]
+    patch_embed = getattr(model, "patch_embed", None)
+    embed_size = getattr(patch_embed, "img_size", None)
+    if (isinstance(embed_size, (tuple, list)) and len(embed_size) == 2
+            and all(isinstance(v, int) for v in embed_size)):
+        h, w = embed_size
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None:
+        c = first_conv.in_channels
     if img_size is not None:
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if in_chans is not None:
