@@ -388,3 +388,49 @@ def test_notebook_00_runs_on_tiny_idx_data(tmp_path, tiny_idx_dir):
     nb = json.loads((run_dir / "00_data_cache.ipynb").read_text())
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the sample grid and the counts plot render inline
+
+
+# ------------------------------------------------------------------ hub sources (offline: a local stand-in)
+
+
+def _hub_like(split_sizes: dict, names: list, make_image) -> "datasets.DatasetDict":
+    """A DatasetDict shaped like a hub download: Image feature holding encoded bytes."""
+    import datasets
+
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    out = {}
+    for split, n in split_sizes.items():
+        labels = [i % len(names) for i in range(n)]
+        out[split] = datasets.Dataset.from_dict(
+            {"image": [{"bytes": _encode(img := make_image(i, lab), "JPEG" if img.mode in ("RGB", "CMYK") else "PNG"),
+              "path": f"{split}/{i}.x"}
+                       for i, lab in enumerate(labels)], "label": labels}, features=feats)
+    return datasets.DatasetDict(out)
+
+
+def test_fashion_from_hub_gets_the_same_names_and_encoding(tmp_path, monkeypatch):
+    images, labels = tinydata.make_images(3, seed=4)
+    hub_names = ["T - shirt / top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                 "Bag", "Ankle boot"]  # how zalando-datasets/fashion_mnist spells them
+    fake = _hub_like({"train": 30, "test": 10}, hub_names,
+                     lambda i, lab: Image.fromarray(images[i % len(images)], mode="L"))
+    monkeypatch.setattr(data, "_load_hub", lambda name, **kw: fake)
+    report = data.build_cache(tmp_path / "c", source="hub", train_per_class=2)
+    dsd = data.load_cache(report["cache_path"])
+    assert report["source"] == "hub" and data.class_names(dsd) == tinydata.FASHION_CLASSES
+    assert report["counts"]["train"] == {n: 2 for n in tinydata.FASHION_CLASSES}
+    assert dsd["test"][0]["image"].mode == "RGB"
+
+
+def test_hf_imagenet_path_subsets_and_converts(tmp_path, monkeypatch):
+    names = [f"class {i}" for i in range(1000)]
+    modes = ["RGB", "L", "CMYK", "RGBA"]
+    fake = _hub_like({"train": 2000, "validation": 1000}, names,
+                     lambda i, lab: Image.new(modes[i % 4], (6, 6)))
+    monkeypatch.setattr(data, "_load_hub", lambda name, **kw: fake)
+    report = data.build_cache(tmp_path / "c", source="hf_imagenet", train_fraction=0.5, eval_per_class=1)
+    assert report["counts"]["train"]["class 7"] == 1 and sum(report["counts"]["train"].values()) == 1000
+    dsd = data.load_cache(report["cache_path"])
+    assert set(dsd) == {"train", "validation"} and len(dsd["validation"]) == 1000
+    assert {Image.open(io.BytesIO(b["bytes"])).mode
+            for b in dsd["train"].with_format("arrow")["image"].to_pylist()} == {"RGB"}
