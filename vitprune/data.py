@@ -314,7 +314,7 @@ class FolderScan:
     @property
     def counts(self) -> dict[str, int]:
         count = Counter(label for _, label in self.files)
-        return {folder: count.get(label, 0) for folder, label in self.mapping.items()}
+        return {folder: count.get(label, 0) for folder, label in sorted(self.mapping.items(), key=lambda kv: kv[1])}
 
     @property
     def sort_order_is_label_order(self) -> bool:
@@ -424,7 +424,10 @@ def scan_imagefolder(root: str | os.PathLike, classes: Sequence[str] | str | os.
     """Map <root>/<class>/<image> folders to labels (see `map_folders`) and list the images.
     `classes`: a list of names, or a classes-file path (see `read_classes_file`)."""
     root = Path(root)
-    reference = read_classes_file(classes) if isinstance(classes, (str, os.PathLike)) and classes != "" else classes
+    if isinstance(classes, (str, os.PathLike)):
+        reference = read_classes_file(classes) if str(classes) else None
+    else:
+        reference = classes
     folders = class_folders(root)
     mapping, names, naming = map_folders(folders, reference, where=f"ImageFolder {root}")
     files = []
@@ -911,9 +914,11 @@ def transforms_for(model, train: bool, crop_pct: float | None = None, **override
     if isinstance(model, str):
         import timm
 
+        if not timm.is_model(model):
+            raise UserError(f"unknown timm model {model!r}; pass the model itself or a registered timm name")
         pretrained = timm.models.get_pretrained_cfg(model)
-        if pretrained is None:
-            raise UserError(f"unknown timm model {model!r}; pass the model itself or a registered name")
+        if pretrained is None:  # registered without a default cfg: build it (random init) to ask it
+            return transforms_for(timm.create_model(model, pretrained=False), train, crop_pct, **overrides)
         config = resolve_data_config(pretrained_cfg=pretrained.to_dict())
     else:
         config = resolve_model_data_config(model)
@@ -979,6 +984,17 @@ class TorchView(torch.utils.data.Dataset):
 # ------------------------------------------------------------------ command line
 
 
+def _print_check(report: dict[str, Any]) -> None:
+    for split, rep_ in (report.get("splits") or {"": report}).items():
+        print(f"ImageFolder {rep_['root']}{f' ({split})' if split else ''}: {rep_['num_classes']} classes, "
+              f"{rep_['num_images']} images, folders named {rep_['naming']}")
+        print(f"  {'folder':<24} {'label':>5}  {'class':<24} {'images':>7}")
+        for folder, label in rep_["mapping"].items():
+            print(f"  {folder:<24} {label:>5}  {rep_['class_names'][label]:<24} {rep_['counts'][folder]:>7}")
+        if rep_.get("warning"):
+            print(f"  note: {rep_['warning']}")
+
+
 def _print(obj: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, default=str))
@@ -1021,7 +1037,11 @@ def main(argv: list[str]) -> int:
 
     args = parser.parse_args(argv)
     if args.verb == "check":
-        _print(check_imagefolder(args.path, args.classes), args.json)
+        report = check_imagefolder(args.path, args.classes)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_check(report)
     elif args.verb == "cache":
         spec = CacheSpec(source=args.source, idx_dir=args.idx_dir, imagefolder_dir=args.imagefolder,
                          classes_file=args.classes, train_per_class=args.train_per_class,
