@@ -234,6 +234,28 @@ def test_bench_cli_token_variant_json(capsys):
     assert res["mac_ratio"] > 1.5 and res["batch_size"] == 1
 
 
+@pytest.mark.skipif(not (_has("models") and _has("token_pruning")),
+                    reason="vitprune.models / token_pruning not written yet")
+def test_cli_checkpoint_path(capsys, tmp_path):
+    from vitprune import models, token_pruning
+
+    model = models.create_model("deit_tiny_patch16_224", img_size=112, num_classes=10)
+    token_pruning.attach(model, base_rate=0.7)
+    path = tmp_path / "model.pt"
+    models.save_checkpoint(path, model)
+    assert cli(["measure", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    expected = measure.count(model)
+    assert (info["params"], info["macs"]) == (expected["params"], expected["macs"])
+    assert info["checkpoint"] == str(path) and info["img_size"] == 112
+    assert info["tokens_per_block"] == token_pruning.tokens_per_block(model)
+    # bench compares the checkpoint against its unpruned base model
+    argv = ["bench", str(path), "--batch-size", "1", "--warmup", "0", "--repeats", "1", "--json"]
+    assert cli(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["variant_macs"] == expected["macs"] and res["mac_ratio"] > 1.3
+
+
 @pytest.mark.skipif(not _has("block_pruning"), reason="vitprune.block_pruning not written yet")
 def test_cli_block_then_token_variant(capsys):
     argv = ["measure", "deit_tiny_patch16_224", "--keep-heads", "0.5", "--keep-mlp", "0.5",

@@ -414,7 +414,11 @@ def _variant_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def apply_variant(model: nn.Module, opts: dict[str, Any]) -> nn.Module:
-    """Apply block pruning (first) then token pruning (second) in place, as in `opts`."""
+    """Apply block pruning (first) then token pruning (second) in place; return the model.
+
+    ``opts = {"block": {"keep_heads": F, "keep_mlp": F}, "token": {**token_pruning.attach
+    kwargs}}``, either key optional (what the ``--keep-heads/--base-rate`` flags build).
+    Block pruning ranks by weight magnitude (no data needed)."""
     if "block" in opts:
         from vitprune import block_pruning
 
