@@ -3,7 +3,7 @@
 import gzip
 import io
 import json
-import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -327,6 +327,8 @@ def test_torch_view_and_timm_transforms(fmnist_cache):
     assert isinstance(x, torch.Tensor) and x.shape == (3, 28, 28) and y == train[7]["label"]
     lazy = data.TorchView(train, tf, decode_once=False)
     torch.testing.assert_close(lazy[7][0], x)
+    assert isinstance(view, torch.utils.data.Dataset)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(view))[7][0], x)  # DataLoader workers (spawn)
     deit = data.transforms_for("deit_base_patch16_224", train=False)
     assert "CenterCrop(size=(224, 224))" in repr(deit) and "Resize(size=248" in repr(deit)  # crop_pct 0.9
     study = data.transforms_for("deit_base_patch16_224", train=False, crop_pct=0.875)

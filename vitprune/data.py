@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
-import torch.utils.data
 from PIL import Image, ImageFile
 from tqdm import tqdm  # plain text bars: also fine in papermill logs and without ipywidgets
 
@@ -933,52 +931,69 @@ def transforms_for(model, train: bool, crop_pct: float | None = None, **override
     return create_transform(**config, is_training=train, **overrides)
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
+def _to_tensor(img: Image.Image):
+    import torch
+
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
 
-class TorchView(torch.utils.data.Dataset):
-    """A torch Dataset over one HF split giving (transform(RGB PIL image), int label).
+def _torch_view_class():
+    """TorchView is built on first use so that the data CLI does not pay torch's import time."""
+    import torch.utils.data
 
-    Small splits (decoded size <= `max_decoded_bytes`) are decoded once up front into one
-    uint8 array, so epochs skip PNG decoding and datasets' per-row overhead (60k Fashion-MNIST
-    images: ~140 MB, decoded in a few seconds). Large splits (ImageNet) decode per item.
-    `transform=None` gives float tensors in [0, 1], CHW.
-    """
+    class TorchView(torch.utils.data.Dataset):
+        """A torch Dataset over one HF split giving (transform(RGB PIL image), int label).
 
-    def __init__(self, hf_split, transform: Callable | None = None, decode_once: bool | None = None,
-                 max_decoded_bytes: int = 1 << 30):
-        import datasets
+        Small splits (decoded size <= `max_decoded_bytes`) are decoded once up front into one
+        uint8 array, so epochs skip PNG decoding and datasets' per-row overhead (60k Fashion-MNIST
+        images: ~140 MB, decoded in a few seconds). Large splits (ImageNet) decode per item.
+        `transform=None` gives float tensors in [0, 1], CHW.
+        """
 
-        self.transform = transform
-        self.labels = labels_of(hf_split)
-        self.class_names = class_names(hf_split)
-        self._split = hf_split
-        self._arrays = None
-        if decode_once is None:
-            decode_once = False
-            if len(hf_split):
-                first = to_rgb(hf_split[0]["image"])
-                decode_once = first.width * first.height * 3 * len(hf_split) <= max_decoded_bytes
-        if decode_once and len(hf_split):
-            # Straight from the Arrow column (respects select()), skipping per-row overhead.
-            blobs = hf_split.with_format("arrow")["image"].combine_chunks().field("bytes").to_pylist()
-            arrays = [np.asarray(to_rgb(Image.open(io.BytesIO(b))))
-                      for b in tqdm(blobs, desc="decode", unit="img", mininterval=1.0)]
-            shapes = {a.shape for a in arrays}
-            self._arrays = np.stack(arrays) if len(shapes) == 1 else arrays
+        def __init__(self, hf_split, transform: Callable | None = None, decode_once: bool | None = None,
+                     max_decoded_bytes: int = 1 << 30):
+            import datasets
 
-    def __len__(self) -> int:
-        return len(self.labels)
+            self.transform = transform
+            self.labels = labels_of(hf_split)
+            self.class_names = class_names(hf_split)
+            self._split = hf_split
+            self._arrays = None
+            if decode_once is None:
+                decode_once = False
+                if len(hf_split):
+                    first = to_rgb(hf_split[0]["image"])
+                    decode_once = first.width * first.height * 3 * len(hf_split) <= max_decoded_bytes
+            if decode_once and len(hf_split):
+                # Straight from the Arrow column (respects select()), skipping per-row overhead.
+                blobs = hf_split.with_format("arrow")["image"].combine_chunks().field("bytes").to_pylist()
+                arrays = [np.asarray(to_rgb(Image.open(io.BytesIO(b))))
+                          for b in tqdm(blobs, desc="decode", unit="img", mininterval=1.0)]
+                shapes = {a.shape for a in arrays}
+                self._arrays = np.stack(arrays) if len(shapes) == 1 else arrays
 
-    def image(self, index: int) -> Image.Image:
-        if self._arrays is not None:
-            return Image.fromarray(self._arrays[index])
-        return to_rgb(self._split[int(index)]["image"])
+        def __len__(self) -> int:
+            return len(self.labels)
 
-    def __getitem__(self, index: int):
-        img = self.image(index)
-        return (self.transform(img) if self.transform is not None else _to_tensor(img)), int(self.labels[index])
+        def image(self, index: int) -> Image.Image:
+            if self._arrays is not None:
+                return Image.fromarray(self._arrays[index])
+            return to_rgb(self._split[int(index)]["image"])
+
+        def __getitem__(self, index: int):
+            img = self.image(index)
+            return (self.transform(img) if self.transform is not None else _to_tensor(img)), int(self.labels[index])
+
+    TorchView.__qualname__ = "TorchView"  # picklable as vitprune.data.TorchView (DataLoader workers)
+    return TorchView
+
+
+def __getattr__(name: str):
+    # PEP 562: `data.TorchView` / `from vitprune.data import TorchView` build the class once.
+    if name == "TorchView":
+        globals()["TorchView"] = _torch_view_class()
+        return globals()["TorchView"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------ command line
