@@ -124,8 +124,10 @@ def test_wnid_folders_follow_the_classes_file_not_sort_order(tmp_path):
 
 
 def test_imagenet_keyword_gives_timms_wnid_list():
+    from timm.data import ImageNetInfo
+
     wnids = data.read_classes_file("imagenet")
-    assert len(wnids) == 1000 and wnids[0] == "n01440764"
+    assert wnids == list(ImageNetInfo().label_names()) and wnids[0] == "n01440764"
 
 
 def test_disagreeing_folder_names_the_classes(tmp_path):
@@ -395,7 +397,7 @@ def test_notebook_00_runs_on_tiny_idx_data(tmp_path, tiny_idx_dir):
 # ------------------------------------------------------------------ hub sources (offline: a local stand-in)
 
 
-def _hub_like(split_sizes: dict, names: list, make_image) -> "datasets.DatasetDict":
+def _hub_like(split_sizes: dict, names: list, make_image):
     """A DatasetDict shaped like a hub download: Image feature holding encoded bytes."""
     import datasets
 

@@ -26,12 +26,11 @@ import re
 import shutil
 import socket
 import struct
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -269,9 +268,16 @@ def read_classes_file(path: str | os.PathLike) -> list[str]:
     """Reference class list: one name per line, line i = label i (blank lines and '#' ignored).
     The keyword "imagenet" means timm's bundled ImageNet-1k wnid list (n01440764 ...)."""
     if str(path) == "imagenet":
-        from timm.data import ImageNetInfo
+        # timm ships the list (timm/data/_info/imagenet_synsets.txt, = timm.data.ImageNetInfo's
+        # label_names); read the file without importing timm (and torch) for the CLI's sake.
+        import importlib.util
 
-        return list(ImageNetInfo().label_names())
+        spec = importlib.util.find_spec("timm")
+        synsets = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info" / "imagenet_synsets.txt"
+        names = synsets.read_text().split()
+        if len(names) != 1000:
+            raise UserError(f"{synsets}: expected 1000 ImageNet wnids, found {len(names)}; reinstall timm")
+        return names
     path = Path(path)
     if not path.is_file():
         raise UserError(f"classes file {path} not found; give a text file with one class name per line "
@@ -526,6 +532,8 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """Quick DNS/TCP probe, so an offline machine fails in seconds instead of ~25 s of retries."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         return True  # the user asked for cache-only loading; let `datasets` look there
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection proves nothing; let `datasets` try
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
@@ -952,8 +960,6 @@ def _torch_view_class():
 
         def __init__(self, hf_split, transform: Callable | None = None, decode_once: bool | None = None,
                      max_decoded_bytes: int = 1 << 30):
-            import datasets
-
             self.transform = transform
             self.labels = labels_of(hf_split)
             self.class_names = class_names(hf_split)
