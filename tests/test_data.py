@@ -304,6 +304,26 @@ def test_incomplete_cache_is_refused(tmp_path, fmnist_cache):
         data.load_cache(tmp_path / "nowhere")
 
 
+def test_interrupted_save_leaves_the_old_cache_whole(tmp_path, tiny_idx_dir, monkeypatch):
+    import datasets
+
+    kwargs = dict(source="idx", idx_dir=str(tiny_idx_dir), train_per_class=4, eval_per_class=2)
+    data.build_cache(tmp_path / "c", **kwargs)
+    real_save = datasets.DatasetDict.save_to_disk
+
+    def crash(self, path, **kw):
+        real_save(self, path, **kw)  # everything written ... then the process "dies" before the marker
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", crash)
+    with pytest.raises(KeyboardInterrupt):
+        data.build_cache(tmp_path / "c", **{**kwargs, "train_per_class": 6})
+    with pytest.raises(KeyboardInterrupt):
+        data.build_cache(tmp_path / "fresh", **kwargs)
+    assert len(data.load_cache(tmp_path / "c")["train"]) == 40  # the old, complete cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no half-written cache anywhere
+
+
 def test_identical_cache_is_reused_and_a_changed_spec_rebuilds(tmp_path, tiny_idx_dir):
     kwargs = dict(source="idx", idx_dir=str(tiny_idx_dir), train_per_class=4, eval_per_class=2)
     first = data.build_cache(tmp_path / "c", **kwargs)
