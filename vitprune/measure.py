@@ -313,6 +313,10 @@ def _create_by_name(name: str, num_classes: int | None, img_size: int | None) ->
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
         raise UserError(f"model {name!r} does not accept {sorted(kwargs)}: {exc}") from exc
+    except (RuntimeError, ValueError, AssertionError) as exc:  # e.g. a bad pretrained tag
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot build model {name!r} with {kwargs or 'defaults'}: {first}; "
+                        "list names with: python -c \"import timm; print(timm.list_pretrained('deit*'))\"") from exc
 
 
 def _load_checkpoint(path: str) -> nn.Module:
@@ -434,6 +438,10 @@ def apply_variant(model: nn.Module, opts: dict[str, Any]) -> nn.Module:
 
 def _build(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], bool]:
     """(model incl. variant, variant options, is_checkpoint) for `measure`/`bench`."""
+    if args.img_size is not None and args.img_size < 1:
+        raise UserError(f"--img-size must be a positive number of pixels, got {args.img_size}")
+    if args.num_classes is not None and args.num_classes < 0:
+        raise UserError(f"--num-classes must be >= 0 (0 = no classifier), got {args.num_classes}")
     opts = _variant_options(args)
     is_ckpt = _is_checkpoint_arg(args.model)
     if is_ckpt:
