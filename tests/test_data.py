@@ -458,3 +458,26 @@ def test_hf_imagenet_path_subsets_and_converts(tmp_path, monkeypatch):
     assert set(dsd) == {"train", "validation"} and len(dsd["validation"]) == 1000
     assert {Image.open(io.BytesIO(b["bytes"])).mode
             for b in dsd["train"].with_format("arrow")["image"].to_pylist()} == {"RGB"}
+
+
+@pytest.mark.notebook
+def test_notebook_00_runs_on_a_numeric_imagefolder(tmp_path):
+    """The study's failure case end to end: folders "0".."11" (train/ and val/) through notebook 00."""
+    names = [str(i) for i in range(12)]
+    tinydata.write_imagefolder(tmp_path / "folder" / "train", names, per_class=3)
+    tinydata.write_imagefolder(tmp_path / "folder" / "val", names, per_class=2, seed=5)
+    runs = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "vitprune", "run", "--profile", "smoke", "--only",
+                           "00_data_cache", "--runs-root", str(runs), "-p", "source=imagefolder",
+                           "-p", f"imagefolder_dir={tmp_path / 'folder'}", "-p", "train_per_class=2",
+                           "-p", "eval_per_class=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    metrics = json.loads((runs / "smoke" / "00_data_cache" / "metrics.json").read_text())
+    assert metrics["class_names"] == names and metrics["counts"] == {"train": 24, "validation": 12}
+    dsd = data.load_cache(metrics["cache_path"])
+    for split in dsd.values():
+        for row in split:
+            assert band_label(row["image"]) == row["label"]  # "10" is label 10, not 2
+    exported = sorted(p.name for p in (runs / "smoke" / "00_data_cache" / "imagefolder" / "validation").iterdir())
+    assert exported[10] == "010_10"
