@@ -87,6 +87,7 @@ class Counter:
         self.version = _code_version() if count_fn is None else "custom"
         self._cache: dict[str, dict[str, int]] = {}
         self._models: dict[tuple[str, int], Any] = {}
+        self._pruned: dict[tuple[str, int], Any] = {}
         self.counted = 0  # counts actually computed (not from the cache)
         if self.cache_path and self.cache_path.exists():
             try:
@@ -131,16 +132,21 @@ class Counter:
     def _count_real(self, spec: dict[str, Any]) -> dict[str, int]:
         from vitprune import measure
 
-        model = self._base_model(spec["model"], spec["img_size"])
+        key = (spec["model"], spec["img_size"])
+        model = self._base_model(*key)
         if spec.get("token_pruning"):
             from vitprune import token_pruning
 
-            model = token_pruning.attach(copy.deepcopy(model), **spec["token_pruning"])
+            # one pruned copy per (model, size); re-attaching only changes its schedule
+            if key not in self._pruned:
+                self._pruned[key] = copy.deepcopy(model)
+            model = token_pruning.attach(self._pruned[key], **spec["token_pruning"])
         return measure.count(model, img_size=spec["img_size"])
 
     def release(self) -> None:
         """Drop the models built for counting (DeiT-B is 350 MB per copy)."""
         self._models.clear()
+        self._pruned.clear()
 
 
 # ---------------------------------------------------------------- findings

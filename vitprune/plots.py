@@ -221,15 +221,19 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
-def _masked(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Grey out the patches a stage dropped (mask over the patch grid, row-major)."""
+def _masked(image: np.ndarray, mask: np.ndarray, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """Grey out the patches a stage dropped (mask over the patch grid, row-major; the grid is
+    square unless given)."""
     img = _as_hwc(image)
     n = int(mask.size)
-    side = int(round(math.sqrt(n)))
-    if side * side != n:
+    if grid is None:
+        side = int(round(math.sqrt(n)))
+        grid = (side, side)
+    rows, cols = int(grid[0]), int(grid[1])
+    if rows * cols != n:
         return img
-    ph, pw = img.shape[0] // side, img.shape[1] // side
-    grid = np.asarray(mask, dtype=bool).reshape(side, side)
+    ph, pw = img.shape[0] // rows, img.shape[1] // cols
+    grid = np.asarray(mask, dtype=bool).reshape(rows, cols)
     keep = np.kron(grid, np.ones((ph, pw), dtype=bool))
     keep = np.pad(keep, ((0, img.shape[0] - keep.shape[0]), (0, img.shape[1] - keep.shape[1])),
                   constant_values=True)
@@ -242,7 +246,8 @@ def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
     """Which patches survive each pruning stage, per token-pruning run.
 
     Reads `<run_dir>/kept_tokens.npz` (arrays `images` [B,H,W(,C)] or [B,C,H,W] and `masks`
-    [stages, B, patches] of booleans, True = kept; or `mask_0`, `mask_1`, ...) and draws rows
+    [stages, B, patches] of booleans, True = kept; or `mask_0`, `mask_1`, ...; optional
+    `grid` = patch rows, cols when not square) and draws rows
     = (run, image), columns = input then each stage. Runs that only saved a picture
     (`kept_tokens.png`) are shown as that picture.
     """
@@ -275,7 +280,8 @@ def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
         axes[row, 0].set_title(f"{_label(r)}\ninput", fontsize=7)
         for s in range(d["masks"].shape[0]):
             mask = d["masks"][s, i]
-            axes[row, 1 + s].imshow(_masked(d["images"][i], mask), cmap="gray")
+            grid = tuple(d["grid"]) if "grid" in d else None
+            axes[row, 1 + s].imshow(_masked(d["images"][i], mask, grid), cmap="gray")
             axes[row, 1 + s].set_title(f"stage {s + 1}: {int(np.sum(mask))}/{mask.size}", fontsize=7)
     for k, (r, path) in enumerate(pictures):
         from matplotlib.image import imread
@@ -423,13 +429,13 @@ def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
     return paths
 
 
-def make_all(runs: list[dict], out_dir: str | os.PathLike) -> dict[str, Figure]:
+def make_all(runs: list[dict], out_dir: str | os.PathLike, max_kept_images: int = 3) -> dict[str, Figure]:
     """Draw every figure the runs support, save each as PNG+PDF; returns {name: Figure}.
     Figures with nothing to draw are skipped, and a stale file of that name is removed so
     the folder never shows a figure from older runs."""
     drawn = {}
     for name, func in FIGURES.items():
-        fig = func(runs)
+        fig = func(runs, max_images=max_kept_images) if func is kept_tokens_grid else func(runs)
         if fig is None:
             for fmt in FORMATS:
                 (Path(out_dir) / f"{name}.{fmt}").unlink(missing_ok=True)
