@@ -149,6 +149,9 @@ def test_numeric_folders_with_a_gap_are_an_error(tmp_path):
     tinydata.write_imagefolder(tmp_path / "f", ["0", "1", "3"], per_class=1)
     with pytest.raises(UserError, match="missing labels"):
         data.scan_imagefolder(tmp_path / "f")
+    tinydata.write_imagefolder(tmp_path / "g", ["000_cat", "002_dog"], per_class=1)
+    with pytest.raises(UserError, match="number the labels"):
+        data.scan_imagefolder(tmp_path / "g")
 
 
 def test_export_round_trip(tmp_path, fmnist_cache):

@@ -352,7 +352,14 @@ def class_folders(root: str | os.PathLike) -> list[str]:
 def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
                 where: str = "ImageFolder") -> tuple[dict[str, int], list[str], str]:
     """Folder names -> (mapping folder->label, class names, naming). Maps by name, never by
-    sort position; raises UserError naming every folder/class that disagrees."""
+    sort position; raises UserError naming every folder/class that disagrees.
+
+    With a reference list: a folder equal to a class name (or its `safe_name`) gets that
+    class's index; otherwise a numeric folder gets the integer it spells; an exported
+    "<index>_<name>" folder gets its name's index, and its prefix must agree. Every class
+    needs exactly one folder. Without one: numeric folders -> their integer (0..K-1, no gaps),
+    "<index>_<name>" folders -> their index, plain names -> sorted order (the only definition
+    there is; `data check` shows it)."""
     numeric = [f for f in folders if f.isdigit()]
     if numeric and len(numeric) != len(folders):
         if reference is None:
@@ -414,11 +421,13 @@ def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
     if all(prefixed):
         mapping = {m.group(0): int(m.group(1)) for m in prefixed}
         labels = sorted(mapping.values())
-        if labels == list(range(len(folders))):
-            names = [""] * len(folders)
-            for m in prefixed:
-                names[int(m.group(1))] = m.group(2)
-            return mapping, names, "prefixed"
+        if labels != list(range(len(folders))):
+            raise UserError(f"{where}: folders named <index>_<name> must number the labels 0..{len(folders) - 1} "
+                            f"once each, found indices {_short_list(labels)}; rename them or pass a classes file")
+        names = [""] * len(folders)
+        for m in prefixed:
+            names[int(m.group(1))] = m.group(2)
+        return mapping, names, "prefixed"
     # Plain names and no reference: the sorted order is the only definition available.
     return {f: i for i, f in enumerate(folders)}, list(folders), "sorted"
 
