@@ -181,3 +181,23 @@ def test_table_cli(runs_tree, tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2
     assert empty.stderr.startswith("error: ") and "run --profile fmnist" in empty.stderr
+
+
+@pytest.mark.notebook
+def test_analysis_notebook_on_a_synthetic_runs_tree(tmp_path):
+    """Notebook 05 on the smoke profile writes every table and figure file and lists them."""
+    from vitprune import pipeline, plots
+
+    root = tmp_path / "runs"
+    written = write_synthetic_runs(root, profile="smoke")
+    pipeline.run_profile("smoke", only="05_analysis", runs_root=str(root))
+    metrics = results.read_metrics(root / "smoke" / "05_analysis")
+    fig_dir = Path(metrics["figures_dir"])
+    assert fig_dir == root / "smoke" / "05_analysis" / "figures"
+    expected = {"table1.md", "table1.csv", "table1.tex", "audit.md"}
+    expected |= {f"{name}.{fmt}" for name in plots.FIGURES for fmt in plots.FORMATS}
+    assert {Path(f).name for f in metrics["files"]} == expected
+    assert all((fig_dir / name).stat().st_size > 0 for name in expected)
+    rows = {row["run"]: row for row in metrics["table1_rows"]}
+    assert rows["03_block_pruning"]["top1"] == pytest.approx(written["03_block_pruning"]["top1"])
+    assert [f["id"] for f in metrics["audit"]] == ["units", "schedule", "layer9", "resolution", "scramble"]
