@@ -404,6 +404,39 @@ def layer_widths(runs: list[dict]) -> Figure | None:
     return fig
 
 
+def reported_in_one_unit(runs: list[dict] | None = None) -> Figure:
+    """The study's and the papers' ImageNet rows, top-1 against GMACs in ONE unit.
+
+    Hollow markers show where the study's table puts a row when its "FLOPs" number is read
+    as printed (EfficientFormer's doubled GMACs land twice as far right); arrows lead to the
+    same row in GMACs. Independent of our runs (the argument is accepted for uniformity).
+    """
+    from vitprune import results
+
+    rows = [r for r in results.REFERENCE_ROWS if r["printed_G"] is not None and r["top1"] is not None]
+    fig, axes = _new_figure(size=(7.5, 4.8))
+    ax = axes[0, 0]
+    sources = {results.STUDY: ("tab:red", "o"), results.PAPER: ("tab:blue", "s")}
+    for source, (color, marker) in sources.items():
+        group = [r for r in rows if r["source"] == source]
+        gmacs = [r["printed_G"] / (2 if r["printed_unit"] == "GFLOPs" else 1) for r in group]
+        ax.scatter(gmacs, [r["top1"] for r in group], color=color, marker=marker, s=40, zorder=3,
+                   label=f"{source}, in GMACs")
+        for r, g in zip(group, gmacs):
+            if source == results.STUDY:
+                ax.annotate(r["model"], (g, r["top1"]), textcoords="offset points", xytext=(4, -9), fontsize=7)
+            if r["printed_unit"] == "GFLOPs":
+                ax.scatter([r["printed_G"]], [r["top1"]], facecolors="none", edgecolors=color, marker=marker, s=40)
+                ax.annotate("", xy=(g, r["top1"]), xytext=(r["printed_G"], r["top1"]),
+                            arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.8})
+    ax.scatter([], [], facecolors="none", edgecolors="tab:red", marker="o", label="as printed (doubled GMACs)")
+    ax.set_xlabel("GMACs per image (multiply-accumulates, one unit)")
+    ax.set_ylabel("ImageNet top-1 (%)")
+    ax.set_title("The study's Table 1 in one unit")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
 FIGURES: dict[str, Callable[[list[dict]], Figure | None]] = {
     "accuracy_vs_macs": accuracy_vs_macs,
     "rate_sweep": rate_sweep,
@@ -412,6 +445,7 @@ FIGURES: dict[str, Callable[[list[dict]], Figure | None]] = {
     "kept_tokens": kept_tokens_grid,
     "training_curves": training_curves,
     "layer_widths": layer_widths,
+    "reported_in_one_unit": reported_in_one_unit,
 }
 
 
