@@ -226,6 +226,7 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
         summary[schedule] = {"max_abs_error": max(errors), "mean_abs_error": sum(errors) / len(errors),
                              "matches": sum(r[f"{schedule}_rounds_to_study"] for r in rows)}
     best = min(SCHEDULES, key=lambda s: (-summary[s]["matches"], summary[s]["mean_abs_error"]))
+    params_M = counter(spec_of(DEIT_B, 224, token_spec(rates[0], best)))["params"] / 1e6
     other = next(s for s in SCHEDULES if s != best)
     listing = ", ".join(f"{r['base_rate']:g}: {r['study_G']:g} vs {r['geometric_gmacs']:.3f} / {r['linear_gmacs']:.3f}"
                         for r in rows)
@@ -238,10 +239,10 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
         + ("So the study's models used the official geometric schedule (b, b^2, b^3), not the linear "
            "b, b-0.2, b-0.4 its section 4.1 describes." if best == "geometric" else
            "So the study's numbers follow the linear schedule its section 4.1 describes.")
-        + " The count includes the score predictors, as the study's 89.4 M parameters do."
+        + f" The count includes the score predictors ({params_M:.2f} M parameters with them, the study's 89.4 M)."
     )
     return {"id": "schedule", "title": "Which keep-ratio schedule the study used", "rows": rows,
-            "summary": summary, "best": best, "params_M": counter(spec_of(DEIT_B, 224, token_spec(rates[0], best)))["params"] / 1e6,
+            "summary": summary, "best": best, "params_M": params_M,
             "text": text}
 
 
@@ -264,8 +265,9 @@ def layer9_finding(schedule: dict[str, Any] | None = None, num_patches: int = 19
     if schedule is not None:
         used = schedule["best"]
         row = next((r for r in schedule["rows"] if r["base_rate"] == base_rate), None)
-        text += (f" The study's GFLOPs match the {used} schedule (previous finding), so its DyViT-Sub/{base_rate:g} "
-                 f"kept {counts[used][-1]} patch tokens after block {LOCATIONS[-1] - 1}, "
+        text += (f" The study's GFLOPs match the {used} schedule (previous finding), so the last pruning stage of "
+                 f"its DyViT-Sub/{base_rate:g} (before block {LOCATIONS[-1]}, 0-based) kept {counts[used][-1]} "
+                 f"patch tokens plus CLS, "
                  + ("not 0: its 63.1 % cannot be blamed on an empty layer 9." if counts[used][-1] > 0 else
                     "i.e. layer 9 really saw only the CLS token."))
         if row is not None:
