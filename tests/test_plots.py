@@ -90,3 +90,15 @@ def test_layer_widths_relative_to_baseline(runs):
     fig = plots.layer_widths(runs)
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights[:4] == [0.5, 0.75, 0.0, 0.5]  # heads kept / 4 per block
+
+
+def test_training_curves_fall_back_to_train_accuracy():
+    runs = [{"run": "01_deit_baseline", "metrics": {"label": "base", "history": [
+                {"epoch": 1, "train_loss": 1.0, "train_acc": 60.0, "eval_top1": 70.0},
+                {"epoch": 2, "train_loss": 0.5, "train_acc": 80.0, "eval_top1": 85.0}]}},
+            {"run": "02_token_pruning/base_rate_0.7", "metrics": {"label": "dyn", "history": [
+                {"epoch": 1, "train_loss": 0.7, "train_acc": 75.0}]}}]
+    fig = plots.training_curves(runs)
+    lines = {line.get_label(): line for line in fig.axes[1].get_lines()}
+    assert list(lines["base"].get_ydata()) == [70.0, 85.0]
+    assert list(lines["dyn (train)"].get_ydata()) == [75.0] and lines["dyn (train)"].get_linestyle() == "--"

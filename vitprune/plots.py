@@ -293,14 +293,18 @@ def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
     return fig
 
 
-HISTORY_KEYS = (("train_loss", "training loss"), ("eval_top1", "eval top-1 (%)"))
+HISTORY_KEYS = ("train_loss", "eval_top1", "train_acc")  # engine.train's per-epoch record
 
 
 def training_curves(runs: list[dict]) -> Figure | None:
-    """Per-epoch training loss and eval top-1 of every run that logged a `history`."""
+    """Per-epoch training loss and accuracy of every run that logged a `history`.
+
+    Accuracy is the eval top-1 where the run evaluated every epoch, else the training
+    accuracy (dashed, marked "train") -- fine-tuning runs often evaluate only at the end.
+    """
     rows = [r for r in runs if isinstance(_metric(r, "history"), list) and _metric(r, "history")
             and "#" not in r["run"]]
-    rows = [r for r in rows if any(isinstance(h, dict) and any(k in h for k, _ in HISTORY_KEYS)
+    rows = [r for r in rows if any(isinstance(h, dict) and any(k in h for k in HISTORY_KEYS)
                                    for h in _metric(r, "history"))]
     if not rows:
         return None
@@ -308,25 +312,31 @@ def training_curves(runs: list[dict]) -> Figure | None:
 
     colors = sns.color_palette("tab10", len(rows))
     fig, axes = _new_figure(ncols=2, size=(10.0, 4.0))
-    styles = ["-", "--", ":", "-."]
     for n, r in enumerate(rows):
         history = [h for h in _metric(r, "history") if isinstance(h, dict)]
         epochs = [h["epoch"] if _is_number(h.get("epoch")) else i for i, h in enumerate(history)]
         if epochs and epochs[0] == 0:  # 0-based epoch indices are shown 1-based
             epochs = [e + 1 for e in epochs]
-        for ax, (key, _) in zip(axes[0], HISTORY_KEYS):
-            pairs = [(e, h[key]) for e, h in zip(epochs, history) if _is_number(h.get(key))]
-            if pairs:
-                ax.plot(*zip(*pairs), marker="o", ms=3, ls=styles[n // 10 % len(styles)],
-                        color=colors[n], label=_label(r))
-    for ax, (_, ylabel) in zip(axes[0], HISTORY_KEYS):
+
+        def series(key):
+            return [(e, h[key]) for e, h in zip(epochs, history) if _is_number(h.get(key))]
+
+        loss = series("train_loss")
+        if loss:
+            axes[0, 0].plot(*zip(*loss), marker="o", ms=3, color=colors[n], label=_label(r))
+        acc, style, suffix = series("eval_top1"), "-", ""
+        if not acc:
+            acc, style, suffix = series("train_acc"), "--", " (train)"
+        if acc:
+            axes[0, 1].plot(*zip(*acc), marker="o", ms=3, ls=style, color=colors[n], label=_label(r) + suffix)
+    for ax, ylabel, title in ((axes[0, 0], "training loss", "Training loss"),
+                              (axes[0, 1], "top-1 accuracy (%)", "Accuracy (eval; dashed: train)")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.set_title(title)
         if ax.get_lines():
             ax.legend(fontsize=7)
-    axes[0, 0].set_title("Training loss")
-    axes[0, 1].set_title("Evaluation accuracy")
     return fig
 
 
