@@ -201,3 +201,6 @@ def test_analysis_notebook_on_a_synthetic_runs_tree(tmp_path):
     rows = {row["run"]: row for row in metrics["table1_rows"]}
     assert rows["03_block_pruning"]["top1"] == pytest.approx(written["03_block_pruning"]["top1"])
     assert [f["id"] for f in metrics["audit"]] == ["units", "schedule", "layer9", "resolution", "scramble"]
+    executed = json.loads((root / "smoke" / "05_analysis" / "05_analysis.ipynb").read_text())
+    images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == len(metrics["figures"])  # every figure shown inline
