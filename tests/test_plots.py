@@ -102,3 +102,12 @@ def test_training_curves_fall_back_to_train_accuracy():
     lines = {line.get_label(): line for line in fig.axes[1].get_lines()}
     assert list(lines["base"].get_ydata()) == [70.0, 85.0]
     assert list(lines["dyn (train)"].get_ydata()) == [75.0] and lines["dyn (train)"].get_linestyle() == "--"
+
+
+def test_rate_sweep_keeps_schedules_apart(runs):
+    extra = {"run": "02_token_pruning/base_rate_0.4__schedule_linear", "run_dir": "/nonexistent",
+             "metrics": {"method": "dynamicvit", "base_rate": 0.4, "schedule": "linear", "top1": 60.0, "macs": 9e6}}
+    fig = plots.rate_sweep(runs + [extra])
+    labels = {line.get_label(): list(line.get_xdata()) for line in fig.axes[0].get_lines()}
+    assert labels["DynamicViT (token)"] == [0.5, 0.7, 0.9]
+    assert labels["DynamicViT (token), linear"] == [0.4]

@@ -126,12 +126,18 @@ def rate_sweep(runs: list[dict]) -> Figure | None:
     fig, axes = _new_figure(ncols=2, size=(9.0, 3.8))
     for ax, key, ylabel, div in ((axes[0, 0], "top1", "top-1 accuracy (%)", 1.0),
                                  (axes[0, 1], "macs", f"{unit} per image", scale)):
-        for method in ("dynamicvit", "training_free"):
-            group = sorted((r for r in swept if _metric(r, "method") == method and _is_number(_metric(r, key))),
-                           key=lambda r: _metric(r, "base_rate"))
+        # one line per (method, schedule): a linear-schedule run is not a point of the geometric sweep
+        series = sorted({(_metric(r, "method"), str(_metric(r, "schedule") or "geometric")) for r in swept},
+                        key=lambda ms: (ms[0] != "dynamicvit", ms[1] != "geometric", ms[1]))
+        for method, schedule in series:
+            group = sorted((r for r in swept if _metric(r, "method") == method
+                            and str(_metric(r, "schedule") or "geometric") == schedule
+                            and _is_number(_metric(r, key))), key=lambda r: _metric(r, "base_rate"))
             if group:
+                label = METHOD_LABELS[method] + ("" if schedule == "geometric" else f", {schedule}")
                 ax.plot([_metric(r, "base_rate") for r in group], [_metric(r, key) / div for r in group],
-                        marker=METHOD_MARKERS[method], color=colors[method], label=METHOD_LABELS[method])
+                        marker=METHOD_MARKERS[method], color=colors[method], label=label,
+                        ls="-" if schedule == "geometric" else ":")
         for r in base[:1]:
             if _is_number(_metric(r, key)):
                 ax.axhline(_metric(r, key) / div, ls="--", color=colors["baseline"], label="baseline")
