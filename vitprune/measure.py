@@ -333,20 +333,11 @@ def _load_checkpoint(path: str) -> nn.Module:
 
 def _checkpoint_base(path: str) -> nn.Module:
     """The unpruned model a checkpoint was built from (its name and kwargs, random init)."""
-    import timm
+    from vitprune import models as vp_models  # also registers the embedded model names
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        raise UserError(f"{path!r} is not a vitprune checkpoint (no 'model_name' key)")
-    try:
-        from vitprune import models as vp_models  # registers the embedded model names
-        if hasattr(vp_models, "create_model"):
-            return vp_models.create_model(ckpt["model_name"], pretrained=False,
-                                          **dict(ckpt.get("model_kwargs") or {}))
-    except ImportError:
-        pass
-    return timm.create_model(ckpt["model_name"], pretrained=False,
-                             **dict(ckpt.get("model_kwargs") or {}))
+    ckpt = vp_models.read_checkpoint(path)
+    return vp_models.create_model(ckpt["model_name"], pretrained=False,
+                                  **dict(ckpt.get("model_kwargs") or {}))
 
 
 def _float_list(text: str | None, flag: str) -> list[float] | None:
