@@ -68,6 +68,21 @@ def _mac_scale(values: list[float]) -> tuple[float, str]:
     return (1e9, "GMACs") if max(values, default=0) >= 1e9 else (1e6, "MMACs")
 
 
+def _annotate_all(ax, points: list[tuple[float, float, str]]) -> None:
+    """Label scatter points; a label near an earlier one is pushed down a line so close
+    points (two combinations at similar MACs) stay readable."""
+    if not points:
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    dx = (max(xs) - min(xs)) or 1.0
+    dy = (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for x, y, text in sorted(points, key=lambda p: (p[0], -p[1])):
+        crowd = sum(abs(x - px) < 0.12 * dx and abs(y - py) < 0.06 * dy for px, py in placed)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4 - 9 * crowd), fontsize=7)
+        placed.append((x, y))
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the (cost, accuracy) points no other point beats: lower or equal cost with
     higher accuracy. Returned in order of increasing cost."""
@@ -100,8 +115,7 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
         ys = [_metric(r, "top1") for r in group]
         ax.scatter(xs, ys, s=90 if method == "baseline" else 45, marker=METHOD_MARKERS.get(method, "o"),
                    color=colors.get(method), label=METHOD_LABELS.get(method, method), zorder=3)
-        for x, y, r in zip(xs, ys, group):
-            ax.annotate(_label(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    _annotate_all(ax, [(_metric(r, "macs") / scale, _metric(r, "top1"), _label(r)) for r in pts])
     coords = [(_metric(r, "macs") / scale, _metric(r, "top1")) for r in pts]
     front = pareto_front(coords)
     ax.plot([coords[i][0] for i in front], [coords[i][1] for i in front], "--", color="0.4",
@@ -186,8 +200,7 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
         method = str(_metric(r, "method"))
         ax.scatter(_metric(r, "mac_ratio"), _metric(r, "speedup"), color=colors.get(method),
                    marker=METHOD_MARKERS.get(method, "o"), s=45, zorder=3)
-        ax.annotate(_label(r), (_metric(r, "mac_ratio"), _metric(r, "speedup")), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)
+    _annotate_all(ax, [(_metric(r, "mac_ratio"), _metric(r, "speedup"), _label(r)) for r in pts])
     hi = max(max(_metric(r, "mac_ratio"), _metric(r, "speedup")) for r in pts) * 1.1
     ax.plot([1, hi], [1, hi], ":", color="0.4", label="speedup = MAC ratio")
     for method in dict.fromkeys(str(_metric(r, "method")) for r in pts):
