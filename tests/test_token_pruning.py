@@ -230,6 +230,16 @@ def test_ratio_loss_teaches_the_predictors_the_keep_ratio():
     assert fractions == pytest.approx([0.8, 0.64, 0.51], abs=0.12)
 
 
+def test_keep_prior_starts_the_decisions_at_the_target_ratios():
+    model = tp.attach(tiny_vit(seed=10), 0.7)  # 0.7, 0.49, 0.343: conditional 0.7 per stage
+    tp.init_keep_prior(model)
+    model.train()
+    torch.manual_seed(0)
+    model(torch.randn(16, 3, 32, 32))
+    fractions = [float(d.mean()) for d in tp.pop_aux(model).decisions]
+    assert fractions == pytest.approx([0.7, 0.49, 0.343], abs=0.06)
+
+
 def test_teacher_with_token_pruning_is_refused():
     model = tp.attach(tiny_vit(), 0.7).train()
     teacher = tp.attach(tiny_vit(), 0.7).eval()

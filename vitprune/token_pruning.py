@@ -289,6 +289,26 @@ def describe(model: nn.Module) -> dict[str, Any]:
     }
 
 
+@torch.no_grad()
+def init_keep_prior(model: nn.Module) -> None:
+    """Set each predictor's output bias so that, before any training, it keeps its stage's
+    share of the still-kept tokens (p_s = r_s / r_{s-1}) instead of 1/2.
+
+    Not in the official code (which trains 30 ImageNet epochs from p = 1/2); for short
+    fine-tunes it starts the Gumbel decisions at the target keep ratios, so the ratio loss
+    has nothing to undo and the budget goes into choosing *which* tokens to keep.
+    """
+    bare = _unwrap(model)
+    cfg = config(bare)
+    ratios = schedule_ratios(cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], len(cfg["locations"]))
+    previous = 1.0
+    for predictor, ratio in zip(getattr(bare, PREDICTOR_ATTR), ratios):
+        p = min(max(ratio / previous if previous > 0 else 0.0, 1e-3), 1 - 1e-3)
+        last = predictor.out_conv[4]
+        last.bias.copy_(torch.tensor([math.log(p), math.log(1 - p)], dtype=last.bias.dtype))
+        previous = max(ratio, 0.0)
+
+
 def set_decision_mode(model: nn.Module, mode: str) -> None:
     """How the training-mode (masked) forward decides: 'gumbel' (training, as published) or
     'topk' (deterministic: the same top-k tokens the eval-mode gather keeps; no gradient to the
