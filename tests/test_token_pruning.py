@@ -354,3 +354,26 @@ def test_official_checkpoint_mismatch_is_a_clear_error(tmp_path):
     tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain, strict=False)
     with pytest.raises(UserError, match="does not exist"):
         tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), tmp_path / "nope.pth")
+
+
+# ---------------------------------------------------------------- notebook 02 (smoke profile)
+
+
+@pytest.mark.notebook
+def test_notebook_02_smoke_sweep(smoke_runs):
+    from vitprune import models, results
+
+    runs = {rate: results.read_metrics(smoke_runs / "02_token_pruning" / f"base_rate_{rate}") for rate in (0.7, 0.5)}
+    for rate, m in runs.items():
+        assert m["method"] == "dynamicvit" and m["base_rate"] == rate and m["schedule"] == "geometric"
+        assert m["keep_counts"] == tp.keep_counts(49, rate)  # vit_fmnist: 7 x 7 patches
+        assert m["tokens_per_block"][-1] == 1 + m["keep_counts"][-1]
+        assert m["flops"] == 2 * m["macs"] and m["macs"] < m["baseline_macs"]
+        assert 0.0 <= m["top1"] <= 100.0 and m["eval_samples"] == 60
+    assert runs[0.5]["macs"] < runs[0.7]["macs"]
+    # the saved model re-attaches its pruning from the checkpoint and runs gathered
+    model = models.load_checkpoint(smoke_runs / "02_token_pruning" / "base_rate_0.5" / "model.pt")
+    assert model.vitprune_token_pruning["base_rate"] == 0.5
+    assert tp.tokens_per_block(model) == runs[0.5]["tokens_per_block"]
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
