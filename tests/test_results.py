@@ -154,7 +154,7 @@ def test_write_table1_files(runs_tree, tmp_path):
     paths = results.write_table1(df, tmp_path / "fig")
     md = paths["table1.md"].read_text()
     assert "DyViT-FMNIST/0.7" in md and "EfficientFormer-L7 [16]" in md and "= GFLOPs" in md
-    assert "88.75 (-1.5)" in md  # value (change vs baseline)
+    assert "88.75 (-1.50)" in md and "23.0 (-12.2)" in md  # value (change vs baseline)
     import pandas as pd
     back = pd.read_csv(paths["table1.csv"])
     assert back.loc[back["run"] == "03_block_pruning", "top1"].item() == pytest.approx(87.5)

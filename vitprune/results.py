@@ -266,29 +266,52 @@ def _set_deltas(row: dict[str, Any], base: dict[str, Any] | None) -> None:
         row[f"d_{key}"] = row[key] - base[key] if base is not None else math.nan
 
 
-def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
     """Numbers to 4 significant digits (tiny Fashion-MNIST models and DeiT-B in one column)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return ""
     if isinstance(value, float) and value == int(value) and abs(value) >= 10 ** (digits - 1):
-        text = f"{int(value)}"
-    else:
-        text = f"{value:.{digits}g}"
-    return (f"+{text}" if value > 0 else text) if signed else text
+        return f"{int(value)}"
+    return f"{value:.{digits}g}"
+
+
+def _places(value: float, digits: int = 4) -> int:
+    """Decimals that show `value` to `digits` significant digits (0.02519, 0.4294, 17.58)."""
+    if value == 0:
+        return digits - 1
+    return max(0, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def _pair(value: Any, delta: Any, show_delta: bool, places: int) -> str:
+    """"value (change)", both with `places` decimals."""
+    if _missing(value):
+        return ""
+    text = f"{value:.{places}f}"
+    if show_delta and not _missing(delta):
+        text += f" ({delta:+.{places}f})"
+    return text
 
 
 def display_table1(df):
-    """Strings for Markdown/LaTeX: "value (change)" per metric, units in the headers."""
+    """Strings for Markdown/LaTeX: "value (change)" per metric, units in the headers.
+    Measured rows: 4 significant digits (top-1: 2 decimals); reported rows: 1 decimal, as
+    the study and the papers print them."""
     import pandas as pd
 
-    own_baseline = [row["method"] == "baseline" or row["model"] in (STUDY_BASELINE, PAPER_BASELINE)
-                    for _, row in df.iterrows()]
+    show = [not (row["method"] == "baseline" or row["model"] in (STUDY_BASELINE, PAPER_BASELINE))
+            for _, row in df.iterrows()]
+    measured = list(df["source"] == MEASURED)
 
-    def pair(value, delta, is_baseline):
-        text = _fmt(value)
-        if text and not is_baseline and not (isinstance(delta, float) and math.isnan(delta)):
-            text += f" ({_fmt(delta, signed=True)})"
-        return text
+    def column(key, pct=False):
+        out = []
+        for v, d, s, m in zip(df[key], df[f"d_{key}"], show, measured):
+            places = 1 if not m else 2 if pct else (_places(v) if not _missing(v) else 0)
+            out.append(_pair(v, d, s, places))
+        return out
 
     out = pd.DataFrame({
         "Model": df["model"],
@@ -296,10 +319,10 @@ def display_table1(df):
         "Data": df["dataset"],
         "Res.": [f"{int(s)}" if isinstance(s, (int, float)) and not math.isnan(s) else str(s or "")
                  for s in df["img_size"]],
-        "Params (M)": [pair(v, d, b) for v, d, b in zip(df["params_M"], df["d_params_M"], own_baseline)],
-        "GMACs": [pair(v, d, b) for v, d, b in zip(df["gmacs"], df["d_gmacs"], own_baseline)],
-        "GFLOPs": [pair(v, d, b) for v, d, b in zip(df["gflops"], df["d_gflops"], own_baseline)],
-        "Top-1 (%)": [pair(v, d, b) for v, d, b in zip(df["top1"], df["d_top1"], own_baseline)],
+        "Params (M)": column("params_M"),
+        "GMACs": column("gmacs"),
+        "GFLOPs": column("gflops"),
+        "Top-1 (%)": column("top1", pct=True),
         "As printed": [f"{_fmt(p)} = {u}" if u and not math.isnan(p) else ("counted" if s == MEASURED else "")
                        for p, u, s in zip(df["printed_G"], df["printed_unit"], df["source"])],
     })
