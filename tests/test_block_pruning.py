@@ -394,3 +394,30 @@ def test_taylor_on_token_pruned_model_uses_tokens_per_block():
                   + (HIDDEN - s["mlp"]) * 2 * n * DIM for s, n in zip(spec, tokens))
     assert before - bp.block_macs(model) == removed
     assert count(measure, model)["macs"] > 0
+
+
+# ---------------------------------------------------------------- notebook 03 (smoke profile)
+
+
+def test_notebook_03_smoke(smoke_runs):
+    from vitprune import measure, models, results
+
+    run = smoke_runs / "03_block_pruning"
+    m = results.read_metrics(run)
+    for key in ("method", "label", "model_name", "img_size", "params", "macs", "flops", "top1", "top5",
+                "eval_samples", "train_wall_time_s", "history", "block_spec", "keep_heads", "keep_mlp",
+                "mac_ratio", "baseline_heads", "baseline_mlp"):
+        assert key in m, key
+    assert m["method"] == "block" and m["flops"] == 2 * m["macs"]
+    assert m["removal_max_abs_diff"] <= 1e-4
+    spec = m["block_spec"]
+    # smoke keeps 15 % of the heads over all blocks: some blocks lose their attention entirely
+    assert sum(s["heads"] for s in spec) == bp.keep_count(0.15, sum(m["baseline_heads"]))
+    assert any(s["heads"] == 0 for s in spec)
+    assert sum(s["mlp"] for s in spec) == bp.keep_count(0.5, sum(m["baseline_mlp"]))
+    assert m["macs"] < m["baseline_macs"] and m["mac_ratio"] == pytest.approx(m["baseline_macs"] / m["macs"])
+    model = models.load_checkpoint(run / "model.pt")  # apply_spec rebuilds the pruned shapes
+    assert bp.block_spec(model) == spec
+    assert any(isinstance(b.attn, bp.NoAttention) for b in model.blocks)
+    c = measure.count(model)
+    assert (c["params"], c["macs"]) == (m["params"], m["macs"])
