@@ -141,7 +141,7 @@ def preload(dataset: Dataset, batch_size: int = 512, desc: str = "preload") -> T
     Fashion-MNIST then cost nothing per epoch (augment on batches with `batch_transform`)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     xs, ys = [], []
-    for x, y in tqdm(loader, desc=desc, unit="batch", mininterval=2.0, leave=False):
+    for x, y in tqdm(loader, desc=desc, unit="batch", mininterval=10.0, leave=False):
         xs.append(x)
         ys.append(torch.as_tensor(y))
     if not xs:
@@ -252,7 +252,7 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
         log_sums: dict[str, float] = {}
         trace: list[list[float]] = []
         t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", mininterval=2.0,
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", mininterval=10.0,
                    disable=not (progress and accelerator.is_local_main_process), leave=False)
         for batch_idx, (images, targets) in enumerate(bar):
             if batch_transform is not None:
@@ -332,7 +332,7 @@ def evaluate(model: nn.Module, eval_set: Dataset, batch_size: int, class_names: 
     was_training = model.training
     model = model.to(accelerator.device).eval()
     preds, top5_hits, labels = [], [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", mininterval=2.0, leave=False,
+    for images, targets in tqdm(loader, desc=desc, unit="batch", mininterval=10.0, leave=False,
                                 disable=not (progress and accelerator.is_local_main_process)):
         logits = _logits(model(images))
         k = min(5, logits.shape[-1])
