@@ -124,7 +124,7 @@ def keep_counts(num_patches: int, base_rate: float | None = None, schedule: str 
             raise UserError(
                 f"stage {s} (before block {locations[s]}) keeps 0 of {num_patches} patch tokens: "
                 f"{schedule} schedule gives keep ratio {ratio:g} and floor({num_patches} x {ratio:g}) = 0; "
-                f"raise base_rate, use schedule='geometric', or pass allow_empty_stage=True to run "
+                f"raise base_rate, use schedule='geometric', or set allow_empty_stage (--allow-empty-stage) to run "
                 f"those blocks on CLS alone (the study's degenerate row)")
     return counts
 
