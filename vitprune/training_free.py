@@ -1,0 +1,216 @@
+"""Training-free token reduction (EViT-style), the comparator for DynamicViT.
+
+Method: Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via
+Token Reorganizations" (EViT), ICLR 2022 (arXiv:2202.07800). EViT keeps the patch tokens the
+class token attends to most, the attention of CLS to each patch averaged over heads (their
+eq. 1-2: the "attentiveness" of token j is mean_h softmax(q_cls k^T / sqrt(d))_j). EViT also
+fuses the dropped tokens into one extra token and fine-tunes; this comparator does neither:
+inattentive tokens are simply dropped and nothing is trained, so it answers "what does
+DynamicViT's learned predictor (and its fine-tuning) buy over a free heuristic?".
+
+Same locations and keep counts as DynamicViT (`token_pruning.keep_counts`: cumulative
+fractions of the patch tokens, CLS excluded). The score at a location comes from the block
+just before it (the last block with attention heads since the previous location; a block
+pruned to `NoAttention` has none). If no such block exists, the patch tokens' L2 norm is used
+instead (documented fallback, no attention to read). CLS (all prefix tokens) is always kept.
+
+The model is patched in place (class swap, as token_pruning does); no parameters are added,
+so its state dict is the baseline's. Train and eval forwards are identical (real gather).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from vitprune import token_pruning
+from vitprune.errors import UserError
+
+CONFIG_ATTR = "vitprune_training_free"
+
+
+def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geometric",
+          keep_ratios: Sequence[float] | None = None,
+          locations: Sequence[int] = token_pruning.DEFAULT_LOCATIONS,
+          allow_empty_stage: bool = False) -> nn.Module:
+    """Make a timm VisionTransformer drop its least CLS-attended patch tokens (in place); returns it.
+
+    Arguments as `token_pruning.attach`. Sets `model.vitprune_training_free` (the arguments).
+    Re-applying changes the rate. A DynamicViT-attached model is refused (two pruners at once).
+    """
+    if not isinstance(model, VisionTransformer):
+        raise UserError(f"training-free token pruning patches timm VisionTransformer models, got {type(model).__name__}")
+    if getattr(model, token_pruning.CONFIG_ATTR, None) is not None:
+        raise UserError("this model already has DynamicViT token pruning attached; apply the training-free "
+                        "comparator to an unpruned (or block-pruned only) model")
+    if model.global_pool != "token" or model.num_prefix_tokens < 1:
+        raise UserError(f"training-free (EViT) pruning ranks tokens by CLS attention: it needs a class token and "
+                        f"global_pool 'token', got global_pool {model.global_pool!r}")
+    locs = token_pruning._check_locations(locations, len(model.blocks))
+    for i, blk in enumerate(model.blocks):
+        missing = [name for name in ("norm1", "attn", "norm2", "mlp") if not hasattr(blk, name)]
+        if missing:
+            raise UserError(f"block {i} ({type(blk).__name__}) has no {missing}; training-free pruning supports "
+                            f"timm's pre-norm Block")
+        token_pruning._check_attention(blk.attn, i)
+    # validates the schedule and the empty-stage rule before anything changes
+    token_pruning.keep_counts(int(model.patch_embed.num_patches), base_rate, schedule, keep_ratios, locs,
+                              allow_empty_stage)
+    setattr(model, CONFIG_ATTR, {
+        "base_rate": None if base_rate is None else float(base_rate),
+        "schedule": schedule,
+        "keep_ratios": None if keep_ratios is None else [float(r) for r in keep_ratios],
+        "locations": list(locs),
+        "allow_empty_stage": bool(allow_empty_stage),
+    })
+    model.__class__ = _patched_class(type(model))
+    return model
+
+
+def config(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, CONFIG_ATTR, None)
+    if cfg is None:
+        raise UserError("this model has no training-free token pruning; call training_free.apply(model, rate) first")
+    return cfg
+
+
+def keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
+    """Patch tokens (CLS excluded) kept after each location: DynamicViT's counts for the same config."""
+    cfg = config(model)
+    n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
+    return token_pruning.keep_counts(n, cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], cfg["locations"],
+                                     cfg["allow_empty_stage"])
+
+
+def tokens_per_block(model: nn.Module) -> list[int]:
+    """Tokens entering each block, prefix tokens (CLS) INCLUDED, at the model's input size."""
+    prefix = int(model.num_prefix_tokens)
+    current = int(model.patch_embed.num_patches)
+    stage_at = dict(zip(config(model)["locations"], keep_counts(model)))
+    out = []
+    for i in range(len(model.blocks)):
+        if i in stage_at:
+            current = min(current, stage_at[i])
+        out.append(prefix + current)
+    return out
+
+
+def score_sources(model: nn.Module) -> list[int | None]:
+    """Per location, the block whose CLS attention ranks the tokens (None: no attention, L2-norm fallback)."""
+    locs = config(model)["locations"]
+    out, prev = [], 0
+    for loc in locs:
+        src = None
+        for j in range(loc - 1, prev - 1, -1):
+            if getattr(model.blocks[j].attn, "num_heads", 0) > 0:
+                src = j
+                break
+        out.append(src)
+        prev = loc
+    return out
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """Config, counts, tokens per block and score sources, for metrics.json."""
+    return {**config(model), "num_patches": int(model.patch_embed.num_patches), "keep_counts": keep_counts(model),
+            "tokens_per_block": tokens_per_block(model), "tokens_include_cls": True,
+            "score_blocks": score_sources(model)}
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _attention_with_cls(attn: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm Attention (non-fused path) on x [B, T, C], also returning CLS->patch attention
+    averaged over heads [B, T - prefix]. Geometry is read from the module (works on pruned heads)."""
+    B, T, _ = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    q, k, v = attn.qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q = getattr(attn, "q_norm", _identity)(q)
+    k = getattr(attn, "k_norm", _identity)(k)
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, H, T, T]
+    # EViT eq. 2: attentiveness of patch j = mean over heads of CLS's attention weight on j
+    cls_attn = weights[:, :, 0, prefix:].mean(dim=1)
+    out = (attn.attn_drop(weights) @ v).transpose(1, 2).reshape(B, T, heads * head_dim)
+    out = getattr(attn, "norm", _identity)(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out)), cls_attn
+
+
+def _block_with_cls(blk: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ls1, ls2 = getattr(blk, "ls1", _identity), getattr(blk, "ls2", _identity)
+    dp1, dp2 = getattr(blk, "drop_path1", _identity), getattr(blk, "drop_path2", _identity)
+    a, cls_attn = _attention_with_cls(blk.attn, blk.norm1(x), prefix)
+    x = x + dp1(ls1(a))
+    return x + dp2(ls2(blk.mlp(blk.norm2(x)))), cls_attn
+
+
+def pruned_features(model: nn.Module, images: torch.Tensor, record: bool = False):
+    """Forward with CLS-attention token dropping. Returns (normed tokens, kept original indices per stage)."""
+    x = token_pruning._embed(model, images)
+    prefix = model.num_prefix_tokens
+    B, _, C = x.shape
+    n = x.shape[1] - prefix
+    locs = config(model)["locations"]
+    counts = dict(zip(locs, keep_counts(model, n)))
+    sources = set(s for s in score_sources(model) if s is not None)
+    origin = torch.arange(n, device=x.device).expand(B, n)
+    kept, cls_attn = [], None
+    for i, blk in enumerate(model.blocks):
+        if i in counts:
+            current = x.shape[1] - prefix
+            k = min(counts[i], current)
+            if k < current:
+                # fallback without any attention since the last location: token L2 norm
+                score = cls_attn if cls_attn is not None else x[:, prefix:].norm(dim=-1)
+                idx = score.topk(k, dim=1).indices
+                x = torch.cat([x[:, :prefix], x[:, prefix:].gather(1, idx.unsqueeze(-1).expand(-1, -1, C))], dim=1)
+                origin = origin.gather(1, idx)
+            if record:
+                kept.append(origin.clone())
+            cls_attn = None
+        if i in sources and i + 1 <= max(locs):
+            x, cls_attn = _block_with_cls(blk, x, prefix)
+        else:
+            x = blk(x)
+    return model.norm(x), kept
+
+
+@torch.no_grad()
+def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and, per stage, a bool mask [B, N] over the original patch grid of the kept tokens."""
+    feats, kept = pruned_features(model, images, record=True)
+    logits = model.forward_head(feats)
+    n = int(model.patch_embed.num_patches)
+    masks = [torch.zeros(images.shape[0], n, dtype=torch.bool, device=images.device).scatter_(1, idx, True)
+             for idx in kept]
+    return logits, masks
+
+
+class _TrainingFreeMixin:
+    """Forward of a training-free pruned VisionTransformer (same in train and eval mode)."""
+
+    def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise UserError("a training-free pruned model takes no attn_mask / is_causal")
+        return pruned_features(self, x)[0]
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _patched_class(base: type) -> type:
+    if issubclass(base, _TrainingFreeMixin):
+        return base
+    if base not in _CLASSES:
+        name = f"TrainingFree{base.__name__}"
+        cls = type(name, (_TrainingFreeMixin, base), {"__module__": __name__})
+        globals()[name] = cls
+        _CLASSES[base] = cls
+    return _CLASSES[base]
