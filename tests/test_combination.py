@@ -1,0 +1,57 @@
+"""Notebook 04 on the smoke profile: both combination orders and the training-free rows."""
+
+import torch
+
+from vitprune import config, models, results
+
+
+def _metrics(smoke_runs):
+    return results.read_metrics(smoke_runs / "04_combination")
+
+
+def test_rows_for_both_orders_and_training_free(smoke_runs):
+    m = _metrics(smoke_runs)
+    methods = [r["method"] for r in m["rows"]]
+    assert "token_then_block" in methods and "block_then_token" in methods
+    free = [r for r in m["rows"] if r["method"] == "training_free"]
+    assert len(free) == len(config.profile_params("smoke", "04_combination")["training_free_rates"])
+    assert m["method"] == "token_then_block"  # order "both": the first order is the main row
+    for r in m["rows"]:
+        assert r["flops"] == 2 * r["macs"] and r["params"] > 0 and 0 <= r["top1"] <= r["top5"] <= 100
+    # training-free: fewer tokens, fewer MACs at a lower rate, the baseline's parameters
+    free.sort(key=lambda r: r["base_rate"])
+    assert [r["macs"] for r in free] == sorted(r["macs"] for r in free)
+    assert all(r["params"] == m["baseline_params"] and r["macs"] < m["baseline_macs"] for r in free)
+
+
+def test_combined_rows_cost_less_than_baseline_and_single_methods(smoke_runs):
+    m = _metrics(smoke_runs)
+    base = results.read_metrics(smoke_runs / "01_deit_baseline")
+    token = results.read_metrics(smoke_runs / "02_token_pruning" / config.variant_name({"base_rate": m["base_rate"]}))
+    block = results.read_metrics(smoke_runs / "03_block_pruning")
+    rows = {r["method"]: r for r in m["rows"] if r["method"] != "training_free"}
+    for r in rows.values():
+        assert r["macs"] < base["macs"]
+    assert rows["token_then_block"]["macs"] < token["macs"]
+    assert rows["block_then_token"]["macs"] < block["macs"]
+    assert rows["token_then_block"]["params"] < token["params"]
+
+
+def test_combined_models_reload(smoke_runs):
+    m = _metrics(smoke_runs)
+    run = smoke_runs / "04_combination"
+    x = torch.randn(2, 3, m["img_size"], m["img_size"])
+    for r in m["rows"]:
+        if r["method"] == "training_free":
+            continue
+        model = models.load_checkpoint(run / r["checkpoint"])
+        assert model.vitprune_block_spec == r["block_spec"]
+        assert model.vitprune_token_pruning["base_rate"] == r["base_rate"]
+        with torch.no_grad():
+            assert model(x).shape == (2, len(base_classes(smoke_runs)))
+    assert (run / "model.pt").is_file()
+    assert models.load_checkpoint(run / "model.pt").vitprune_block_spec == m["block_spec"]
+
+
+def base_classes(smoke_runs):
+    return results.read_metrics(smoke_runs / "00_data_cache")["class_names"]
