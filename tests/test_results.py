@@ -204,3 +204,11 @@ def test_analysis_notebook_on_a_synthetic_runs_tree(tmp_path):
     executed = json.loads((root / "smoke" / "05_analysis" / "05_analysis.ipynb").read_text())
     images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == len(metrics["figures"])  # every figure shown inline
+
+
+def test_summary_repeating_one_of_its_rows_is_not_a_second_row(tmp_path):
+    row = {"method": "token_then_block", "label": "t->b", "params": 1, "macs": 10, "flops": 20, "top1": 80.0}
+    other = {**row, "method": "block_then_token", "label": "b->t"}
+    _write_run(tmp_path / "fmnist/04_combination", {**row, "rows": [row, other]})
+    runs = results.collect_runs(tmp_path, "fmnist")
+    assert sorted(r["metrics"]["label"] for r in runs) == ["b->t", "t->b"]

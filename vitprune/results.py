@@ -143,8 +143,9 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str) -> list[dict
     Returns one dict per run: {"run" ("02_token_pruning/base_rate_0.7"), "notebook",
     "variant", "profile", "run_dir", "command", "metrics"}. Runs whose manifest says they
     failed are left out. A metrics.json may hold extra table rows under `rows` (a list of
-    metrics-like dicts, e.g. training-free comparators evaluated inside a run); each becomes
-    a run of its own named "<run>#<i>", inheriting the parent's keys it does not set.
+    metrics-like dicts, e.g. notebook 04's combinations and training-free rows); each becomes
+    a run of its own named "<run>#<i>", inheriting the parent's keys it does not set. The
+    parent's own summary is left out when a row has its method (it repeats that row).
     Missing notebooks are simply absent.
     """
     root = config.runs_root_or_default(runs_root) / profile
@@ -169,7 +170,9 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str) -> list[dict
             entry = {"run": name, "notebook": notebook, "variant": variant, "profile": profile,
                      "run_dir": str(run_dir), "command": _run_command(profile, notebook, variant, manifest)}
             extra = metrics.pop("rows", None) or []
-            runs.append({**entry, "metrics": metrics})
+            # A run's own summary that repeats one of its rows (same method) is not added twice.
+            if not any(row.get("method") == metrics.get("method") for row in extra):
+                runs.append({**entry, "metrics": metrics})
             inherit = {k: v for k, v in metrics.items() if k in ("model_name", "img_size", "eval_samples", "dataset")}
             for i, row in enumerate(extra):
                 runs.append({**entry, "run": f"{name}#{i}", "metrics": {**inherit, **row}})
