@@ -224,13 +224,14 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
         run.key = run_key(run, upstream)
         if not force and is_up_to_date(run):
             status, wall = "up to date", read_manifest(run.run_dir).get("wall_time_s")
-            print(f"[{run.name}] up to date, skipped (--force re-runs it)", flush=True)
         else:
             print(f"[{run.name}] running -> {run.run_dir}", flush=True)
             wall = execute(run, env)["wall_time_s"]
             status = "ran"
         summary = headline(run.run_dir)
-        print(f"[{run.name}] {status} in {wall} s" + (f": {summary}" if summary else ""), flush=True)
+        when = "up to date, skipped (took" if status == "up to date" else "ran in"
+        print(f"[{run.name}] {when} {wall} s{')' if status == 'up to date' else ''}"
+              + (f": {summary}" if summary else ""), flush=True)
         keys_by_notebook.setdefault(run.notebook, []).append(run.key)
         summaries.append({"run": run.name, "status": status, "wall_time_s": wall, "run_dir": str(run.run_dir)})
     return summaries
