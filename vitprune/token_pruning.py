@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -367,18 +368,24 @@ class _TokenPruningMixin:
         return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
 
 
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def mixed_class(mixin: type, base: type, prefix: str, module) -> type:
+    """`base` with `mixin` in front (ToMe-style in-place patching), made once per pair and
+    registered in `module` under "<prefix><base name>" so a patched model can be pickled."""
+    if issubclass(base, mixin):
+        return base
+    if (mixin, base) not in _CLASSES:
+        name = f"{prefix}{base.__name__}"
+        cls = type(name, (mixin, base), {"__module__": module.__name__})
+        setattr(module, name, cls)
+        _CLASSES[(mixin, base)] = cls
+    return _CLASSES[(mixin, base)]
 
 
 def _pruned_class(base: type) -> type:
-    if issubclass(base, _TokenPruningMixin):
-        return base
-    if base not in _CLASSES:
-        name = f"TokenPruned{base.__name__}"
-        cls = type(name, (_TokenPruningMixin, base), {"__module__": __name__})
-        globals()[name] = cls  # importable by name, so the model can be pickled
-        _CLASSES[base] = cls
-    return _CLASSES[base]
+    return mixed_class(_TokenPruningMixin, base, "TokenPruned", sys.modules[__name__])
 
 
 def _embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

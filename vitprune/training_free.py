@@ -20,6 +20,7 @@ so its state dict is the baseline's. Train and eval forwards are identical (real
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import torch
@@ -202,15 +203,5 @@ class _TrainingFreeMixin:
         return pruned_features(self, x)[0]
 
 
-_CLASSES: dict[type, type] = {}
-
-
 def _patched_class(base: type) -> type:
-    if issubclass(base, _TrainingFreeMixin):
-        return base
-    if base not in _CLASSES:
-        name = f"TrainingFree{base.__name__}"
-        cls = type(name, (_TrainingFreeMixin, base), {"__module__": __name__})
-        globals()[name] = cls
-        _CLASSES[base] = cls
-    return _CLASSES[base]
+    return token_pruning.mixed_class(_TrainingFreeMixin, base, "TrainingFree", sys.modules[__name__])
