@@ -219,13 +219,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
         ref = next(model.parameters())
         model.add_module(PREDICTOR_ATTR, predictors.to(device=ref.device, dtype=ref.dtype))
         model.__class__ = _pruned_class(type(model))
-    setattr(model, CONFIG_ATTR, {
-        "base_rate": None if base_rate is None else float(base_rate),
-        "schedule": schedule,
-        "keep_ratios": None if keep_ratios is None else [float(r) for r in keep_ratios],
-        "locations": list(locs),
-        "allow_empty_stage": bool(allow_empty_stage),
-    })
+    setattr(model, CONFIG_ATTR, schedule_config(base_rate, schedule, keep_ratios, locs, allow_empty_stage))
     model._tp_decision = getattr(model, "_tp_decision", "gumbel")
     model._tp_aux = None
     return model
@@ -366,6 +360,18 @@ class _TokenPruningMixin:
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
+
+
+def schedule_config(base_rate, schedule, keep_ratios, locations, allow_empty_stage) -> dict[str, Any]:
+    """The keep schedule as plain JSON-able values: what a patched model records and a
+    checkpoint stores, so loading can re-apply it."""
+    return {
+        "base_rate": None if base_rate is None else float(base_rate),
+        "schedule": schedule,
+        "keep_ratios": None if keep_ratios is None else [float(r) for r in keep_ratios],
+        "locations": list(locations),
+        "allow_empty_stage": bool(allow_empty_stage),
+    }
 
 
 _CLASSES: dict[tuple[type, type], type] = {}

@@ -60,13 +60,8 @@ def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geom
     # validates the schedule and the empty-stage rule before anything changes
     token_pruning.keep_counts(int(model.patch_embed.num_patches), base_rate, schedule, keep_ratios, locs,
                               allow_empty_stage)
-    setattr(model, CONFIG_ATTR, {
-        "base_rate": None if base_rate is None else float(base_rate),
-        "schedule": schedule,
-        "keep_ratios": None if keep_ratios is None else [float(r) for r in keep_ratios],
-        "locations": list(locs),
-        "allow_empty_stage": bool(allow_empty_stage),
-    })
+    setattr(model, CONFIG_ATTR, token_pruning.schedule_config(
+        base_rate, schedule, keep_ratios, locs, allow_empty_stage))
     model.__class__ = _patched_class(type(model))
     return model
 
