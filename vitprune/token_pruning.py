@@ -254,16 +254,19 @@ def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[
 def tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens entering each block in eval mode, prefix tokens (CLS) INCLUDED, at the model's input size."""
     model = _unwrap(model)
+    cfg = getattr(model, CONFIG_ATTR, None)
+    stage_at = {} if cfg is None else dict(zip(cfg["locations"], model_keep_counts(model)))
+    return tokens_entering_blocks(model, stage_at)
+
+
+def tokens_entering_blocks(model: nn.Module, keep_at: dict[int, int]) -> list[int]:
+    """Tokens entering each block (CLS included) when block i keeps keep_at[i] patch tokens."""
     prefix = int(model.num_prefix_tokens)
     current = int(model.patch_embed.num_patches)
-    cfg = getattr(model, CONFIG_ATTR, None)
-    stage_at = {}
-    if cfg is not None:
-        stage_at = dict(zip(cfg["locations"], model_keep_counts(model)))
     out = []
     for i in range(len(model.blocks)):
-        if i in stage_at:
-            current = min(current, stage_at[i])
+        if i in keep_at:
+            current = min(current, keep_at[i])
         out.append(prefix + current)
     return out
 

@@ -83,15 +83,7 @@ def keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
 
 def tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens entering each block, prefix tokens (CLS) INCLUDED, at the model's input size."""
-    prefix = int(model.num_prefix_tokens)
-    current = int(model.patch_embed.num_patches)
-    stage_at = dict(zip(config(model)["locations"], keep_counts(model)))
-    out = []
-    for i in range(len(model.blocks)):
-        if i in stage_at:
-            current = min(current, stage_at[i])
-        out.append(prefix + current)
-    return out
+    return token_pruning.tokens_entering_blocks(model, dict(zip(config(model)["locations"], keep_counts(model))))
 
 
 def score_sources(model: nn.Module) -> list[int | None]:
