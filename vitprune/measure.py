@@ -487,6 +487,12 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:g} {unit}".rstrip()
 
 
+def _aligned(rows: list[tuple[str, str]]) -> str:
+    """`label  value` lines with the labels padded to one width."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def format_counts(info: dict[str, Any]) -> str:
     """Readable labelled table of a `measure` result."""
     shape = " x ".join(str(s) for s in info["input_shape"])
@@ -505,8 +511,7 @@ def format_counts(info: dict[str, Any]) -> str:
     if info.get("uncounted_ops"):
         rows.append(("not counted", ", ".join(sorted(info["uncounted_ops"]))
                      + "  (no MACs by fvcore's convention)"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return _aligned(rows)
 
 
 def main(argv: list[str]) -> int:
@@ -537,8 +542,7 @@ def format_bench(res: dict[str, Any]) -> str:
         rows.append(("speedup/MAC ratio", f"{res['speedup_over_mac_ratio']:.3f}"))
     rows.append(("setting", f"batch {res['batch_size']}, {res['threads']} threads, "
                             f"{res['warmup']} warm-up, interleaved"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return _aligned(rows)
 
 
 def bench_main(argv: list[str]) -> int:
