@@ -77,15 +77,6 @@ def test_kept_tokens_grid_greys_dropped_patches():
     assert np.allclose(out[2, 2], 1.0) and not np.allclose(out[10, 10], 1.0)
 
 
-def test_kept_tokens_from_picture_only(tmp_path):
-    run_dir = tmp_path / "r"
-    run_dir.mkdir()
-    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(run_dir / "kept_tokens.png")
-    runs = [{"run": "02_token_pruning/base_rate_0.5", "run_dir": str(run_dir),
-             "metrics": {"method": "dynamicvit", "base_rate": 0.5}}]
-    assert isinstance(plots.kept_tokens_grid(runs), Figure)
-
-
 def test_layer_widths_relative_to_baseline(runs):
     fig = plots.layer_widths(runs)
     heights = [p.get_height() for p in fig.axes[0].patches]

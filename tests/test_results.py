@@ -212,3 +212,16 @@ def test_summary_repeating_one_of_its_rows_is_not_a_second_row(tmp_path):
     _write_run(tmp_path / "fmnist/04_combination", {**row, "rows": [row, other]})
     runs = results.collect_runs(tmp_path, "fmnist")
     assert sorted(r["metrics"]["label"] for r in runs) == ["b->t", "t->b"]
+
+
+@pytest.mark.notebook
+def test_smoke_pipeline_draws_every_figure(smoke_runs):
+    """All six notebooks chained on the smoke profile: 05 finds data for every figure,
+    including the kept-token grid from notebook 02's saved masks."""
+    from vitprune import plots
+
+    metrics = results.read_metrics(smoke_runs / "05_analysis")
+    assert sorted(metrics["figures"]) == sorted(plots.FIGURES)
+    rows = {row["run"]: row for row in metrics["table1_rows"]}
+    for run in ("01_deit_baseline", "02_token_pruning/base_rate_0.7", "03_block_pruning"):
+        assert rows[run]["top1"] == pytest.approx(results.read_metrics(smoke_runs / run)["top1"])

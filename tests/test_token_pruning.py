@@ -2,6 +2,7 @@
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -371,6 +372,11 @@ def test_notebook_02_smoke_sweep(smoke_runs):
         assert m["flops"] == 2 * m["macs"] and m["macs"] < m["baseline_macs"]
         assert 0.0 <= m["top1"] <= 100.0 and m["eval_samples"] == 60
     assert runs[0.5]["macs"] < runs[0.7]["macs"]
+    # the kept-token arrays notebook 05 draws: one cumulative mask per stage over the 7 x 7 grid
+    with np.load(smoke_runs / "02_token_pruning" / "base_rate_0.5" / "kept_tokens.npz") as kept:
+        assert kept["images"].shape == (2, 28, 28, 3) and kept["masks"].shape == (3, 2, 49)
+        assert kept["masks"].sum(axis=2).tolist() == [[k, k] for k in runs[0.5]["keep_counts"]]
+        assert (kept["masks"][1:] <= kept["masks"][:-1]).all()
     # the saved model re-attaches its pruning from the checkpoint and runs gathered
     model = models.load_checkpoint(smoke_runs / "02_token_pruning" / "base_rate_0.5" / "model.pt")
     assert model.vitprune_token_pruning["base_rate"] == 0.5

@@ -214,19 +214,13 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
 
 
 def _load_kept_tokens(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """The arrays notebook 02 saves: `images` [B,H,W,C] in [0, 1], `masks` [stages, B, patches]
+    (True = kept), `grid` (patch rows, cols)."""
     path = run_dir / "kept_tokens.npz"
     if not path.is_file():
         return None
     with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    if "images" not in arrays:
-        return None
-    if "masks" not in arrays:
-        stages = sorted(k for k in arrays if k.startswith("mask_"))
-        if not stages:
-            return None
-        arrays["masks"] = np.stack([arrays[k] for k in stages])
-    return arrays
+        return {k: data[k] for k in data.files}
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -262,52 +256,33 @@ def _masked(image: np.ndarray, mask: np.ndarray, grid: tuple[int, int] | None = 
 
 
 def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
-    """Which patches survive each pruning stage, per token-pruning run.
-
-    Reads `<run_dir>/kept_tokens.npz` (arrays `images` [B,H,W(,C)] or [B,C,H,W] and `masks`
-    [stages, B, patches] of booleans, True = kept; or `mask_0`, `mask_1`, ...; optional
-    `grid` = patch rows, cols when not square) and draws rows
-    = (run, image), columns = input then each stage. Runs that only saved a picture
-    (`kept_tokens.png`) are shown as that picture.
-    """
-    arrays, pictures = [], []
+    """Which patches survive each pruning stage, per token-pruning run that saved
+    `kept_tokens.npz`: rows = (run, image), columns = input then each stage."""
+    arrays, seen = [], set()
     for r in runs:
-        if "#" in r["run"]:  # extra table rows share their parent's run folder
+        if "#" in r["run"] or r["run_dir"] in seen:  # extra table rows share their parent's folder
             continue
-        run_dir = Path(r["run_dir"])
-        data = _load_kept_tokens(run_dir)
+        seen.add(r["run_dir"])
+        data = _load_kept_tokens(Path(r["run_dir"]))
         if data is not None:
             arrays.append((r, data))
-        elif (run_dir / "kept_tokens.png").is_file():
-            pictures.append((r, run_dir / "kept_tokens.png"))
-    seen = set()
-    arrays = [(r, d) for r, d in arrays if not (r["run_dir"] in seen or seen.add(r["run_dir"]))]
-    pictures = [(r, p) for r, p in pictures if not (r["run_dir"] in seen or seen.add(r["run_dir"]))]
-    if not arrays and not pictures:
+    if not arrays:
         return None
     arrays.sort(key=lambda item: -(_metric(item[0], "base_rate") or 0))
     rows = [(r, d, i) for r, d in arrays for i in range(min(max_images, len(d["images"])))]
-    stages = max((d["masks"].shape[0] for _, d in arrays), default=0)
-    ncols = max(1 + stages, 1)
-    nrows = len(rows) + len(pictures)
-    fig = Figure(figsize=(1.6 * ncols + 0.8, 1.6 * nrows + 0.4), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    ncols = 1 + max(d["masks"].shape[0] for _, d in arrays)
+    fig = Figure(figsize=(1.6 * ncols + 0.8, 1.6 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for row, (r, d, i) in enumerate(rows):
         axes[row, 0].imshow(_as_hwc(d["images"][i]), cmap="gray")
         axes[row, 0].set_title(f"{_label(r)}\ninput", fontsize=7)
+        grid = tuple(d["grid"]) if "grid" in d else None
         for s in range(d["masks"].shape[0]):
             mask = d["masks"][s, i]
-            grid = tuple(d["grid"]) if "grid" in d else None
             axes[row, 1 + s].imshow(_masked(d["images"][i], mask, grid), cmap="gray")
             axes[row, 1 + s].set_title(f"stage {s + 1}: {int(np.sum(mask))}/{mask.size}", fontsize=7)
-    for k, (r, path) in enumerate(pictures):
-        from matplotlib.image import imread
-
-        ax = axes[len(rows) + k, 0]
-        ax.imshow(imread(path))
-        ax.set_title(_label(r), fontsize=8)
     fig.suptitle("Kept tokens (grey = dropped)", fontsize=10)
     return fig
 
