@@ -383,3 +383,18 @@ def test_notebook_02_smoke_sweep(smoke_runs):
     assert tp.tokens_per_block(model) == runs[0.5]["tokens_per_block"]
     with torch.no_grad():
         assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name, released_gmacs", [("deit_base_patch16_224", 11.4), ("deit_small_patch16_224", 2.9)])
+def test_gathered_macs_match_the_official_model_zoo(name, released_gmacs):
+    """The official repo's model zoo (README) lists DynamicViT-DeiT-B/0.7 at 11.4 G and -DeiT-S/0.7
+    at 2.9 G, counted with fvcore on the eval (gathered) model, predictors included, and printed
+    truncated to one decimal (ours: 11.49 and 2.99). The paper's 11.2 G for DeiT-B lies between our
+    counts without (11.08) and with (11.49) the predictors and is not reproducible from the
+    released code."""
+    import timm
+    from vitprune import measure
+
+    model = tp.attach(timm.create_model(name, pretrained=False), 0.7).eval()
+    gmacs = measure.count(model)["macs"] / 1e9
+    assert released_gmacs <= gmacs < released_gmacs + 0.1
