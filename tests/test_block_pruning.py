@@ -323,17 +323,25 @@ def test_masks_survive_state_dict_for_resume():
     assert all(torch.equal(a, b) for a, b in zip(bp.get_masks(other)[1], bp.get_masks(model)[1]))
 
 
-def test_keep_for_mac_ratio():
+@pytest.mark.parametrize("keep_heads", [0.5, 0.25])
+def test_keep_mlp_for_mac_ratio_reaches_the_ratio_tightly(keep_heads):
     measure = pytest.importorskip("vitprune.measure")
     model = deit_tiny()
     total = count(measure, model)["macs"]
-    f = bp.keep_for_mac_ratio(model, 2.0, total_macs=total)
-    pruned = bp.prune_to(copy.deepcopy(model), f, f)
+    f = bp.keep_mlp_for_mac_ratio(model, 2.0, keep_heads, total_macs=total)
+    pruned = bp.prune_to(copy.deepcopy(model), keep_heads, f)
     assert total / count(measure, pruned)["macs"] >= 2.0
-    looser = bp.prune_to(copy.deepcopy(model), f + 0.01, f + 0.01)
+    looser = bp.prune_to(copy.deepcopy(model), keep_heads, f + 0.01)
     assert total / count(measure, looser)["macs"] < 2.0 or f + 0.01 > 1
     with pytest.raises(UserError, match=">= 1"):
-        bp.keep_for_mac_ratio(model, 0.5, total_macs=total)
+        bp.keep_mlp_for_mac_ratio(model, 0.5, keep_heads, total_macs=total)
+
+
+def test_unreachable_mac_ratio_says_lower_keep_heads():
+    measure = pytest.importorskip("vitprune.measure")
+    model = deit_tiny()
+    with pytest.raises(UserError, match="lower keep_heads"):
+        bp.keep_mlp_for_mac_ratio(model, 3.0, 1.0, total_macs=count(measure, model)["macs"])
 
 
 def test_unsupported_model_is_a_user_error():

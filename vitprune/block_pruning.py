@@ -661,37 +661,42 @@ def block_macs(model: nn.Module) -> int:
     return total
 
 
-def keep_for_mac_ratio(model: nn.Module, target_mac_ratio: float, total_macs: int | None = None,
-                       min_heads: int = 0, min_mlp: int = 0) -> float:
-    """The largest keep fraction f (same for heads and MLP channels, per layer) such that
-    MACs(original) / MACs(pruned to f) >= target_mac_ratio.
+def keep_mlp_for_mac_ratio(model: nn.Module, target_mac_ratio: float, keep_heads: float,
+                           total_macs: int | None = None, min_heads: int = 0, min_mlp: int = 0) -> float:
+    """The largest MLP keep fraction f such that, with `keep_heads` of every block's heads kept,
+    MACs(original) / MACs(pruned) >= target_mac_ratio (per-layer counts as `prune_to` keeps them).
 
-    `total_macs`: MACs of the whole model as `measure.count` reports them (defaults to
-    calling it); the non-prunable part (patch embedding, norms, head) is taken as fixed."""
+    Heads come in few, large units (a vit_fmnist head costs as much as ~45 MLP channels), so
+    one shared fraction overshoots the target; the head fraction is chosen by the user and the
+    MLP width absorbs the rest. `total_macs`: MACs of the whole model as `measure.count`
+    reports them (defaults to calling it); the non-prunable part (patch embedding, norms,
+    head) is taken as fixed."""
     if not isinstance(target_mac_ratio, (int, float)) or target_mac_ratio < 1.0:
         raise UserError(f"target_mac_ratio is original/pruned MACs and must be >= 1, got {target_mac_ratio!r}")
+    keep_heads = _check_fraction("keep_heads", keep_heads)
     if total_macs is None:
         from vitprune import measure  # lazy: measure imports this module for its variants
         bare = unwrap(model)
         total_macs = int(measure.count(bare, img_size=tuple(bare.patch_embed.img_size))["macs"])
-    var = block_macs(model)
-    fixed = total_macs - var
-    geo = []
+    fixed = total_macs - block_macs(model)
+    heads_macs, mlp_geo = 0, []
     for blk, n in zip(_blocks(model), _tokens_per_block(model)):
         attn, mlp = blk.attn, blk.mlp
-        per_head = 0 if not isinstance(attn, Attention) else attn.head_dim * (
-            n * attn.qkv.in_features * 3 + 2 * n * n + n * attn.proj.out_features)
-        per_chan = 0 if not isinstance(mlp, Mlp) else n * (mlp.fc1.in_features + mlp.fc2.out_features)
-        geo.append((_num_heads(attn), per_head, _num_channels(mlp), per_chan))
+        if isinstance(attn, Attention):  # per head: its q, k, v rows, q.k^T and attn.v, its proj columns
+            per_head = attn.head_dim * (n * attn.qkv.in_features * 3 + 2 * n * n + n * attn.proj.out_features)
+            heads_macs += keep_count(keep_heads, _num_heads(attn), min_heads) * per_head
+        per_chan = n * (mlp.fc1.in_features + mlp.fc2.out_features) if isinstance(mlp, Mlp) else 0
+        mlp_geo.append((_num_channels(mlp), per_chan))
     best = None
     for k in range(1001):
         f = k / 1000
-        macs = fixed + sum(keep_count(f, h, min_heads) * ph + keep_count(f, m, min_mlp) * pc for h, ph, m, pc in geo)
+        macs = fixed + heads_macs + sum(keep_count(f, m, min_mlp) * pc for m, pc in mlp_geo)
         if macs > 0 and total_macs / macs >= target_mac_ratio:
             best = f
     if best is None:
-        raise UserError(f"target_mac_ratio {target_mac_ratio} is out of reach: even removing every head and "
-                        f"channel allowed by min_heads={min_heads}, min_mlp={min_mlp} leaves too many MACs")
+        raise UserError(f"target_mac_ratio {target_mac_ratio} is out of reach with keep_heads={keep_heads}: even "
+                        f"removing every MLP channel allowed by min_mlp={min_mlp} leaves too many MACs; "
+                        f"lower keep_heads (or min_heads / min_mlp)")
     return best
 
 
