@@ -271,6 +271,27 @@ def test_param_groups_and_frozen_backbone_phase():
     assert model.blocks[5].mlp.fc1.weight.grad is not None
 
 
+def test_backbone_trains_on_the_inference_masks_after_the_frozen_phase():
+    model = tp.attach(tiny_vit(), 0.7).train()
+    counts = tp.model_keep_counts(model)
+    hook = tp.frozen_backbone_hook(model, frozen_steps=2, then_decisions="topk")
+    x = torch.randn(4, 3, 32, 32)
+    hook(0, 10, model)  # the predictors learn from Gumbel samples while the backbone is frozen
+    model(x)
+    assert tp.pop_aux(model).decisions[0].requires_grad
+    hook(1, 10, model)  # the next step trains the backbone: exact top-k masks, predictors fixed
+    model.zero_grad()
+    loss, _, _ = tp.make_loss_fn()(model, x, torch.tensor([0, 1, 2, 3]), None)
+    loss.backward()
+    assert model.score_predictor[0].in_conv[1].weight.grad is None
+    assert model.blocks[5].mlp.fc1.weight.grad is not None
+    model(x)
+    decisions = tp.pop_aux(model).decisions
+    assert [d.sum(dim=1).tolist() for d in decisions] == [[float(c)] * 4 for c in counts]
+    with pytest.raises(UserError, match="frozen_epochs > 0"):
+        tp.frozen_backbone_hook(model, frozen_steps=0, then_decisions="topk")
+
+
 # ---------------------------------------------------------------- compute
 
 

@@ -307,12 +307,16 @@ def init_keep_prior(model: nn.Module) -> None:
         previous = max(ratio, 0.0)
 
 
+DECISION_MODES = ("gumbel", "topk")
+
+
 def set_decision_mode(model: nn.Module, mode: str) -> None:
     """How the training-mode (masked) forward decides: 'gumbel' (training, as published) or
     'topk' (deterministic: the same top-k tokens the eval-mode gather keeps; no gradient to the
-    predictors). 'topk' exists to check that masked and gathered forwards agree."""
-    if mode not in ("gumbel", "topk"):
-        raise UserError(f"decision mode must be 'gumbel' or 'topk', got {mode!r}")
+    predictors). 'topk' lets the backbone adapt to exactly the masks inference will use, and
+    checks that masked and gathered forwards agree."""
+    if mode not in DECISION_MODES:
+        raise UserError(f"decision mode must be one of {', '.join(DECISION_MODES)}, got {mode!r}")
     config(model)
     _unwrap(model)._tp_decision = mode
 
@@ -663,21 +667,33 @@ def param_groups(model: nn.Module, backbone_lr_scale: float = 0.01) -> list[dict
     return groups
 
 
-def frozen_backbone_hook(model: nn.Module, frozen_steps: int,
-                         then: Callable | None = None) -> Callable:
+def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: str = "gumbel") -> Callable:
     """An engine.train `on_step(step, total_steps, model)` that drops the backbone's gradients
     for the first `frozen_steps` optimizer steps, so only the predictors learn at first (official:
-    backbone lr 0 for the first 5 of 30 epochs). `then` is another on_step to chain."""
+    backbone lr 0 for the first 5 of 30 epochs; its decisions are Gumbel samples throughout).
+
+    `then_decisions`: how tokens are dropped once the backbone trains. 'gumbel' is the official
+    recipe; 'topk' trains the backbone on the deterministic top-k masks inference uses (as EViT,
+    Liang et al. ICLR 2022, trains with its top-k selection) and freezes the predictors' choice.
+    On tiny models with short fine-tunes the Gumbel masks stay noisy (each token is dropped at
+    random with its predicted probability), and the backbone learns little that helps at
+    inference."""
     if frozen_steps < 0:
         raise UserError(f"frozen_steps must be >= 0, got {frozen_steps}")
+    if then_decisions not in DECISION_MODES:
+        raise UserError(f"then_decisions must be one of {', '.join(DECISION_MODES)}, got {then_decisions!r}")
+    if then_decisions == "topk" and frozen_steps == 0:
+        raise UserError("top-k decisions give the predictors no gradient, so they learn only during the frozen "
+                        "phase: set frozen_epochs > 0 (or use gumbel decisions)")
     params = backbone_parameters(model)
+    set_decision_mode(model, "gumbel")
 
     def on_step(step: int, total_steps: int, model_: nn.Module) -> None:
         if step < frozen_steps:
             for p in params:
                 p.grad = None
-        if then is not None:
-            then(step, total_steps, model_)
+        # from the next forward on (idempotent, so a resumed run lands in the right phase)
+        set_decision_mode(model_, "gumbel" if step + 1 < frozen_steps else then_decisions)
 
     return on_step
 
