@@ -78,3 +78,14 @@ def test_override_values_are_read_as_yaml():
 def test_variant_names_are_stable():
     assert config.variant_name({"base_rate": 0.7}) == "base_rate_0.7"
     assert config.variant_name({"b": 1, "a": 2}) == "a_2__b_1"
+
+
+def test_train_state_dir_is_keyed_by_settings_and_source_checkpoint(tmp_path):
+    source = tmp_path / "model.pt"
+    source.write_bytes(b"v1")
+    first = config.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source])
+    assert first.parent == tmp_path / "run" / "train_state"
+    assert config.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source]) == first
+    assert config.train_state_dir(tmp_path / "run", {"lr": 0.2}, sources=[source]) != first
+    source.write_bytes(b"retrained")  # a new baseline: old per-epoch state must not be resumed
+    assert config.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source]) != first

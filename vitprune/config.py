@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -233,3 +233,17 @@ def parse_override(text: str) -> tuple[str, Any]:
 def params_hash(values: dict[str, Any]) -> str:
     blob = json.dumps(values, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def train_state_dir(run_dir: str | os.PathLike, settings: dict[str, Any],
+                    sources: Sequence[str | os.PathLike] = ()) -> Path:
+    """Where engine.train keeps a run's per-epoch checkpoint: `<run_dir>/train_state/<hash>`,
+    keyed by the settings that shape training and by the checkpoints it starts from (size and
+    modification time of each `sources` file). An interrupted run with the same key resumes;
+    a re-run with changed settings or a retrained starting model starts afresh instead of
+    tripping over the old state."""
+    stamps = []
+    for src in sources:
+        stat = Path(src).stat()
+        stamps.append([str(src), stat.st_size, stat.st_mtime_ns])
+    return Path(run_dir) / "train_state" / params_hash({"settings": settings, "sources": stamps})
