@@ -1,6 +1,7 @@
 """DynamicViT token pruning: schedules, keep counts, masked vs gathered forward, losses, checkpoints."""
 
 import argparse
+import types
 
 import numpy as np
 import pytest
@@ -123,11 +124,12 @@ def _spread_scores(model):
 
 
 def _masked_and_gathered(model, images):
+    """Training-mode masked forward with top-k decisions vs the eval-mode gathered forward."""
     _spread_scores(model)
-    tp.set_decision_mode(model, "topk")
     model.train()
-    masked = model(images)
-    aux = tp.pop_aux(model)
+    feats, aux = tp._masked_features(model, images, topk=True)
+    model._tp_aux = aux  # the masked layout's average pooling reads the final mask
+    masked = model.forward_head(feats)
     model.eval()
     with torch.no_grad():
         gathered = model(images)
@@ -158,6 +160,41 @@ def test_masked_equals_gathered_on_block_pruned_attention_and_avg_pool():
     images = torch.randn(3, 3, 32, 32)
     masked, gathered, _, _ = _masked_and_gathered(model, images)
     torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_topk_training_forward_is_the_masked_one_at_gathered_cost(global_pool):
+    """Training with top-k decisions runs the gathered forward: same logits, same loss terms and
+    the same backbone gradients as the masked forward with those decisions."""
+    model = tp.attach(tiny_vit(seed=3, global_pool=global_pool), 0.6)
+    _spread_scores(model)
+    images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    teacher = tiny_vit(seed=3, global_pool=global_pool).eval()
+    loss_fn = tp.make_loss_fn()
+    model.train()
+    tp.set_decision_mode(model, "topk")
+    loss, logits, logs = loss_fn(model, images, targets, teacher)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert not any(n.startswith("score_predictor") for n in grads)
+    model.zero_grad()
+    tp.set_decision_mode(model, "gumbel")
+    with torch.no_grad():  # what the masked forward gives with the same (top-k) decisions
+        feats, aux = tp._masked_features(model, images, topk=True)
+        model._tp_aux = aux
+        torch.testing.assert_close(model.forward_head(feats), logits.detach(), atol=1e-5, rtol=0)
+    model.forward_features = types.MethodType(_masked_topk_features, model)  # this instance only
+    masked_loss, _, masked_logs = loss_fn(model, images, targets, teacher)
+    masked_loss.backward()
+    assert masked_logs["token_mse"] == pytest.approx(logs["token_mse"], rel=1e-4)
+    assert masked_loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-3)
+
+
+def _masked_topk_features(model, x, **_):
+    feats, model._tp_aux = tp._masked_features(model, x, topk=True)
+    return feats
 
 
 def test_token_pruning_on_a_block_pruned_model():

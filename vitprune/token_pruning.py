@@ -311,10 +311,10 @@ DECISION_MODES = ("gumbel", "topk")
 
 
 def set_decision_mode(model: nn.Module, mode: str) -> None:
-    """How the training-mode (masked) forward decides: 'gumbel' (training, as published) or
-    'topk' (deterministic: the same top-k tokens the eval-mode gather keeps; no gradient to the
-    predictors). 'topk' lets the backbone adapt to exactly the masks inference will use, and
-    checks that masked and gathered forwards agree."""
+    """How the training-mode forward decides: 'gumbel' (as published: masked forward, Gumbel
+    samples) or 'topk' (deterministic: the top-k tokens inference keeps, run as the gathered
+    forward, so it costs what inference costs; no gradient to the predictors). 'topk' lets the
+    backbone adapt to exactly the tokens inference will keep."""
     if mode not in DECISION_MODES:
         raise UserError(f"decision mode must be one of {', '.join(DECISION_MODES)}, got {mode!r}")
     config(model)
@@ -340,6 +340,7 @@ class TrainAux:
     tokens: torch.Tensor           # [B, N, C] final normed patch tokens
     mask: torch.Tensor             # [B, N] final keep mask, detached
     num_prefix_tokens: int
+    gathered: bool = False         # features came from the gathered forward (only kept tokens)
 
 
 class _TokenPruningMixin:
@@ -349,14 +350,17 @@ class _TokenPruningMixin:
         if attn_mask is not None or is_causal:
             raise UserError("a token-pruned model takes no attn_mask / is_causal")
         if self.training:
-            feats, aux = _masked_features(self, x)
+            if getattr(self, "_tp_decision", "gumbel") == "topk":
+                feats, aux = _topk_train_features(self, x)
+            else:
+                feats, aux = _masked_features(self, x)
             self._tp_aux = aux
             return feats
         return _gathered_features(self, x)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         aux = getattr(self, "_tp_aux", None)
-        if self.training and aux is not None and self.global_pool == "avg":
+        if self.training and aux is not None and not aux.gathered and self.global_pool == "avg":
             # masked forward keeps dropped tokens in the tensor: average only the kept ones
             prefix = self.num_prefix_tokens
             keep = aux.mask.unsqueeze(-1).to(x.dtype)
@@ -441,8 +445,24 @@ def _gathered_features(model: nn.Module, images: torch.Tensor, record: bool = Fa
     return model.norm(x), kept
 
 
-def _masked_features(model: nn.Module, images: torch.Tensor):
-    """Training-mode forward: all tokens stay, hard decisions mask attention (DynamicViT sec. 3.2)."""
+def _topk_train_features(model: nn.Module, images: torch.Tensor):
+    """Training-mode forward with deterministic top-k decisions: the gathered forward itself
+    (the masked one gives the same logits, tested, at the cost of every token), with the side
+    outputs the losses read laid out over the original N patch positions."""
+    feats, kept = _gathered_features(model, images, record=True)
+    prefix = model.num_prefix_tokens
+    B, _, C = feats.shape
+    n = _num_patches_of(model, images)
+    decisions = [feats.new_zeros(B, n).scatter_(1, idx, 1.0) for idx in kept]
+    tokens = feats.new_zeros(B, n, C).scatter(1, kept[-1].unsqueeze(-1).expand(-1, -1, C), feats[:, prefix:])
+    aux = TrainAux(decisions=decisions, target_ratios=[c / n for c in model_keep_counts(model, n)], tokens=tokens,
+                   mask=decisions[-1], num_prefix_tokens=prefix, gathered=True)
+    return feats, aux
+
+
+def _masked_features(model: nn.Module, images: torch.Tensor, topk: bool = False):
+    """Training-mode forward: all tokens stay, hard decisions mask attention (DynamicViT sec. 3.2).
+    Decisions are Gumbel samples, or with `topk` the tokens the gathered forward keeps."""
     x = _embed(model, images)
     prefix = model.num_prefix_tokens
     B = x.shape[0]
@@ -451,7 +471,6 @@ def _masked_features(model: nn.Module, images: torch.Tensor):
     counts = model_keep_counts(model, n)
     stage_of = {loc: s for s, loc in enumerate(cfg["locations"])}
     predictors = getattr(model, PREDICTOR_ATTR)
-    decision_mode = getattr(model, "_tp_decision", "gumbel")
     prev = x.new_ones(B, n, 1)
     policy = None  # None until the first stage: blocks run unmasked (and fused)
     decisions = []
@@ -459,7 +478,7 @@ def _masked_features(model: nn.Module, images: torch.Tensor):
         if i in stage_of:
             s = stage_of[i]
             log_p = predictors[s](x[:, prefix:], prev)  # [B, N, 2]
-            if decision_mode == "gumbel":
+            if not topk:
                 # official: gumbel_softmax(hard=True) on the log-probs, times the previous decision
                 hard = F.gumbel_softmax(log_p, hard=True)[..., 0:1] * prev
             else:
