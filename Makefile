@@ -1,6 +1,5 @@
 # vitprune: `make reproduce` and `make test` are the two commands a fresh clone needs.
-# Both create .venv on first use and install the package (with its pinned torch) into it
-# (--no-compile: Python compiles only the modules it imports, on first use; saves ~25 s).
+# Both create .venv on first use and install the package (with its pinned torch) into it.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -16,7 +15,7 @@ setup: $(STAMP)
 # Re-install whenever pyproject.toml changes; the stamp is written only after success.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	@touch $(STAMP)
 
 # Debian ships Fashion-MNIST as IDX files; install them when we can (root + apt). Without
