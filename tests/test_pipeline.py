@@ -113,3 +113,14 @@ def test_cli_prints_one_error_line(toy):
                           capture_output=True, text=True, cwd=toy)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: -p ['valu']")
+
+
+def test_only_a_downstream_notebook_after_a_full_run_is_up_to_date(toy):
+    """Its upstream keys are the same set whether the swept notebook ran in this invocation or
+    earlier, and a hand-pinned extra run of that notebook does not make it stale."""
+    (toy / "notebooks/03_block_pruning.ipynb").write_text(json.dumps(notebook("value: int = 0\nfail: bool = False\n")))
+    runs = str(toy / "runs")
+    pipeline.run_profile("toy", runs_root=runs)
+    pipeline.run_profile("toy", only="02_token_pruning", overrides={"base_rate": 0.6}, runs_root=runs)
+    again = pipeline.run_profile("toy", only="03_block_pruning", runs_root=runs)
+    assert [(s["run"], s["status"]) for s in again] == [("03_block_pruning", "up to date")]

@@ -212,14 +212,13 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
     runs = plan(profile, select_notebooks(only), overrides or {}, root)
     env = environment()
     keys_by_notebook: dict[str, list[str]] = {}
+    available = available_notebooks()
     summaries = []
     for run in runs:
         upstream = []
-        for nb in config.NOTEBOOKS[:config.NOTEBOOKS.index(run.notebook)]:
-            if nb in keys_by_notebook:
-                upstream += keys_by_notebook[nb]
-            else:  # not part of this invocation: take what is on disk
-                upstream += sorted(str(m.get("key")) for m in map(read_manifest, _run_dirs(root, profile, nb)) if m)
+        for nb in available[:available.index(run.notebook)]:
+            # sorted: the same set of keys whether the upstream ran in this invocation or earlier
+            upstream += sorted(keys_by_notebook[nb] if nb in keys_by_notebook else _keys_on_disk(root, profile, nb))
         run.upstream = upstream
         run.key = run_key(run, upstream)
         if not force and is_up_to_date(run):
@@ -237,11 +236,11 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
     return summaries
 
 
-def _run_dirs(runs_root: Path, profile: str, notebook: str) -> list[Path]:
-    base = config.run_dir(runs_root, profile, notebook)
-    if (base / MANIFEST_FILE).exists():
-        return [base]
-    return sorted(p.parent for p in base.glob(f"*/{MANIFEST_FILE}"))
+def _keys_on_disk(runs_root: Path, profile: str, notebook: str) -> list[str]:
+    """Keys of the notebook's runs the profile plans (its sweep points) that are on disk; runs
+    pinned by hand (`-p base_rate=0.65`) are not part of the profile and do not count."""
+    dirs = [run.run_dir for run in plan(profile, [notebook], {}, runs_root)]
+    return [str(m.get("key")) for m in map(read_manifest, dirs) if m]
 
 
 def main(argv: list[str]) -> int:
