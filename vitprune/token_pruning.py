@@ -523,11 +523,7 @@ def masked_attention(attn: nn.Module, x: torch.Tensor, policy: torch.Tensor, eps
     if getattr(attn, "num_heads", None) == 0:
         return torch.zeros_like(x)
     B, T, _ = x.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    q, k, v = attn.qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q = getattr(attn, "q_norm", _identity)(q)
-    k = getattr(attn, "k_norm", _identity)(k)
+    q, k, v, gate = attention_qkv(attn, x)
     logits = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, T, T]
     keep = policy.reshape(B, 1, 1, T).to(torch.float32)
     eye = torch.eye(T, dtype=torch.float32, device=x.device).view(1, 1, T, T)
@@ -536,8 +532,23 @@ def masked_attention(attn: nn.Module, x: torch.Tensor, policy: torch.Tensor, eps
         row_max = logits.float().masked_fill(visible <= 0, float("-inf")).amax(dim=-1, keepdim=True)
     weights = torch.exp(logits.float() - row_max) * visible
     weights = (weights + eps / T) / (weights.sum(dim=-1, keepdim=True) + eps)
-    weights = attn.attn_drop(weights.to(v.dtype))
-    out = (weights @ v).transpose(1, 2).reshape(B, T, heads * head_dim)
+    return attention_output(attn, weights.to(v.dtype), v, gate)
+
+
+def attention_qkv(attn: nn.Module, x: torch.Tensor):
+    """timm Attention's q, k, v [B, H, T, head_dim] (after its q/k norms) and its optional output
+    gate, with the geometry read from the module (so pruned heads work)."""
+    B, T, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    q, k, v = attn.qkv(x).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return getattr(attn, "q_norm", _identity)(q), getattr(attn, "k_norm", _identity)(k), v, gate
+
+
+def attention_output(attn: nn.Module, weights: torch.Tensor, v: torch.Tensor, gate: torch.Tensor | None):
+    """The rest of timm Attention's forward from attention weights [B, H, T, T]: dropout,
+    weights @ v, merged heads, its norm and gate, proj."""
+    B, H, T, head_dim = v.shape
+    out = (attn.attn_drop(weights) @ v).transpose(1, 2).reshape(B, T, H * head_dim)
     out = getattr(attn, "norm", _identity)(out)
     if gate is not None:
         out = out * gate

@@ -115,20 +115,11 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 def _attention_with_cls(attn: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
     """timm Attention (non-fused path) on x [B, T, C], also returning CLS->patch attention
     averaged over heads [B, T - prefix]. Geometry is read from the module (works on pruned heads)."""
-    B, T, _ = x.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    q, k, v = attn.qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q = getattr(attn, "q_norm", _identity)(q)
-    k = getattr(attn, "k_norm", _identity)(k)
+    q, k, v, gate = token_pruning.attention_qkv(attn, x)
     weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, H, T, T]
     # EViT eq. 2: attentiveness of patch j = mean over heads of CLS's attention weight on j
     cls_attn = weights[:, :, 0, prefix:].mean(dim=1)
-    out = (attn.attn_drop(weights) @ v).transpose(1, 2).reshape(B, T, heads * head_dim)
-    out = getattr(attn, "norm", _identity)(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out)), cls_attn
+    return token_pruning.attention_output(attn, weights, v, gate), cls_attn
 
 
 def _block_with_cls(blk: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
