@@ -211,14 +211,16 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
     root = config.runs_root_or_default(runs_root)
     runs = plan(profile, select_notebooks(only), overrides or {}, root)
     env = environment()
-    keys_by_notebook: dict[str, list[str]] = {}
+    keys_by_notebook: dict[str, list[str]] = {}  # runs of this invocation, then upstream read from disk
     available = available_notebooks()
     summaries = []
     for run in runs:
         upstream = []
         for nb in available[:available.index(run.notebook)]:
+            if nb not in keys_by_notebook:  # not part of this invocation: what the profile's runs left on disk
+                keys_by_notebook[nb] = _keys_on_disk(root, profile, nb)
             # sorted: the same set of keys whether the upstream ran in this invocation or earlier
-            upstream += sorted(keys_by_notebook[nb] if nb in keys_by_notebook else _keys_on_disk(root, profile, nb))
+            upstream += sorted(keys_by_notebook[nb])
         run.upstream = upstream
         run.key = run_key(run, upstream)
         if not force and is_up_to_date(run):
@@ -228,9 +230,8 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
             wall = execute(run, env)["wall_time_s"]
             status = "ran"
         summary = headline(run.run_dir)
-        when = "up to date, skipped (took" if status == "up to date" else "ran in"
-        print(f"[{run.name}] {when} {wall} s{')' if status == 'up to date' else ''}"
-              + (f": {summary}" if summary else ""), flush=True)
+        when = f"up to date, skipped (took {wall} s)" if status == "up to date" else f"ran in {wall} s"
+        print(f"[{run.name}] {when}" + (f": {summary}" if summary else ""), flush=True)
         keys_by_notebook.setdefault(run.notebook, []).append(run.key)
         summaries.append({"run": run.name, "status": status, "wall_time_s": wall, "run_dir": str(run.run_dir)})
     return summaries

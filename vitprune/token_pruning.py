@@ -462,7 +462,8 @@ def _topk_train_features(model: nn.Module, images: torch.Tensor):
 
 def _masked_features(model: nn.Module, images: torch.Tensor, topk: bool = False):
     """Training-mode forward: all tokens stay, hard decisions mask attention (DynamicViT sec. 3.2).
-    Decisions are Gumbel samples, or with `topk` the tokens the gathered forward keeps."""
+    Decisions are Gumbel samples, or with `topk` the tokens the gathered forward keeps (training
+    with top-k runs `_topk_train_features` instead; this path is the reference it is tested against)."""
     x = _embed(model, images)
     prefix = model.num_prefix_tokens
     B = x.shape[0]
