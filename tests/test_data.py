@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import tinydata
-from vitprune import data
+from vitprune import data, data_sources
 from vitprune.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def test_idx_file_that_is_not_gzip_names_the_file(tmp_path):
 
 
 def test_missing_dataset_tells_both_ways_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_hub_reachable", lambda *a, **k: False)  # this machine is offline anyway
+    monkeypatch.setattr(data_sources, "_hub_reachable", lambda *a, **k: False)  # this machine is offline anyway
     with pytest.raises(UserError) as info:
         data.build_cache(tmp_path / "c", source="auto", idx_dir=str(tmp_path / "nothing"))
     text = str(info.value)
@@ -441,7 +441,7 @@ def test_fashion_from_hub_gets_the_same_names_and_encoding(tmp_path, monkeypatch
                  "Bag", "Ankle boot"]  # how zalando-datasets/fashion_mnist spells them
     fake = _hub_like({"train": 30, "test": 10}, hub_names,
                      lambda i, lab: Image.fromarray(images[i % len(images)], mode="L"))
-    monkeypatch.setattr(data, "_load_hub", lambda name, **kw: fake)
+    monkeypatch.setattr(data_sources, "_load_hub", lambda name, **kw: fake)
     report = data.build_cache(tmp_path / "c", source="hub", train_per_class=2)
     dsd = data.load_cache(report["cache_path"])
     assert report["source"] == "hub" and data.class_names(dsd) == tinydata.FASHION_CLASSES
@@ -454,7 +454,7 @@ def test_hf_imagenet_path_subsets_and_converts(tmp_path, monkeypatch):
     modes = ["RGB", "L", "CMYK", "RGBA"]
     fake = _hub_like({"train": 2000, "validation": 1000}, names,
                      lambda i, lab: Image.new(modes[i % 4], (6, 6)))
-    monkeypatch.setattr(data, "_load_hub", lambda name, **kw: fake)
+    monkeypatch.setattr(data_sources, "_load_hub", lambda name, **kw: fake)
     report = data.build_cache(tmp_path / "c", source="hf_imagenet", train_fraction=0.5, eval_per_class=1)
     assert report["counts"]["train"]["class 7"] == 1 and sum(report["counts"]["train"].values()) == 1000
     dsd = data.load_cache(report["cache_path"])
