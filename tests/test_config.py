@@ -89,3 +89,18 @@ def test_train_state_dir_is_keyed_by_settings_and_source_checkpoint(tmp_path):
     assert config.train_state_dir(tmp_path / "run", {"lr": 0.2}, sources=[source]) != first
     source.write_bytes(b"retrained")  # a new baseline: old per-epoch state must not be resumed
     assert config.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source]) != first
+
+
+def test_training_settings_are_every_declared_parameter_but_the_excluded(tmp_path):
+    nb = write_notebook(tmp_path / "nb.ipynb", CELL + "threads: int = 2\n")
+    values = {"profile": "smoke", "runs_root": "/r", "run_dir": "/r/x", "epochs": 5, "lr": 0.01,
+              "locations": [3], "checkpoint": None, "distill": False, "threads": 8, "unrelated": object()}
+    settings = config.training_settings(str(nb), values, exclude=["threads"])
+    assert settings == {"epochs": 5, "lr": 0.01, "locations": [3], "checkpoint": None, "distill": False}
+    # a parameter added to the cell later joins the key (a changed value starts afresh)
+    grown = write_notebook(tmp_path / "grown.ipynb", CELL + "threads: int = 2\nmixup: float = 0.0\n")
+    key = config.training_settings(str(grown), {**values, "mixup": 0.8}, exclude=["threads"])
+    assert key["mixup"] == 0.8
+    assert config.train_state_dir(tmp_path, key) != config.train_state_dir(tmp_path, settings)
+    with pytest.raises(ValueError, match="thread"):
+        config.training_settings(str(nb), values, exclude=["thread"])

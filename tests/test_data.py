@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import tinydata
-from vitprune import data
+from vitprune import data, data_sources
 from vitprune.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def test_idx_file_that_is_not_gzip_names_the_file(tmp_path):
 
 
 def test_missing_dataset_tells_both_ways_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_hub_reachable", lambda *a, **k: False)  # this machine is offline anyway
+    monkeypatch.setattr(data_sources, "_hub_reachable", lambda *a, **k: False)  # this machine is offline anyway
     with pytest.raises(UserError) as info:
         data.build_cache(tmp_path / "c", source="auto", idx_dir=str(tmp_path / "nothing"))
     text = str(info.value)
@@ -360,12 +360,51 @@ def test_torch_view_and_timm_transforms(fmnist_cache):
     assert "Resize(size=256" in repr(study)
 
 
+def test_prepare_splits_subsets_preloads_and_augments(fmnist_cache):
+    import datasets
+    import timm
+    import torch
+
+    dsd = data.load_cache(fmnist_cache[0])
+    model = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=4, num_classes=10)
+    splits = data.prepare_splits(dsd, model, train_per_class=3, eval_per_class=2, seed=1, augment="crop_flip",
+                                 crop_pad=2, preload=True)
+    assert splits.eval_name == "test" and splits.class_names == tinydata.FASHION_CLASSES
+    assert data.column(splits.train_ds, "label").tolist() == data.column(
+        data.balanced_subset(dsd["train"], per_class=3, seed=1), "label").tolist()
+    assert isinstance(splits.train_set, torch.utils.data.TensorDataset) and len(splits.train_set) == 30
+    assert len(splits.eval_set) == 20 and splits.eval_view(None) is splits.eval_set  # built once
+    view = data.TorchView(splits.eval_ds, data.transforms_for(model, train=False))
+    torch.testing.assert_close(splits.eval_set[3][0], view[3][0])
+    assert splits.batch_transform.func is data.random_crop_flip and splits.batch_transform.keywords == {"pad": 2}
+    # fraction when no per-class count; timm augments each image anew, so its training set is a view
+    timm_splits = data.prepare_splits(dsd, model, train_fraction=0.5, augment="timm", preload=True)
+    assert isinstance(timm_splits.train_set, data.TorchView) and len(timm_splits.train_set) == 60
+    assert timm_splits.batch_transform is None and len(timm_splits.eval_set) == 60
+    assert data.prepare_splits(dsd, model, augment="none", preload=False).batch_transform is None
+    with pytest.raises(UserError, match="augment must be one of crop_flip, timm, none"):
+        data.prepare_splits(dsd, model, augment="true")
+    eval_only = data.prepare_splits(datasets.DatasetDict({"validation": dsd["test"]}), model)
+    assert eval_only.eval_name == "validation" and eval_only.train_ds is None
+    with pytest.raises(UserError, match="no 'train' split"):
+        eval_only.train_set
+    with pytest.raises(UserError, match="none of test, validation, val"):
+        data.prepare_splits(datasets.DatasetDict({"train": dsd["train"]}), model)
+
+
 # ------------------------------------------------------------------ command line and notebook
 
 
 def _cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "vitprune", "data", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_data_command_line_imports_no_torch():
+    code = "import sys, vitprune.cli.data; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_cli_check_prints_the_mapping(tmp_path):
@@ -441,7 +480,7 @@ def test_fashion_from_hub_gets_the_same_names_and_encoding(tmp_path, monkeypatch
                  "Bag", "Ankle boot"]  # how zalando-datasets/fashion_mnist spells them
     fake = _hub_like({"train": 30, "test": 10}, hub_names,
                      lambda i, lab: Image.fromarray(images[i % len(images)], mode="L"))
-    monkeypatch.setattr(data, "_load_hub", lambda name, **kw: fake)
+    monkeypatch.setattr(data_sources, "_load_hub", lambda name, **kw: fake)
     report = data.build_cache(tmp_path / "c", source="hub", train_per_class=2)
     dsd = data.load_cache(report["cache_path"])
     assert report["source"] == "hub" and data.class_names(dsd) == tinydata.FASHION_CLASSES
@@ -454,7 +493,7 @@ def test_hf_imagenet_path_subsets_and_converts(tmp_path, monkeypatch):
     modes = ["RGB", "L", "CMYK", "RGBA"]
     fake = _hub_like({"train": 2000, "validation": 1000}, names,
                      lambda i, lab: Image.new(modes[i % 4], (6, 6)))
-    monkeypatch.setattr(data, "_load_hub", lambda name, **kw: fake)
+    monkeypatch.setattr(data_sources, "_load_hub", lambda name, **kw: fake)
     report = data.build_cache(tmp_path / "c", source="hf_imagenet", train_fraction=0.5, eval_per_class=1)
     assert report["counts"]["train"]["class 7"] == 1 and sum(report["counts"]["train"].values()) == 1000
     dsd = data.load_cache(report["cache_path"])

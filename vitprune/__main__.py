@@ -15,7 +15,7 @@ COMMANDS = {
     "run": ("vitprune.pipeline", "main", "execute a profile's notebooks with papermill"),
     "measure": ("vitprune.measure", "main", "params, MACs and FLOPs of a model or pruned variant"),
     "bench": ("vitprune.measure", "bench_main", "interleaved latency of baseline vs variant"),
-    "data": ("vitprune.data", "main", "cache | export | check datasets"),
+    "data": ("vitprune.cli.data", "main", "cache | export | check datasets"),
     "table": ("vitprune.results", "table_main", "assemble Table 1 from a profile's runs"),
 }
 

@@ -247,3 +247,16 @@ def train_state_dir(run_dir: str | os.PathLike, settings: dict[str, Any],
         stat = Path(src).stat()
         stamps.append([str(src), stat.st_size, stat.st_mtime_ns])
     return Path(run_dir) / "train_state" / params_hash({"settings": settings, "sources": stamps})
+
+
+def training_settings(notebook: str, values: dict[str, Any], exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """The resume key of a training notebook, for `train_state_dir`: every parameter the
+    notebook declares, with its value from `values` (the notebook's `globals()`), except the
+    injected ones and `exclude` (parameters that only change evaluation, speed or output). A
+    parameter added later joins the key unless excluded, so a changed new setting starts
+    afresh instead of resuming a run trained differently."""
+    declared = declared_parameters(notebook)
+    stray = sorted(set(exclude) - set(declared))
+    if stray:
+        raise ValueError(f"{notebook}: exclude names parameters it does not declare: {stray}")
+    return {name: values[name] for name in declared if name not in INJECTED and name not in exclude}

@@ -20,9 +20,10 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vitprune.data_torch import preload, random_crop_flip  # noqa: F401  (moved to the data side; engine.X still works)
 from vitprune.errors import UserError
 
 CHECKPOINT_NAME = "last.pt"
@@ -114,39 +115,6 @@ def build_param_groups(model: nn.Module, weight_decay: float,
     if not out:
         raise UserError("no trainable parameters: every parameter has requires_grad=False")
     return out
-
-
-def random_crop_flip(images: torch.Tensor, pad: int = 2, flip: bool = True) -> torch.Tensor:
-    """Batch augmentation on tensors (any device): shift by up to `pad` pixels (replicate
-    padding, then a random crop of the original size) and horizontal flip with p=0.5. Uses
-    torch's global RNG (seeded per epoch by `train`)."""
-    b, c, h, w = images.shape
-    device = images.device
-    if pad > 0:
-        padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-        dy = torch.randint(0, 2 * pad + 1, (b,)).to(device)
-        dx = torch.randint(0, 2 * pad + 1, (b,)).to(device)
-        rows = (dy[:, None] + torch.arange(h, device=device)[None])            # (b, h)
-        cols = (dx[:, None] + torch.arange(w, device=device)[None])            # (b, w)
-        index = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-        images = padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
-    if flip:
-        mask = (torch.rand(b) < 0.5).to(device)
-        images = torch.where(mask[:, None, None, None], images.flip(-1), images)
-    return images
-
-
-def preload(dataset: Dataset, batch_size: int = 512, desc: str = "preload") -> TensorDataset:
-    """Run a (deterministic) dataset once and keep its tensors: small datasets such as
-    Fashion-MNIST then cost nothing per epoch (augment on batches with `batch_transform`)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    xs, ys = [], []
-    for x, y in tqdm(loader, desc=desc, unit="batch", mininterval=10.0, leave=False):
-        xs.append(x)
-        ys.append(torch.as_tensor(y))
-    if not xs:
-        raise UserError(f"{desc}: the dataset is empty")
-    return TensorDataset(torch.cat(xs), torch.cat(ys).long())
 
 
 # --------------------------------------------------------------------------- checkpoint/resume

@@ -53,6 +53,34 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+ROW_KEYS = ("method", "label", "model_name", "img_size", "params", "macs", "flops", "top1", "top5", "eval_samples")
+
+
+def metrics_row(method: str, label: str, *, model_name: str | None, img_size: int | None,
+                count: dict[str, Any], evaluation: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One model run's metrics row, with the keys `collect_runs`, Table 1 and the plots read
+    (ROW_KEYS), then the run's own `extra` keys.
+
+    `count` is `measure.count`'s dict (params; MACs per image at batch 1; FLOPs = 2 x MACs),
+    `evaluation` `engine.evaluate`'s (top1/top5 in percent, num_samples). An `extra` key that
+    repeats a ROW_KEYS key is an error (it would silently replace a measured value)."""
+    clash = sorted(set(extra) & set(ROW_KEYS))
+    if clash:
+        raise ValueError(f"metrics_row: {clash} are measured from count/evaluation; do not pass them as extra keys")
+    row = {"method": method, "label": label, "model_name": model_name, "img_size": img_size,
+           "params": int(count["params"]), "macs": int(count["macs"]), "flops": int(count["flops"]),
+           "top1": float(evaluation["top1"]), "top5": float(evaluation["top5"]),
+           "eval_samples": int(evaluation["num_samples"])}
+    return {**row, **extra}
+
+
+def versus_baseline(count: dict[str, Any], baseline_count: dict[str, Any], baseline_top1: float | None) -> dict[str, Any]:
+    """The baseline columns of a pruned run's row: baseline_params, baseline_macs,
+    baseline_top1 and mac_ratio = baseline MACs / this model's MACs (> 1: cheaper)."""
+    return {"baseline_params": int(baseline_count["params"]), "baseline_macs": int(baseline_count["macs"]),
+            "baseline_top1": baseline_top1, "mac_ratio": baseline_count["macs"] / count["macs"]}
+
+
 # ================================================================ Table 1
 #
 # Our measured rows come from the metrics.json files of notebooks 01-04; beside them go the

@@ -1,0 +1,217 @@
+"""The torch side of the data: timm transforms, a torch Dataset over one cached split,
+tensor preloading, batch augmentation, and `prepare_splits`, the data preparation notebooks
+01-04 share (evaluation split, balanced subsets, views, preload, augmentation).
+
+Images are float tensors CHW normalised by the model's timm data config.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm import tqdm
+
+from vitprune.data_format import TRAIN_SPLIT, class_names, labels_of, to_rgb
+from vitprune.data_subsets import balanced_subset
+from vitprune.errors import UserError
+
+# Training-set augmentation: crop_flip = shift + flip whole batches of tensors (random_crop_flip;
+# the split is preloaded when `preload`); timm = timm's training transform per image (never
+# preloaded); none = the evaluation transform.
+AUGMENTS = ("crop_flip", "timm", "none")
+EVAL_SPLITS = ("test", "validation", "val")  # Fashion-MNIST: test; ImageNet: validation
+
+
+def transforms_for(model, train: bool, crop_pct: float | None = None, **overrides) -> Callable:
+    """PIL -> normalised tensor, from timm's data config of `model` (a module, or a timm
+    model name whose pretrained config is read without building it). `crop_pct` overrides
+    timm's (DeiT: 0.9; the study used 0.875); `overrides` go to `timm.data.create_transform`
+    (e.g. scale=(0.5, 1.0), hflip=0.0, color_jitter=0.0 for small grey images)."""
+    from timm.data import create_transform, resolve_data_config, resolve_model_data_config
+
+    if isinstance(model, str):
+        import timm
+
+        if not timm.is_model(model):
+            raise UserError(f"unknown timm model {model!r}; pass the model itself or a registered timm name")
+        pretrained = timm.models.get_pretrained_cfg(model)
+        if pretrained is None:  # registered without a default cfg: build it (random init) to ask it
+            return transforms_for(timm.create_model(model, pretrained=False), train, crop_pct, **overrides)
+        config = resolve_data_config(pretrained_cfg=pretrained.to_dict())
+    else:
+        config = resolve_model_data_config(model)
+        # A model built with img_size=... keeps its pretrained cfg's input size: trust the model.
+        img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if img_size is not None:
+            config["input_size"] = (config["input_size"][0], *tuple(img_size))
+    if crop_pct is not None:
+        if not 0 < crop_pct <= 1:
+            raise UserError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        config["crop_pct"] = crop_pct
+    return create_transform(**config, is_training=train, **overrides)
+
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+
+class TorchView(Dataset):
+    """A torch Dataset over one HF split giving (transform(RGB PIL image), int label).
+
+    Small splits (decoded size <= `max_decoded_bytes`) are decoded once up front into one
+    uint8 array, so epochs skip PNG decoding and datasets' per-row overhead (60k Fashion-MNIST
+    images: ~140 MB, decoded in a few seconds). Large splits (ImageNet) decode per item.
+    `transform=None` gives float tensors in [0, 1], CHW.
+    """
+
+    def __init__(self, hf_split, transform: Callable | None = None, decode_once: bool | None = None,
+                 max_decoded_bytes: int = 1 << 30):
+        self.transform = transform
+        self.labels = labels_of(hf_split)
+        self.class_names = class_names(hf_split)
+        self._split = hf_split
+        self._arrays = None
+        if decode_once is None:
+            decode_once = False
+            if len(hf_split):
+                first = to_rgb(hf_split[0]["image"])
+                decode_once = first.width * first.height * 3 * len(hf_split) <= max_decoded_bytes
+        if decode_once and len(hf_split):
+            # Straight from the Arrow column (respects select()), skipping per-row overhead.
+            blobs = hf_split.with_format("arrow")["image"].combine_chunks().field("bytes").to_pylist()
+            arrays = [np.asarray(to_rgb(Image.open(io.BytesIO(b))))
+                      for b in tqdm(blobs, desc="decode", unit="img", mininterval=1.0)]
+            shapes = {a.shape for a in arrays}
+            self._arrays = np.stack(arrays) if len(shapes) == 1 else arrays
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> Image.Image:
+        if self._arrays is not None:
+            return Image.fromarray(self._arrays[index])
+        return to_rgb(self._split[int(index)]["image"])
+
+    def __getitem__(self, index: int):
+        img = self.image(index)
+        return (self.transform(img) if self.transform is not None else _to_tensor(img)), int(self.labels[index])
+
+
+def random_crop_flip(images: torch.Tensor, pad: int = 2, flip: bool = True) -> torch.Tensor:
+    """Batch augmentation on tensors (any device): shift by up to `pad` pixels (replicate
+    padding, then a random crop of the original size) and horizontal flip with p=0.5. Uses
+    torch's global RNG (seeded per epoch by `train`)."""
+    b, c, h, w = images.shape
+    device = images.device
+    if pad > 0:
+        padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+        dy = torch.randint(0, 2 * pad + 1, (b,)).to(device)
+        dx = torch.randint(0, 2 * pad + 1, (b,)).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device)[None])            # (b, h)
+        cols = (dx[:, None] + torch.arange(w, device=device)[None])            # (b, w)
+        index = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        images = padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
+    if flip:
+        mask = (torch.rand(b) < 0.5).to(device)
+        images = torch.where(mask[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+def preload(dataset: Dataset, batch_size: int = 512, desc: str = "preload") -> TensorDataset:
+    """Run a (deterministic) dataset once and keep its tensors: small datasets such as
+    Fashion-MNIST then cost nothing per epoch (augment on batches with `batch_transform`)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    xs, ys = [], []
+    for x, y in tqdm(loader, desc=desc, unit="batch", mininterval=10.0, leave=False):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    if not xs:
+        raise UserError(f"{desc}: the dataset is empty")
+    return TensorDataset(torch.cat(xs), torch.cat(ys).long())
+
+
+# --------------------------------------------------------------------------- checkpoint/resume
+
+
+
+# --------------------------------------------------------------------------- notebooks' data
+
+
+def eval_split_name(dsd) -> str:
+    """The split a cache is evaluated on: "test" (Fashion-MNIST) or "validation" (ImageNet)."""
+    for name in EVAL_SPLITS:
+        if name in dsd:
+            return name
+    raise UserError(f"the dataset cache has splits {list(dsd)}, none of {', '.join(EVAL_SPLITS)} to evaluate on; "
+                    "rebuild it with notebook 00")
+
+
+class Splits:
+    """One run's training and evaluation data (built by `prepare_splits`).
+
+    `train_ds` / `eval_ds` are the (subset) HF splits (`train_ds` is None when the cache has
+    no training split); `train_set`, `eval_set` and `eval_view(crop_pct)` the torch Datasets,
+    built (and preloaded) on first use; `batch_transform` the batch augmentation for
+    `engine.train` (None unless augment is crop_flip).
+    """
+
+    def __init__(self, dsd, model, *, train_per_class: int, train_fraction: float, eval_per_class: int,
+                 seed: int, augment: str, crop_pad: int, preload: bool, crop_pct: float | None):
+        if augment not in AUGMENTS:
+            raise UserError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+        self.model, self.augment, self.preload, self.crop_pct = model, augment, preload, crop_pct
+        self.class_names = class_names(dsd)
+        self.eval_name = eval_split_name(dsd)
+        self.train_ds = None
+        if TRAIN_SPLIT in dsd:
+            self.train_ds = balanced_subset(dsd[TRAIN_SPLIT], per_class=train_per_class or None,
+                                            fraction=None if train_per_class else (train_fraction or None), seed=seed)
+        self.eval_ds = balanced_subset(dsd[self.eval_name], per_class=eval_per_class or None, seed=seed)
+        self.batch_transform = partial(random_crop_flip, pad=crop_pad) if augment == "crop_flip" else None
+        self._train_set: Dataset | None = None
+        self._eval_sets: dict[float | None, Dataset] = {}
+
+    @property
+    def train_set(self) -> Dataset:
+        if self._train_set is None:
+            if self.train_ds is None:
+                raise UserError(f"the dataset cache has no {TRAIN_SPLIT!r} split to train on; rebuild it "
+                                "with notebook 00 from a source that has one")
+            view = TorchView(self.train_ds, transforms_for(self.model, train=self.augment == "timm"))
+            use_preload = self.preload and self.augment != "timm"  # timm augments each image anew
+            self._train_set = preload(view, desc="preload train") if use_preload else view
+        return self._train_set
+
+    @property
+    def eval_set(self) -> Dataset:
+        return self.eval_view(self.crop_pct)
+
+    def eval_view(self, crop_pct: float | None = None) -> Dataset:
+        """The evaluation split at one center-crop fraction (None: timm's default for the model)."""
+        if crop_pct not in self._eval_sets:
+            view = TorchView(self.eval_ds, transforms_for(self.model, train=False, crop_pct=crop_pct))
+            self._eval_sets[crop_pct] = preload(view, desc=f"preload eval {crop_pct or ''}".strip()) \
+                if self.preload else view
+        return self._eval_sets[crop_pct]
+
+
+def prepare_splits(dsd, model, *, train_per_class: int = 0, train_fraction: float = 0.0, eval_per_class: int = 0,
+                   seed: int = 0, augment: str = "crop_flip", crop_pad: int = 2, preload: bool = True,
+                   crop_pct: float | None = None) -> Splits:
+    """The data of one notebook run from a cached DatasetDict: the evaluation split
+    (`eval_split_name`), seeded class-balanced subsets (train: `train_per_class` images per
+    class, else `train_fraction` of each class, 0 and 0: all; eval: `eval_per_class`, 0: all),
+    torch views with the transforms of `model`'s timm data config (`crop_pct` for the
+    evaluation set), preloaded into tensors when `preload`, and the training augmentation
+    `augment` (see AUGMENTS; crop_flip shifts by up to `crop_pad` pixels)."""
+    return Splits(dsd, model, train_per_class=train_per_class, train_fraction=train_fraction,
+                  eval_per_class=eval_per_class, seed=seed, augment=augment, crop_pad=crop_pad,
+                  preload=preload, crop_pct=crop_pct)

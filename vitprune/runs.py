@@ -1,0 +1,40 @@
+"""Finishing one model of a run: evaluate it, count it, save it, and return its metrics row
+(`results.metrics_row`). Notebook 04 finishes each combined order and training-free rate so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitprune import engine, measure, models, results
+
+
+def finish_model(model: nn.Module, method: str, label: str, *, eval_set: Dataset, eval_batch_size: int,
+                 class_names: Sequence[str], model_name: str | None, img_size: int | None,
+                 baseline_macs: int, history: list | None, train_wall_time_s: float,
+                 run_dir: str | os.PathLike | None = None, num_workers: int = 0, **extra: Any) -> dict[str, Any]:
+    """Evaluate `model` on `eval_set` (eval mode), count it (MACs per image, batch 1) and
+    return its row: results.metrics_row's keys plus train_wall_time_s, history, mac_ratio
+    (= baseline_macs / this model's MACs) and `extra`. A trained model (`history` not None)
+    is saved to <run_dir>/<method>/model.pt and the row's `checkpoint` is that path relative
+    to run_dir; an untrained one (training-free) is not saved."""
+    model.eval()
+    ev = engine.evaluate(model, eval_set, batch_size=eval_batch_size, class_names=class_names,
+                         num_workers=num_workers)
+    cnt = measure.count(model)
+    row = results.metrics_row(method, label, model_name=model_name, img_size=img_size, count=cnt, evaluation=ev,
+                              train_wall_time_s=train_wall_time_s, history=history,
+                              mac_ratio=baseline_macs / cnt["macs"], **extra)
+    if history is not None:
+        if run_dir is None:
+            raise ValueError("finish_model: a trained model (history given) needs run_dir to be saved in")
+        path = models.save_checkpoint(Path(run_dir) / method / "model.pt", model)
+        row["checkpoint"] = str(path.relative_to(run_dir))
+    print(f"{label}: top-1 {row['top1']:.2f} %, {row['params'] / 1e6:.3f} M params, "
+          f"{row['macs'] / 1e6:.2f} M MACs (baseline / this = {row['mac_ratio']:.2f})")
+    return row
