@@ -49,6 +49,7 @@ from timm.layers import Mlp
 from timm.layers.attention import Attention
 
 from vitprune.errors import UserError
+from vitprune.torchutil import logits, unwrap
 
 MASK = "vitprune_unit_mask"  # buffer on attn.proj / mlp.fc2 (and attn.norm / mlp.norm): 1 keep, 0 pruned
 ALIVE = "vitprune_branch_alive"  # scalar buffer on attn.proj / mlp.fc2: 0 once every unit is pruned
@@ -115,13 +116,6 @@ def _blocks(model: nn.Module) -> Sequence[nn.Module]:
                 f"block {i}: MLP is {type(mlp).__name__}, not timm's Linear Mlp; "
                 "block pruning supports timm ViT/DeiT blocks (timm.layers.Attention + Mlp)")
     return blocks
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DistributedDataParallel / DataParallel wrappers."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 def _num_heads(attn: nn.Module) -> int:
@@ -336,10 +330,6 @@ def taylor_scores_from_grads(model: nn.Module) -> tuple[list[torch.Tensor], list
     return heads, chans
 
 
-def _logits(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def taylor_importance(model: nn.Module, data, *, loss_fn=None, max_batches: int | None = None,
                       batch_size: int = 32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """First-order Taylor importance summed over the batches of `data`.
@@ -366,7 +356,7 @@ def taylor_importance(model: nn.Module, data, *, loss_fn=None, max_batches: int 
             for p in params:
                 p.grad = None
             with torch.enable_grad():
-                loss = loss_fn(_logits(model(images.to(device))), torch.as_tensor(labels).to(device))
+                loss = loss_fn(logits(model(images.to(device))), torch.as_tensor(labels).to(device))
                 loss.backward()
             h, c = taylor_scores_from_grads(model)
             total_h = h if total_h is None else [a + b for a, b in zip(total_h, h)]

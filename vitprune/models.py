@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +28,9 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from vitprune import torchutil
 from vitprune.errors import UserError
+from vitprune.torchutil import torch_load, unwrap
 
 CHECKPOINT_FORMAT = "vitprune/1"
 FMNIST_MODEL = "vit_fmnist"
@@ -137,19 +138,11 @@ def vit_fmnist(pretrained: bool = False, stem_chans: Sequence[int] | None = (32,
 # --------------------------------------------------------------------------- create / load
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a weights file: a vitprune checkpoint ("state_dict"), the official
     DeiT layout ({"model": ...}), a {"state_dict": ...} file or a bare state dict. A
     DistributedDataParallel "module." prefix is stripped."""
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         sd = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -165,20 +158,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
-
-
-def _torch_load(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - official training checkpoints pickle argparse.Namespace
-        try:
-            # A local file the user named: full unpickling, as DeiT's own main.py does.
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def _short(items: Sequence[str], limit: int = 8) -> str:
@@ -225,7 +204,7 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
     if img_size is not None:
         model_kwargs["img_size"] = int(img_size)
     if pretrained:
-        if not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
+        if not torchutil.hub_reachable():
             raise UserError(f"pretrained weights for {name!r} need the Hugging Face hub, which is not "
                             "reachable; download the official checkpoint elsewhere (e.g. DeiT's "
                             "deit_base_patch16_224-b5f2ef4d.pth) and pass checkpoint=PATH (notebook "
@@ -250,15 +229,9 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP / accelerate wrappers
-        model = model.module
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def model_identity(model: nn.Module) -> tuple[str, dict[str, Any]]:
     """(timm name, kwargs) that rebuild the unpruned base of `model`."""
-    model = _unwrap(model)
+    model = unwrap(model)
     name = getattr(model, "vitprune_model_name", None)
     if name is not None:
         return name, dict(getattr(model, "vitprune_model_kwargs", {}))
@@ -275,7 +248,7 @@ def model_identity(model: nn.Module) -> tuple[str, dict[str, Any]]:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
     """Write a "vitprune/1" checkpoint atomically (tmp file, then os.replace)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     name, kwargs = model_identity(model)
     spec = getattr(model, "vitprune_block_spec", None)
     token = getattr(model, "vitprune_token_pruning", None)
@@ -296,7 +269,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw "vitprune/1" dict (UserError for any other file)."""
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format {found!r}); for official "

@@ -30,7 +30,6 @@ Units and conventions
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from vitprune.errors import UserError
+from vitprune.torchutil import torch_load, unwrap
 
 SCHEDULES = ("geometric", "linear", "explicit")
 DEFAULT_LOCATIONS = (3, 6, 9)
@@ -236,7 +236,7 @@ def _check_attention(attn: nn.Module, index: int) -> None:
 
 def config(model: nn.Module) -> dict[str, Any]:
     """The attach arguments of a token-pruned model (UserError if it has none)."""
-    cfg = getattr(_unwrap(model), CONFIG_ATTR, None)
+    cfg = getattr(unwrap(model), CONFIG_ATTR, None)
     if cfg is None:
         raise UserError("this model has no token pruning; call token_pruning.attach(model, base_rate) first")
     return cfg
@@ -244,7 +244,7 @@ def config(model: nn.Module) -> dict[str, Any]:
 
 def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
     """Keep counts (patch tokens, CLS excluded) of an attached model for `num_patches` inputs."""
-    model = _unwrap(model)
+    model = unwrap(model)
     cfg = config(model)
     n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
     return keep_counts(n, cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], cfg["locations"],
@@ -253,7 +253,7 @@ def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[
 
 def tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens entering each block in eval mode, prefix tokens (CLS) INCLUDED, at the model's input size."""
-    model = _unwrap(model)
+    model = unwrap(model)
     cfg = getattr(model, CONFIG_ATTR, None)
     stage_at = {} if cfg is None else dict(zip(cfg["locations"], model_keep_counts(model)))
     return tokens_entering_blocks(model, stage_at)
@@ -273,7 +273,7 @@ def tokens_entering_blocks(model: nn.Module, keep_at: dict[int, int]) -> list[in
 
 def describe(model: nn.Module) -> dict[str, Any]:
     """Everything a metrics.json needs about the pruning: config, resolved ratios, counts, tokens."""
-    model = _unwrap(model)
+    model = unwrap(model)
     cfg = config(model)
     return {
         **cfg,
@@ -296,7 +296,7 @@ def init_keep_prior(model: nn.Module) -> None:
     fine-tunes it starts the Gumbel decisions at the target keep ratios, so the ratio loss
     has nothing to undo and the budget goes into choosing *which* tokens to keep.
     """
-    bare = _unwrap(model)
+    bare = unwrap(model)
     cfg = config(bare)
     ratios = schedule_ratios(cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], len(cfg["locations"]))
     previous = 1.0
@@ -318,14 +318,7 @@ def set_decision_mode(model: nn.Module, mode: str) -> None:
     if mode not in DECISION_MODES:
         raise UserError(f"decision mode must be one of {', '.join(DECISION_MODES)}, got {mode!r}")
     config(model)
-    _unwrap(model)._tp_decision = mode
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DDP / accelerate wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
+    unwrap(model)._tp_decision = mode
 
 
 # ---------------------------------------------------------------- forwards
@@ -558,7 +551,7 @@ def attention_output(attn: nn.Module, weights: torch.Tensor, v: torch.Tensor, ga
 
 def pop_aux(model: nn.Module) -> TrainAux:
     """The side outputs of the last training-mode forward (cleared once read)."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     aux = getattr(bare, "_tp_aux", None)
     if aux is None:
         raise UserError("no training-mode token-pruning forward to read: attach token pruning and call "
@@ -571,7 +564,7 @@ def pop_aux(model: nn.Module) -> TrainAux:
 def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Eval-mode logits and, per stage, a bool mask [B, N] over the ORIGINAL patch grid of the
     tokens still kept after that stage (for the kept-token visualisation)."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     was_training = bare.training
     bare.eval()
     try:
@@ -647,7 +640,7 @@ def make_loss_fn(clf_weight: float = 1.0, ratio_weight: float = 2.0, distill_wei
 
 
 def _distillation_terms(teacher, images, logits, aux: TrainAux, temperature: float):
-    bare_teacher = _unwrap(teacher)
+    bare_teacher = unwrap(teacher)
     if getattr(bare_teacher, CONFIG_ATTR, None) is not None:
         raise UserError("the DynamicViT teacher must be the unpruned model, but it has token pruning attached")
     with torch.no_grad():
@@ -669,13 +662,13 @@ def _distillation_terms(teacher, images, logits, aux: TrainAux, temperature: flo
 
 
 def predictor_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(getattr(_unwrap(model), PREDICTOR_ATTR).parameters())
+    return list(getattr(unwrap(model), PREDICTOR_ATTR).parameters())
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Trainable backbone parameters; cls_token and pos_embed stay frozen as in the official
     get_param_groups (main_dynamic_vit.py)."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     out = []
     for name, p in bare.named_parameters():
         if name.startswith(PREDICTOR_ATTR + ".") or not p.requires_grad:
@@ -732,18 +725,6 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: st
 # ---------------------------------------------------------------- official checkpoints
 
 
-def _torch_load(path: str | os.PathLike) -> Any:
-    """torch.load without arbitrary unpickling; official files also hold an argparse Namespace."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - reported as one clear line
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
-
-
 def official_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """The model weights of an official DynamicViT file: `{"model": ...}`, `{"state_dict": ...}`
     or a bare state dict; a DDP `module.` prefix is removed."""
@@ -763,9 +744,9 @@ def load_official_checkpoint(model: nn.Module, path_or_state: Any, strict: bool 
     """Load weights in the official DynamicViT layout (timm DeiT keys + `score_predictor.<i>.*`)
     into a token-pruned model. With strict=False, missing predictor keys are allowed (start
     from a plain DeiT checkpoint); everything else must match."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     cfg = config(bare)
-    obj = _torch_load(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
+    obj = torch_load(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
     state = official_state_dict(obj)
     stages = {int(k.split(".")[1]) for k in state if k.startswith(PREDICTOR_ATTR + ".")}
     if stages and len(stages) != len(cfg["locations"]):
@@ -793,6 +774,6 @@ def save_official_checkpoint(model: nn.Module, path: str | os.PathLike, **extra:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": _unwrap(model).state_dict(), **extra}, tmp)
+    torch.save({"model": unwrap(model).state_dict(), **extra}, tmp)
     os.replace(tmp, path)
     return path
