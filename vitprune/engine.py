@@ -190,8 +190,8 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
     epoch_time_s, img_per_s, eval_top1/eval_top5 when `eval_set` is given, loss_fn logs, and
     `trace`: [global step, running mean loss of this process, lr] every `trace_every` steps).
 
-    Hooks (see CONTRACT.md): `loss_fn(model, images, targets, teacher) -> (loss, logits,
-    logs)` replaces CE + distillation; `on_step(step, total_steps, model)` runs after
+    Hooks (this docstring is their contract; tests/test_engine.py exercises each):
+    `loss_fn(model, images, targets, teacher) -> (loss, logits, logs)` replaces CE + distillation; `on_step(step, total_steps, model)` runs after
     backward, before each optimizer step; `param_groups=[{"params", "lr_scale"}]`.
     `batch_transform(images)` augments each training batch on the device.
     A NaN/inf loss raises UserError naming the step.
