@@ -12,7 +12,9 @@
   with Fashion-MNIST's mean/std; the 3 channels cost ~0.3 % of the MACs and keep the whole
   pipeline identical to ImageNet's.
 * Checkpoints (`save_checkpoint` / `load_checkpoint`), format "vitprune/1":
-  `{"format", "model_name", "model_kwargs", "block_spec", "token_pruning", "state_dict", **extra}`.
+  `{"format", "model_name", "model_kwargs", "block_spec", "block_masks", "token_pruning",
+  "training_free", "state_dict", **extra}`; the pruning keys are `pruning_state.snapshot`
+  (older files without "block_masks" / "training_free" load as unmasked / not applied).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprune import torchutil
+from vitprune import block_pruning, pruning_state, token_pruning, torchutil, training_free
 from vitprune.errors import UserError
 from vitprune.torchutil import torch_load, unwrap
 
@@ -247,15 +249,13 @@ def model_identity(model: nn.Module) -> tuple[str, dict[str, Any]]:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
-    """Write a "vitprune/1" checkpoint atomically (tmp file, then os.replace)."""
+    """Write a "vitprune/1" checkpoint atomically (tmp file, then os.replace), with every kind of
+    pruning state (`pruning_state.snapshot`) so `load_checkpoint` rebuilds the same model."""
     model = unwrap(model)
     name, kwargs = model_identity(model)
-    spec = getattr(model, "vitprune_block_spec", None)
-    token = getattr(model, "vitprune_token_pruning", None)
     payload = {
         "format": CHECKPOINT_FORMAT, "model_name": name, "model_kwargs": kwargs,
-        "block_spec": [dict(s) for s in spec] if spec is not None else None,
-        "token_pruning": dict(token) if token is not None else None,
+        **pruning_state.snapshot(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
@@ -278,15 +278,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a saved model: base model from name/kwargs, then block spec, then token
-    pruning, then the strict state dict. Returned in eval mode on the CPU."""
+    """Rebuild a saved model: base model from name/kwargs, then (in `pruning_state.KINDS`
+    order) the removed block widths, the block-pruning gates, DynamicViT token pruning and
+    training-free token pruning, then the strict state dict (gate values included).
+    Returned in eval mode on the CPU."""
     ckpt = read_checkpoint(path)
     model = create_model(ckpt["model_name"], pretrained=False, **dict(ckpt.get("model_kwargs") or {}))
     if ckpt.get("block_spec") is not None:
-        from vitprune import block_pruning  # lazy: only pruned checkpoints need it
         block_pruning.apply_spec(model, ckpt["block_spec"])
+    if ckpt.get("block_masks"):
+        block_pruning.attach_masks(model)
     if ckpt.get("token_pruning") is not None:
-        from vitprune import token_pruning
         token_pruning.attach(model, **ckpt["token_pruning"])
+    if ckpt.get("training_free") is not None:
+        training_free.apply(model, **ckpt["training_free"])
     load_weights(model, ckpt["state_dict"], source=str(path))
     return model.eval()
