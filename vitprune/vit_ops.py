@@ -45,6 +45,7 @@ def check_blocks(model: nn.Module, what: str) -> None:
 
 
 def check_attention(attn: nn.Module, index: int) -> None:
+    """timm's fused-qkv Attention geometry (num_heads, head_dim, qkv, proj, scale) or a NoAttention."""
     if getattr(attn, "num_heads", None) == 0:  # block_pruning.NoAttention: branch is zero
         return
     missing = [name for name in ("num_heads", "head_dim", "qkv", "proj", "scale") if not hasattr(attn, name)]

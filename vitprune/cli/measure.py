@@ -67,7 +67,7 @@ def _checkpoint_base(path: str) -> nn.Module:
     """The unpruned model a checkpoint was built from (its name and kwargs, random init)."""
     ckpt = models.read_checkpoint(path)
     return models.create_model(ckpt["model_name"], pretrained=False,
-                                  **dict(ckpt.get("model_kwargs") or {}))
+                               **dict(ckpt.get("model_kwargs") or {}))
 
 
 def _float_list(text: str | None, flag: str) -> list[float] | None:
