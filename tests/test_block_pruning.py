@@ -10,6 +10,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vitprune import block_pruning as bp
+from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
 
 
@@ -157,7 +158,7 @@ def test_counts_match_measure_and_formula():
     base = deit_tiny()
     base_count = count(measure, base)
     opts = {"block": {"keep_heads": 0.5, "keep_mlp": 0.3}}
-    variant = measure.apply_variant(copy.deepcopy(base), opts)  # what `measure --keep-heads --keep-mlp` builds
+    variant = cli_measure.apply_variant(copy.deepcopy(base), opts)  # what `measure --keep-heads --keep-mlp` builds
     direct = bp.prune_to(copy.deepcopy(base), 0.5, 0.3)
     spec = direct.vitprune_block_spec
     assert spec == [{"heads": 2, "mlp": 230}] * DEPTH  # 0.5*3 -> 2 (half up), 0.3*768 = 230.4 -> 230

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import tinydata
-from vitprune import data, data_sources
+from vitprune import data, hub
 from vitprune.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def test_idx_file_that_is_not_gzip_names_the_file(tmp_path):
 
 
 def test_missing_dataset_tells_both_ways_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_sources, "_hub_reachable", lambda *a, **k: False)  # this machine is offline anyway
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)  # this machine is offline anyway
     with pytest.raises(UserError) as info:
         data.build_cache(tmp_path / "c", source="auto", idx_dir=str(tmp_path / "nothing"))
     text = str(info.value)

@@ -10,6 +10,7 @@ import torch.nn as nn
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
+from vitprune import dynamicvit_io
 from vitprune import token_pruning as tp
 from vitprune.errors import UserError
 
@@ -391,28 +392,28 @@ def test_official_checkpoint_round_trip(tmp_path):
     path = tmp_path / "dynamicvit.pth"
     torch.save(_official_layout(source), path)
     target = tp.attach(tiny_vit(seed=7), 0.7)
-    tp.load_official_checkpoint(target, path)
+    dynamicvit_io.load_official_checkpoint(target, path)
     images = torch.randn(2, 3, 32, 32)
     source.eval(), target.eval()
     with torch.no_grad():
         torch.testing.assert_close(target(images), source(images), atol=0, rtol=0)
     # our writer produces the same layout; DDP's module. prefix is understood
-    ours = tp.save_official_checkpoint(source, tmp_path / "ours.pth")
+    ours = dynamicvit_io.save_official_checkpoint(source, tmp_path / "ours.pth")
     assert sorted(torch.load(ours)["model"]) == sorted(_official_layout(source)["model"])
     prefixed = {"model": {"module." + k: v for k, v in source.state_dict().items()}}
-    tp.load_official_checkpoint(tp.attach(tiny_vit(seed=8), 0.7), prefixed)
+    dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(seed=8), 0.7), prefixed)
 
 
 def test_official_checkpoint_mismatch_is_a_clear_error(tmp_path):
     wide = tp.attach(tiny_vit(embed_dim=48, num_heads=4), 0.7)
     with pytest.raises(UserError, match="mis-shaped: cls_token"):
-        tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), {"model": wide.state_dict()})
+        dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), {"model": wide.state_dict()})
     plain = tiny_vit().state_dict()  # a plain DeiT file: predictors missing
     with pytest.raises(UserError, match="missing: score_predictor.0"):
-        tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain)
-    tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain, strict=False)
+        dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain)
+    dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain, strict=False)
     with pytest.raises(UserError, match="does not exist"):
-        tp.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), tmp_path / "nope.pth")
+        dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), tmp_path / "nope.pth")
 
 
 # ---------------------------------------------------------------- notebook 02 (smoke profile)

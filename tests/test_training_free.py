@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vitprune import block_pruning, measure, token_pruning, training_free
+from vitprune import block_pruning, measure, token_pruning, training_free, vit_ops
 from vitprune.errors import UserError
 from vitprune.models import create_model
 
@@ -43,7 +43,7 @@ def test_kept_tokens_are_the_top_cls_attention_ones():
     model = _tiny()
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
-        tokens = token_pruning._embed(model, x)
+        tokens = vit_ops.embed(model, x)
         blk = model.blocks[0]
         normed = blk.norm1(tokens)
         attn = blk.attn

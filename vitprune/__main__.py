@@ -1,48 +1,8 @@
-"""`python -m vitprune COMMAND ...`: the command line (see DESIGN.md for the contract).
+"""`python -m vitprune COMMAND ...`: runs `vitprune.cli.main` (the commands live in vitprune/cli/)."""
 
-Each command's parser lives in the module that owns the verb; this file only dispatches and
-turns a UserError into one `error: ...` line and exit status 2.
-"""
-
-from __future__ import annotations
-
-import importlib
 import sys
 
-from vitprune.errors import UserError
-
-COMMANDS = {
-    "run": ("vitprune.pipeline", "main", "execute a profile's notebooks with papermill"),
-    "measure": ("vitprune.measure", "main", "params, MACs and FLOPs of a model or pruned variant"),
-    "bench": ("vitprune.measure", "bench_main", "interleaved latency of baseline vs variant"),
-    "data": ("vitprune.cli.data", "main", "cache | export | check datasets"),
-    "table": ("vitprune.results", "table_main", "assemble Table 1 from a profile's runs"),
-}
-
-
-def usage() -> str:
-    lines = ["usage: python -m vitprune COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module_name, func_name, _ = COMMANDS[command]
-    func = getattr(importlib.import_module(module_name), func_name)
-    try:
-        return int(func(rest) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
+from vitprune.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

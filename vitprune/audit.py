@@ -130,12 +130,12 @@ class Counter:
         return self._models[(name, img_size)]
 
     def _count_real(self, spec: dict[str, Any]) -> dict[str, int]:
-        from vitprune import measure
+        from vitprune import measure  # local, as torch/timm/fvcore: a fully cached audit never imports them
 
         key = (spec["model"], spec["img_size"])
         model = self._base_model(*key)
         if spec.get("token_pruning"):
-            from vitprune import token_pruning
+            from vitprune import token_pruning  # local: imports torch (see above)
 
             # one pruned copy per (model, size); re-attaching only changes its schedule
             if key not in self._pruned:
@@ -206,7 +206,7 @@ def units_finding(counter: Counter) -> dict[str, Any]:
 
 def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict[str, Any]:
     """Which keep-ratio schedule reproduces the study's DyViT-Sub GFLOPs (DeiT-B at 224)."""
-    from vitprune import token_pruning
+    from vitprune import token_pruning  # local: keeps `import vitprune.audit` free of torch
 
     rows = []
     for rate in rates:
@@ -249,7 +249,7 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
 def layer9_finding(schedule: dict[str, Any] | None = None, num_patches: int = 196,
                    base_rate: float = 0.4) -> dict[str, Any]:
     """Could block 9 have kept 0 tokens at base rate 0.4? Keep counts under both schedules."""
-    from vitprune import token_pruning
+    from vitprune import token_pruning  # local: keeps `import vitprune.audit` free of torch
 
     counts = {s: token_pruning.keep_counts(num_patches, base_rate, s, locations=LOCATIONS, allow_empty_stage=True)
               for s in SCHEDULES}

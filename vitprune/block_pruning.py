@@ -29,15 +29,14 @@ Wang et al. 2022 apply to DeiT). Three stages:
    `Attention(attn_head_dim=...)` allows), kept channels out of `fc1` rows / `fc2`
    columns (and `mlp.norm` if present). A block with no head left gets `NoAttention`,
    one with no channel left `NoMlp`. The per-block spec `[{"heads": h, "mlp": m}, ...]` is
-   stored as `model.vitprune_block_spec`; `apply_spec` rebuilds those shapes before a
-   state dict is loaded.
+   stored as `model.vitprune_block_spec` (read it with `pruning_state.block_spec`); `apply_spec`
+   rebuilds those shapes before a state dict is loaded. The cutting itself is `block_removal`.
 
 MACs here are multiply-accumulates for one image (batch 1); tokens include CLS.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Sequence
 
@@ -48,51 +47,15 @@ from torch import nn
 from timm.layers import Mlp
 from timm.layers.attention import Attention
 
+from vitprune import measure, pruning_state, token_pruning
+from vitprune.block_removal import NoAttention, NoMlp, shrink_attention, shrink_mlp
 from vitprune.errors import UserError
+from vitprune.torchutil import logits, unwrap
 
-MASK = "vitprune_unit_mask"  # buffer on attn.proj / mlp.fc2 (and attn.norm / mlp.norm): 1 keep, 0 pruned
-ALIVE = "vitprune_branch_alive"  # scalar buffer on attn.proj / mlp.fc2: 0 once every unit is pruned
+MASK, ALIVE = pruning_state.MASK, pruning_state.ALIVE  # gate buffer names (pruning_state reads them)
 
 IMPORTANCE = ("magnitude", "taylor")
 SCOPES = ("layer", "global")
-
-
-class NoAttention(nn.Module):
-    """Attention branch of a block whose heads were all pruned: outputs zeros.
-
-    Keeps the geometry attributes other code reads (`num_heads == 0`, `head_dim`,
-    `scale`, `attn_dim == 0`) so it can be recognised without isinstance checks.
-    """
-
-    def __init__(self, dim_out: int, head_dim: int):
-        super().__init__()
-        self.num_heads = 0
-        self.head_dim = head_dim
-        self.attn_dim = 0
-        self.dim_out = dim_out
-        self.scale = head_dim ** -0.5
-        self.fused_attn = False
-
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        return x.new_zeros(*x.shape[:-1], self.dim_out)
-
-    def extra_repr(self) -> str:
-        return f"num_heads=0, dim_out={self.dim_out}"
-
-
-class NoMlp(nn.Module):
-    """MLP branch of a block whose hidden channels were all pruned: outputs zeros."""
-
-    def __init__(self, dim_out: int):
-        super().__init__()
-        self.hidden_features = 0
-        self.dim_out = dim_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(*x.shape[:-1], self.dim_out)
-
-    def extra_repr(self) -> str:
-        return f"hidden_features=0, dim_out={self.dim_out}"
 
 
 # --------------------------------------------------------------------------- geometry
@@ -115,13 +78,6 @@ def _blocks(model: nn.Module) -> Sequence[nn.Module]:
                 f"block {i}: MLP is {type(mlp).__name__}, not timm's Linear Mlp; "
                 "block pruning supports timm ViT/DeiT blocks (timm.layers.Attention + Mlp)")
     return blocks
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DistributedDataParallel / DataParallel wrappers."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 def _num_heads(attn: nn.Module) -> int:
@@ -197,7 +153,7 @@ def attach_masks(model: nn.Module) -> nn.Module:
     """Install (all-open) head and channel gates on every block; idempotent.
 
     The masks are persistent buffers, so a training checkpoint of the masked model holds
-    them (call `remove` before `models.save_checkpoint`)."""
+    them and `models.load_checkpoint` reinstalls the gates before loading it)."""
     for i, blk in enumerate(_blocks(model)):
         attn, mlp = blk.attn, blk.mlp
         if isinstance(attn, Attention):
@@ -336,10 +292,6 @@ def taylor_scores_from_grads(model: nn.Module) -> tuple[list[torch.Tensor], list
     return heads, chans
 
 
-def _logits(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def taylor_importance(model: nn.Module, data, *, loss_fn=None, max_batches: int | None = None,
                       batch_size: int = 32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """First-order Taylor importance summed over the batches of `data`.
@@ -366,7 +318,7 @@ def taylor_importance(model: nn.Module, data, *, loss_fn=None, max_batches: int 
             for p in params:
                 p.grad = None
             with torch.enable_grad():
-                loss = loss_fn(_logits(model(images.to(device))), torch.as_tensor(labels).to(device))
+                loss = loss_fn(logits(model(images.to(device))), torch.as_tensor(labels).to(device))
                 loss.backward()
             h, c = taylor_scores_from_grads(model)
             total_h = h if total_h is None else [a + b for a, b in zip(total_h, h)]
@@ -522,75 +474,14 @@ class GradualPruner:
 
 # --------------------------------------------------------------------------- removal
 
-def _linear(src: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    w = src.weight
-    if rows is not None:
-        w = w[rows.to(w.device)]
-    if cols is not None:
-        w = w[:, cols.to(w.device)]
-    out = nn.Linear(w.shape[1], w.shape[0], bias=src.bias is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        out.weight.copy_(w)
-        if src.bias is not None:
-            out.bias.copy_(src.bias if rows is None else src.bias[rows.to(w.device)])
-    out.weight.requires_grad_(src.weight.requires_grad)
-    if out.bias is not None:
-        out.bias.requires_grad_(src.bias.requires_grad)
-    return out
-
-
-def _layer_norm(src: nn.LayerNorm, idx: torch.Tensor) -> nn.LayerNorm:
-    """A copy of `src` (same class, eps, affinity) over the channels `idx` only."""
-    out = copy.deepcopy(src)
-    out.normalized_shape = (len(idx),)
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            p = getattr(src, name, None)
-            if isinstance(p, nn.Parameter):
-                setattr(out, name, nn.Parameter(p[idx.to(p.device)].clone(), requires_grad=p.requires_grad))
-    return out
-
-
-def _shrink_attention(attn: Attention, keep: torch.Tensor) -> nn.Module:
-    """Keep heads `keep` (sorted indices) of a timm Attention; in place, or NoAttention."""
-    if len(keep) == 0:
-        return NoAttention(attn.proj.out_features, attn.head_dim)
-    if len(keep) == attn.num_heads and torch.equal(keep, torch.arange(attn.num_heads)):
-        return attn
-    d = attn.head_dim
-    chan = (keep[:, None] * d + torch.arange(d)).flatten()  # channels of kept heads
-    rows = torch.cat([s * attn.attn_dim + chan for s in range(3)])  # q, k, v blocks of qkv
-    attn.qkv = _linear(attn.qkv, rows=rows)
-    attn.proj = _linear(attn.proj, cols=chan)
-    if attn.gate is not None:
-        attn.gate = _linear(attn.gate, rows=chan)
-    if isinstance(attn.norm, nn.LayerNorm):
-        attn.norm = _layer_norm(attn.norm, chan)
-    attn.num_heads = len(keep)
-    attn.attn_dim = len(keep) * d  # head_dim and scale unchanged
-    return attn
-
-
-def _shrink_mlp(mlp: Mlp, keep: torch.Tensor) -> nn.Module:
-    if len(keep) == 0:
-        return NoMlp(mlp.fc2.out_features)
-    if len(keep) == mlp.fc1.out_features and torch.equal(keep, torch.arange(len(keep))):
-        return mlp
-    mlp.fc1 = _linear(mlp.fc1, rows=keep)
-    mlp.fc2 = _linear(mlp.fc2, cols=keep)
-    if isinstance(mlp.norm, nn.LayerNorm):
-        mlp.norm = _layer_norm(mlp.norm, keep)
-    return mlp
-
-
 def _shrink(model: nn.Module, heads: Sequence[torch.Tensor], chans: Sequence[torch.Tensor]) -> nn.Module:
     blocks = _blocks(model)
     for blk, h, c in zip(blocks, heads, chans):
         if isinstance(blk.attn, Attention):
-            blk.attn = _shrink_attention(blk.attn, torch.nonzero(h.cpu()).flatten())
+            blk.attn = shrink_attention(blk.attn, torch.nonzero(h.cpu()).flatten())
         if isinstance(blk.mlp, Mlp):
-            blk.mlp = _shrink_mlp(blk.mlp, torch.nonzero(c.cpu()).flatten())
-    unwrap(model).vitprune_block_spec = block_spec(model)
+            blk.mlp = shrink_mlp(blk.mlp, torch.nonzero(c.cpu()).flatten())
+    pruning_state.set_block_spec(model, block_spec(model))
     return model
 
 
@@ -640,8 +531,7 @@ def _tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens (CLS and other prefix tokens included) entering each block at batch 1."""
     model = unwrap(model)
     blocks = _blocks(model)
-    if getattr(model, "vitprune_token_pruning", None):
-        from vitprune import token_pruning  # lazy: optional dependency between modules
+    if pruning_state.token(model):
         return [int(n) for n in token_pruning.tokens_per_block(model)]
     n = int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 1))
     return [n] * len(blocks)
@@ -675,7 +565,6 @@ def keep_mlp_for_mac_ratio(model: nn.Module, target_mac_ratio: float, keep_heads
         raise UserError(f"target_mac_ratio is original/pruned MACs and must be >= 1, got {target_mac_ratio!r}")
     keep_heads = _check_fraction("keep_heads", keep_heads)
     if total_macs is None:
-        from vitprune import measure  # lazy: measure imports this module for its variants
         bare = unwrap(model)
         total_macs = int(measure.count(bare, img_size=tuple(bare.patch_embed.img_size))["macs"])
     fixed = total_macs - block_macs(model)

@@ -10,13 +10,13 @@ import gzip
 import math
 import os
 import re
-import socket
 import struct
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from vitprune import hub
 from vitprune.data_format import class_names, from_arrays, labels_of, to_rgb
 from vitprune.errors import UserError
 
@@ -106,23 +106,10 @@ def read_fashion_idx(idx_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, 
 # ------------------------------------------------------------------ sources
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """Quick DNS/TCP probe, so an offline machine fails in seconds instead of ~25 s of retries."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return True  # the user asked for cache-only loading; let `datasets` look there
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy a direct connection proves nothing; let `datasets` try
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _load_hub(name: str, **kwargs):
     import datasets
 
-    if not _hub_reachable():
+    if not hub.hub_reachable(offline_env=("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         raise UserError(f"the HF hub is unreachable (no network) so {name!r} cannot be downloaded; "
                         "if it is already in your HF cache, set HF_DATASETS_OFFLINE=1")
     try:

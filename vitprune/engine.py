@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from vitprune.data_torch import preload, random_crop_flip  # noqa: F401  (moved to the data side; engine.X still works)
 from vitprune.errors import UserError
+from vitprune.torchutil import logits as logits_of
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -43,13 +44,6 @@ def make_accelerator(seed: int = 0, **kwargs: Any):
     return Accelerator(dataloader_config=config, **kwargs)
 
 
-def _logits(output: Any) -> torch.Tensor:
-    """Plain logits from a model output (DeiT distilled models return (cls, dist) in training)."""
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return output
-
-
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                       temperature: float = 1.0) -> torch.Tensor:
     """Soft-target KL(teacher || student) at temperature T, scaled by T^2 so its gradient
@@ -64,12 +58,12 @@ def default_loss_fn(label_smoothing: float = 0.1, distill_weight: float = 0.0,
                     distill_temperature: float = 1.0) -> LossFn:
     """CE (label-smoothed) mixed with distillation: (1 - w) * CE + w * KL_T when a teacher is given."""
     def loss_fn(model, images, targets, teacher):
-        logits = _logits(model(images))
+        logits = logits_of(model(images))
         ce = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
         logs = {"ce": float(ce.detach())}
         if teacher is not None and distill_weight > 0:
             with torch.no_grad():
-                teacher_logits = _logits(teacher(images))
+                teacher_logits = logits_of(teacher(images))
             kd = distillation_loss(logits, teacher_logits, distill_temperature)
             logs["distill"] = float(kd.detach())
             return (1.0 - distill_weight) * ce + distill_weight * kd, logits, logs
@@ -164,8 +158,8 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
     epoch_time_s, img_per_s, eval_top1/eval_top5 when `eval_set` is given, loss_fn logs, and
     `trace`: [global step, running mean loss of this process, lr] every `trace_every` steps).
 
-    Hooks (see CONTRACT.md): `loss_fn(model, images, targets, teacher) -> (loss, logits,
-    logs)` replaces CE + distillation; `on_step(step, total_steps, model)` runs after
+    Hooks (this docstring is their contract; tests/test_engine.py exercises each):
+    `loss_fn(model, images, targets, teacher) -> (loss, logits, logs)` replaces CE + distillation; `on_step(step, total_steps, model)` runs after
     backward, before each optimizer step; `param_groups=[{"params", "lr_scale"}]`.
     `batch_transform(images)` augments each training batch on the device.
     A NaN/inf loss raises UserError naming the step.
@@ -240,7 +234,7 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
             step += 1
             n = targets.shape[0]
             sums["loss"] += float(loss.detach()) * n
-            sums["correct"] += float((_logits(logits).argmax(-1) == targets).sum())
+            sums["correct"] += float((logits_of(logits).argmax(-1) == targets).sum())
             sums["seen"] += n
             for k, v in logs.items():
                 log_sums[k] = log_sums.get(k, 0.0) + float(v) * n
@@ -302,7 +296,7 @@ def evaluate(model: nn.Module, eval_set: Dataset, batch_size: int, class_names: 
     preds, top5_hits, labels = [], [], []
     for images, targets in tqdm(loader, desc=desc, unit="batch", mininterval=10.0, leave=False,
                                 disable=not (progress and accelerator.is_local_main_process)):
-        logits = _logits(model(images))
+        logits = logits_of(model(images))
         k = min(5, logits.shape[-1])
         topk = logits.topk(k, dim=-1).indices
         hit5 = (topk == targets[:, None]).any(-1)

@@ -12,13 +12,14 @@
   with Fashion-MNIST's mean/std; the 3 channels cost ~0.3 % of the MACs and keep the whole
   pipeline identical to ImageNet's.
 * Checkpoints (`save_checkpoint` / `load_checkpoint`), format "vitprune/1":
-  `{"format", "model_name", "model_kwargs", "block_spec", "token_pruning", "state_dict", **extra}`.
+  `{"format", "model_name", "model_kwargs", "block_spec", "block_masks", "token_pruning",
+  "training_free", "state_dict", **extra}`; the pruning keys are `pruning_state.snapshot`
+  (older files without "block_masks" / "training_free" load as unmasked / not applied).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +30,9 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from vitprune import block_pruning, pruning_state, token_pruning, torchutil, training_free
 from vitprune.errors import UserError
+from vitprune.torchutil import torch_load, unwrap
 
 CHECKPOINT_FORMAT = "vitprune/1"
 FMNIST_MODEL = "vit_fmnist"
@@ -137,19 +140,11 @@ def vit_fmnist(pretrained: bool = False, stem_chans: Sequence[int] | None = (32,
 # --------------------------------------------------------------------------- create / load
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a weights file: a vitprune checkpoint ("state_dict"), the official
     DeiT layout ({"model": ...}), a {"state_dict": ...} file or a bare state dict. A
     DistributedDataParallel "module." prefix is stripped."""
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         sd = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -165,20 +160,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
-
-
-def _torch_load(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - official training checkpoints pickle argparse.Namespace
-        try:
-            # A local file the user named: full unpickling, as DeiT's own main.py does.
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def _short(items: Sequence[str], limit: int = 8) -> str:
@@ -225,7 +206,7 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
     if img_size is not None:
         model_kwargs["img_size"] = int(img_size)
     if pretrained:
-        if not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
+        if not torchutil.hub_reachable():
             raise UserError(f"pretrained weights for {name!r} need the Hugging Face hub, which is not "
                             "reachable; download the official checkpoint elsewhere (e.g. DeiT's "
                             "deit_base_patch16_224-b5f2ef4d.pth) and pass checkpoint=PATH (notebook "
@@ -250,15 +231,9 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP / accelerate wrappers
-        model = model.module
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def model_identity(model: nn.Module) -> tuple[str, dict[str, Any]]:
     """(timm name, kwargs) that rebuild the unpruned base of `model`."""
-    model = _unwrap(model)
+    model = unwrap(model)
     name = getattr(model, "vitprune_model_name", None)
     if name is not None:
         return name, dict(getattr(model, "vitprune_model_kwargs", {}))
@@ -274,15 +249,13 @@ def model_identity(model: nn.Module) -> tuple[str, dict[str, Any]]:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
-    """Write a "vitprune/1" checkpoint atomically (tmp file, then os.replace)."""
-    model = _unwrap(model)
+    """Write a "vitprune/1" checkpoint atomically (tmp file, then os.replace), with every kind of
+    pruning state (`pruning_state.snapshot`) so `load_checkpoint` rebuilds the same model."""
+    model = unwrap(model)
     name, kwargs = model_identity(model)
-    spec = getattr(model, "vitprune_block_spec", None)
-    token = getattr(model, "vitprune_token_pruning", None)
     payload = {
         "format": CHECKPOINT_FORMAT, "model_name": name, "model_kwargs": kwargs,
-        "block_spec": [dict(s) for s in spec] if spec is not None else None,
-        "token_pruning": dict(token) if token is not None else None,
+        **pruning_state.snapshot(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
@@ -296,7 +269,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw "vitprune/1" dict (UserError for any other file)."""
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format {found!r}); for official "
@@ -305,15 +278,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a saved model: base model from name/kwargs, then block spec, then token
-    pruning, then the strict state dict. Returned in eval mode on the CPU."""
+    """Rebuild a saved model: base model from name/kwargs, then (in `pruning_state.KINDS`
+    order) the removed block widths, the block-pruning gates, DynamicViT token pruning and
+    training-free token pruning, then the strict state dict (gate values included).
+    Returned in eval mode on the CPU."""
     ckpt = read_checkpoint(path)
     model = create_model(ckpt["model_name"], pretrained=False, **dict(ckpt.get("model_kwargs") or {}))
     if ckpt.get("block_spec") is not None:
-        from vitprune import block_pruning  # lazy: only pruned checkpoints need it
         block_pruning.apply_spec(model, ckpt["block_spec"])
+    if ckpt.get("block_masks"):
+        block_pruning.attach_masks(model)
     if ckpt.get("token_pruning") is not None:
-        from vitprune import token_pruning
         token_pruning.attach(model, **ckpt["token_pruning"])
+    if ckpt.get("training_free") is not None:
+        training_free.apply(model, **ckpt["training_free"])
     load_weights(model, ckpt["state_dict"], source=str(path))
     return model.eval()

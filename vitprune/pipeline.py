@@ -11,14 +11,12 @@ is marked `failed`, never taken as done.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -242,25 +240,3 @@ def _keys_on_disk(runs_root: Path, profile: str, notebook: str) -> list[str]:
     pinned by hand (`-p base_rate=0.65`) are not part of the profile and do not count."""
     dirs = [run.run_dir for run in plan(profile, [notebook], {}, runs_root)]
     return [str(m.get("key")) for m in map(read_manifest, dirs) if m]
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vitprune run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="fmnist", help="params/<profile>/ to use (default: fmnist)")
-    parser.add_argument("--only", help="comma-separated notebook names to run (e.g. 02_token_pruning)")
-    parser.add_argument("--force", action="store_true", help="re-run even when up to date")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter of every selected notebook that declares it")
-    parser.add_argument("--runs-root", help="where run folders go (default: <repo>/runs)")
-    args = parser.parse_args(argv)
-    overrides = dict(config.parse_override(text) for text in args.param)
-    start = time.perf_counter()
-    summaries = run_profile(args.profile, args.only, args.force, overrides, args.runs_root)
-    ran = sum(s["status"] == "ran" for s in summaries)
-    print(f"done: {ran} run(s) executed, {len(summaries) - ran} up to date, "
-          f"{time.perf_counter() - start:.1f} s in all", flush=True)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))

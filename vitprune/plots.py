@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vitprune import results
+
 METHOD_LABELS = {
     "baseline": "baseline",
     "dynamicvit": "DynamicViT (token)",
@@ -358,7 +360,7 @@ def _baseline_widths(run: dict, runs: list[dict]) -> tuple[list[int] | None, lis
         try:
             import timm
 
-            import vitprune.models  # noqa: F401  (registers the embedded model with timm)
+            import vitprune.models  # noqa: F401  (registers the embedded model with timm; local: only this fallback needs torch)
 
             model = timm.create_model(name, pretrained=False)
             blocks = list(model.blocks)
@@ -415,8 +417,6 @@ def reported_in_one_unit(runs: list[dict] | None = None) -> Figure:
     as printed (EfficientFormer's doubled GMACs land twice as far right); arrows lead to the
     same row in GMACs. Independent of our runs (the argument is accepted for uniformity).
     """
-    from vitprune import results
-
     rows = [r for r in results.REFERENCE_ROWS if r["printed_G"] is not None and r["top1"] is not None]
     fig, axes = _new_figure(size=(7.5, 4.8))
     ax = axes[0, 0]

@@ -395,25 +395,3 @@ def require_runs(runs: list[dict[str, Any]], runs_root: str | os.PathLike | None
         where = config.runs_root_or_default(runs_root) / profile
         raise UserError(f"no model runs with metrics.json under {where} (notebooks "
                         f"{', '.join(MODEL_NOTEBOOKS)}); run `python -m vitprune run --profile {profile}` first")
-
-
-def table_main(argv: list[str]) -> int:
-    """`python -m vitprune table --profile P [--runs-root DIR] [--out DIR]`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m vitprune table",
-                                     description="Assemble Table 1 from a profile's runs and write "
-                                                 "table1.md/.csv/.tex")
-    parser.add_argument("--profile", default="fmnist", help="profile whose runs to read (default: fmnist)")
-    parser.add_argument("--runs-root", help="where run folders are (default: <repo>/runs)")
-    parser.add_argument("--out", help="output folder (default: <repo>/figures/<profile>)")
-    parser.add_argument("--measured-only", action="store_true", help="leave out the reported reference rows")
-    args = parser.parse_args(argv)
-    runs = collect_runs(args.runs_root, args.profile)
-    require_runs(runs, args.runs_root, args.profile)
-    df = table1(runs, include_reference=not args.measured_only)
-    out = Path(args.out) if args.out else config.project_root() / "figures" / args.profile
-    paths = write_table1(df, out)
-    print(paths["table1.md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0

@@ -26,30 +26,35 @@ Units and conventions
   ratio first rounded to 12 decimals so binary noise cannot tip it (0.7 - 0.4 counts as 0.3).
 - `tokens_per_block` counts the tokens entering each block *including* the prefix tokens.
 - MACs are counted elsewhere (`vitprune.measure.count`, eval mode = gathered model).
+- Official-layout checkpoint files: `vitprune.dynamicvit_io`; the timm ViT pieces shared with
+  `training_free` (checks, embedding, attention halves, masked attention): `vitprune.vit_ops`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from vitprune import pruning_state
 from vitprune.errors import UserError
+from vitprune.torchutil import unwrap
+# attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
+# vit_ops (shared with training_free) and stay importable from here
+from vitprune.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
+                              masked_attention, masked_block, mixed_class, tokens_entering_blocks)
 
 SCHEDULES = ("geometric", "linear", "explicit")
 DEFAULT_LOCATIONS = (3, 6, 9)
 LINEAR_STEP = 0.2  # the study's text: keep b, b - 0.2, b - 0.4 at blocks 3, 6, 9
-CONFIG_ATTR = "vitprune_token_pruning"
+CONFIG_ATTR = pruning_state.TOKEN_ATTR  # where attach() records its config (read via pruning_state)
 PREDICTOR_ATTR = "score_predictor"
 
 
@@ -117,7 +122,7 @@ def keep_counts(num_patches: int, base_rate: float | None = None, schedule: str 
     """
     if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
         raise UserError(f"num_patches must be a positive int, got {num_patches!r}")
-    locations = _check_locations(locations)
+    locations = check_locations(locations)
     ratios = schedule_ratios(base_rate, schedule, keep_ratios, len(locations))
     counts = [_floor_count(num_patches, r) for r in ratios]
     for s, (count, ratio) in enumerate(zip(counts, ratios)):
@@ -128,21 +133,6 @@ def keep_counts(num_patches: int, base_rate: float | None = None, schedule: str 
                 f"raise base_rate, use schedule='geometric', or set allow_empty_stage (--allow-empty-stage) to run "
                 f"those blocks on CLS alone (the study's degenerate row)")
     return counts
-
-
-def _check_locations(locations: Iterable[int], depth: int | None = None) -> tuple[int, ...]:
-    try:
-        locs = tuple(int(v) for v in locations)
-    except (TypeError, ValueError):
-        raise UserError(f"locations must be block indices like 3,6,9, got {locations!r}") from None
-    if not locs:
-        raise UserError("token pruning needs at least one pruning location; pass e.g. locations=(3, 6, 9)")
-    if list(locs) != sorted(set(locs)) or locs[0] < 0:
-        raise UserError(f"locations must be distinct increasing block indices >= 0, got {list(locs)}")
-    if depth is not None and locs[-1] >= depth:
-        raise UserError(f"pruning location {locs[-1]} is beyond the model's {depth} blocks "
-                        f"(valid: 0..{depth - 1})")
-    return locs
 
 
 # ---------------------------------------------------------------- the score predictor
@@ -195,13 +185,8 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
     if not isinstance(model, VisionTransformer):
         raise UserError(f"token pruning patches timm VisionTransformer models, got {type(model).__name__}")
     depth = len(model.blocks)
-    locs = _check_locations(locations, depth)
-    for i, blk in enumerate(model.blocks):
-        missing = [name for name in ("norm1", "attn", "norm2", "mlp") if not hasattr(blk, name)]
-        if missing:
-            raise UserError(f"block {i} ({type(blk).__name__}) has no {missing}; token pruning supports "
-                            f"timm's pre-norm Block (norm1/attn/norm2/mlp)")
-        _check_attention(blk.attn, i)
+    locs = check_locations(locations, depth)
+    check_blocks(model, "token pruning")
     if model.global_pool not in ("token", "avg") or getattr(model, "attn_pool", None) is not None:
         raise UserError(f"token pruning supports global_pool 'token' or 'avg', not {model.global_pool!r}")
     if model.global_pool == "token" and model.num_prefix_tokens == 0:
@@ -210,7 +195,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
     # validates the schedule (and the empty-stage rule) before anything changes
     keep_counts(num_patches, base_rate, schedule, keep_ratios, locs, allow_empty_stage)
 
-    existing = getattr(model, CONFIG_ATTR, None)
+    existing = pruning_state.token(model)
     if existing is not None and tuple(existing["locations"]) != locs:
         raise UserError(f"model already has token pruning at blocks {list(existing['locations'])}; "
                         f"re-attach with the same locations or start from an unpruned model")
@@ -219,24 +204,15 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
         ref = next(model.parameters())
         model.add_module(PREDICTOR_ATTR, predictors.to(device=ref.device, dtype=ref.dtype))
         model.__class__ = _pruned_class(type(model))
-    setattr(model, CONFIG_ATTR, schedule_config(base_rate, schedule, keep_ratios, locs, allow_empty_stage))
+    pruning_state.set_token(model, schedule_config(base_rate, schedule, keep_ratios, locs, allow_empty_stage))
     model._tp_decision = getattr(model, "_tp_decision", "gumbel")
     model._tp_aux = None
     return model
 
 
-def _check_attention(attn: nn.Module, index: int) -> None:
-    if getattr(attn, "num_heads", None) == 0:  # block_pruning.NoAttention: branch is zero
-        return
-    missing = [name for name in ("num_heads", "head_dim", "qkv", "proj", "scale") if not hasattr(attn, name)]
-    if missing:
-        raise UserError(f"block {index} attention ({type(attn).__name__}) lacks {missing}; token pruning needs "
-                        f"timm's fused-qkv Attention (or block_pruning.NoAttention)")
-
-
 def config(model: nn.Module) -> dict[str, Any]:
     """The attach arguments of a token-pruned model (UserError if it has none)."""
-    cfg = getattr(_unwrap(model), CONFIG_ATTR, None)
+    cfg = pruning_state.token(model)
     if cfg is None:
         raise UserError("this model has no token pruning; call token_pruning.attach(model, base_rate) first")
     return cfg
@@ -244,7 +220,7 @@ def config(model: nn.Module) -> dict[str, Any]:
 
 def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
     """Keep counts (patch tokens, CLS excluded) of an attached model for `num_patches` inputs."""
-    model = _unwrap(model)
+    model = unwrap(model)
     cfg = config(model)
     n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
     return keep_counts(n, cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], cfg["locations"],
@@ -253,27 +229,15 @@ def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[
 
 def tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens entering each block in eval mode, prefix tokens (CLS) INCLUDED, at the model's input size."""
-    model = _unwrap(model)
-    cfg = getattr(model, CONFIG_ATTR, None)
+    model = unwrap(model)
+    cfg = pruning_state.token(model)
     stage_at = {} if cfg is None else dict(zip(cfg["locations"], model_keep_counts(model)))
     return tokens_entering_blocks(model, stage_at)
 
 
-def tokens_entering_blocks(model: nn.Module, keep_at: dict[int, int]) -> list[int]:
-    """Tokens entering each block (CLS included) when block i keeps keep_at[i] patch tokens."""
-    prefix = int(model.num_prefix_tokens)
-    current = int(model.patch_embed.num_patches)
-    out = []
-    for i in range(len(model.blocks)):
-        if i in keep_at:
-            current = min(current, keep_at[i])
-        out.append(prefix + current)
-    return out
-
-
 def describe(model: nn.Module) -> dict[str, Any]:
     """Everything a metrics.json needs about the pruning: config, resolved ratios, counts, tokens."""
-    model = _unwrap(model)
+    model = unwrap(model)
     cfg = config(model)
     return {
         **cfg,
@@ -296,7 +260,7 @@ def init_keep_prior(model: nn.Module) -> None:
     fine-tunes it starts the Gumbel decisions at the target keep ratios, so the ratio loss
     has nothing to undo and the budget goes into choosing *which* tokens to keep.
     """
-    bare = _unwrap(model)
+    bare = unwrap(model)
     cfg = config(bare)
     ratios = schedule_ratios(cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], len(cfg["locations"]))
     previous = 1.0
@@ -318,14 +282,7 @@ def set_decision_mode(model: nn.Module, mode: str) -> None:
     if mode not in DECISION_MODES:
         raise UserError(f"decision mode must be one of {', '.join(DECISION_MODES)}, got {mode!r}")
     config(model)
-    _unwrap(model)._tp_decision = mode
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DDP / accelerate wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
+    unwrap(model)._tp_decision = mode
 
 
 # ---------------------------------------------------------------- forwards
@@ -385,37 +342,13 @@ def schedule_config(base_rate, schedule, keep_ratios, locations, allow_empty_sta
     }
 
 
-_CLASSES: dict[tuple[type, type], type] = {}
-
-
-def mixed_class(mixin: type, base: type, prefix: str, module) -> type:
-    """`base` with `mixin` in front (ToMe-style in-place patching), made once per pair and
-    registered in `module` under "<prefix><base name>" so a patched model can be pickled."""
-    if issubclass(base, mixin):
-        return base
-    if (mixin, base) not in _CLASSES:
-        name = f"{prefix}{base.__name__}"
-        cls = type(name, (mixin, base), {"__module__": module.__name__})
-        setattr(module, name, cls)
-        _CLASSES[(mixin, base)] = cls
-    return _CLASSES[(mixin, base)]
-
-
 def _pruned_class(base: type) -> type:
     return mixed_class(_TokenPruningMixin, base, "TokenPruned", sys.modules[__name__])
 
 
-def _embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Tokens entering block 0, exactly as timm's forward_features builds them."""
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    x = model.patch_drop(x)
-    return model.norm_pre(x)
-
-
 def _gathered_features(model: nn.Module, images: torch.Tensor, record: bool = False):
     """Eval-mode forward: drop tokens for real. Returns (normed tokens, kept original indices per stage)."""
-    x = _embed(model, images)
+    x = embed(model, images)
     prefix = model.num_prefix_tokens
     B, _, C = x.shape
     n = x.shape[1] - prefix
@@ -464,7 +397,7 @@ def _masked_features(model: nn.Module, images: torch.Tensor, topk: bool = False)
     """Training-mode forward: all tokens stay, hard decisions mask attention (DynamicViT sec. 3.2).
     Decisions are Gumbel samples, or with `topk` the tokens the gathered forward keeps (training
     with top-k runs `_topk_train_features` instead; this path is the reference it is tested against)."""
-    x = _embed(model, images)
+    x = embed(model, images)
     prefix = model.num_prefix_tokens
     B = x.shape[0]
     n = x.shape[1] - prefix
@@ -489,76 +422,16 @@ def _masked_features(model: nn.Module, images: torch.Tensor, topk: bool = False)
             decisions.append(hard[..., 0])
             prev = hard
             policy = torch.cat([x.new_ones(B, prefix, 1), hard], dim=1)
-        x = blk(x) if policy is None else _masked_block(blk, x, policy)
+        x = blk(x) if policy is None else masked_block(blk, x, policy)
     x = model.norm(x)
     aux = TrainAux(decisions=decisions, target_ratios=[c / n for c in counts], tokens=x[:, prefix:],
                    mask=prev[..., 0].detach(), num_prefix_tokens=prefix)
     return x, aux
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _masked_block(blk: nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-    """One timm pre-norm Block with attention masked by `policy` [B, T, 1]."""
-    ls1 = getattr(blk, "ls1", _identity)
-    ls2 = getattr(blk, "ls2", _identity)
-    dp1 = getattr(blk, "drop_path1", _identity)
-    dp2 = getattr(blk, "drop_path2", _identity)
-    x = x + dp1(ls1(masked_attention(blk.attn, blk.norm1(x), policy)))
-    return x + dp2(ls2(blk.mlp(blk.norm2(x))))
-
-
-def masked_attention(attn: nn.Module, x: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """timm Attention on x [B, T, C] where key j is visible only if policy[b, j] = 1 or j is the query.
-
-    Official `softmax_with_policy` (DynamicViT vit.py / paper eq. 6): weights exp(a_ij) * G_ij with
-    G_ij = policy_j off the diagonal and 1 on it, normalised as (w + eps/T) / (sum w + eps). A
-    multiplicative mask, unlike -inf masking, lets gradients reach the predictors through the
-    Gumbel straight-through policy. Ours subtracts the row max over *visible* keys only (the
-    official subtracts the max over all keys), so a visible weight is 1 and eps stays negligible.
-    Geometry is read from the module (num_heads, head_dim, scale), so pruned heads work;
-    an attention with num_heads == 0 contributes zero.
-    """
-    if getattr(attn, "num_heads", None) == 0:
-        return torch.zeros_like(x)
-    B, T, _ = x.shape
-    q, k, v, gate = attention_qkv(attn, x)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, T, T]
-    keep = policy.reshape(B, 1, 1, T).to(torch.float32)
-    eye = torch.eye(T, dtype=torch.float32, device=x.device).view(1, 1, T, T)
-    visible = keep + (1.0 - keep) * eye
-    with torch.no_grad():
-        row_max = logits.float().masked_fill(visible <= 0, float("-inf")).amax(dim=-1, keepdim=True)
-    weights = torch.exp(logits.float() - row_max) * visible
-    weights = (weights + eps / T) / (weights.sum(dim=-1, keepdim=True) + eps)
-    return attention_output(attn, weights.to(v.dtype), v, gate)
-
-
-def attention_qkv(attn: nn.Module, x: torch.Tensor):
-    """timm Attention's q, k, v [B, H, T, head_dim] (after its q/k norms) and its optional output
-    gate, with the geometry read from the module (so pruned heads work)."""
-    B, T, _ = x.shape
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    q, k, v = attn.qkv(x).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    return getattr(attn, "q_norm", _identity)(q), getattr(attn, "k_norm", _identity)(k), v, gate
-
-
-def attention_output(attn: nn.Module, weights: torch.Tensor, v: torch.Tensor, gate: torch.Tensor | None):
-    """The rest of timm Attention's forward from attention weights [B, H, T, T]: dropout,
-    weights @ v, merged heads, its norm and gate, proj."""
-    B, H, T, head_dim = v.shape
-    out = (attn.attn_drop(weights) @ v).transpose(1, 2).reshape(B, T, H * head_dim)
-    out = getattr(attn, "norm", _identity)(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out))
-
-
 def pop_aux(model: nn.Module) -> TrainAux:
     """The side outputs of the last training-mode forward (cleared once read)."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     aux = getattr(bare, "_tp_aux", None)
     if aux is None:
         raise UserError("no training-mode token-pruning forward to read: attach token pruning and call "
@@ -571,7 +444,7 @@ def pop_aux(model: nn.Module) -> TrainAux:
 def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Eval-mode logits and, per stage, a bool mask [B, N] over the ORIGINAL patch grid of the
     tokens still kept after that stage (for the kept-token visualisation)."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     was_training = bare.training
     bare.eval()
     try:
@@ -647,8 +520,8 @@ def make_loss_fn(clf_weight: float = 1.0, ratio_weight: float = 2.0, distill_wei
 
 
 def _distillation_terms(teacher, images, logits, aux: TrainAux, temperature: float):
-    bare_teacher = _unwrap(teacher)
-    if getattr(bare_teacher, CONFIG_ATTR, None) is not None:
+    bare_teacher = unwrap(teacher)
+    if pruning_state.token(bare_teacher) is not None:
         raise UserError("the DynamicViT teacher must be the unpruned model, but it has token pruning attached")
     with torch.no_grad():
         t_feats = bare_teacher.forward_features(images)
@@ -669,13 +542,13 @@ def _distillation_terms(teacher, images, logits, aux: TrainAux, temperature: flo
 
 
 def predictor_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(getattr(_unwrap(model), PREDICTOR_ATTR).parameters())
+    return list(getattr(unwrap(model), PREDICTOR_ATTR).parameters())
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Trainable backbone parameters; cls_token and pos_embed stay frozen as in the official
     get_param_groups (main_dynamic_vit.py)."""
-    bare = _unwrap(model)
+    bare = unwrap(model)
     out = []
     for name, p in bare.named_parameters():
         if name.startswith(PREDICTOR_ATTR + ".") or not p.requires_grad:
@@ -728,71 +601,3 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: st
 
     return on_step
 
-
-# ---------------------------------------------------------------- official checkpoints
-
-
-def _torch_load(path: str | os.PathLike) -> Any:
-    """torch.load without arbitrary unpickling; official files also hold an argparse Namespace."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - reported as one clear line
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
-
-
-def official_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """The model weights of an official DynamicViT file: `{"model": ...}`, `{"state_dict": ...}`
-    or a bare state dict; a DDP `module.` prefix is removed."""
-    state = obj
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError("not a DynamicViT checkpoint: expected a state dict, or one under 'model'")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def load_official_checkpoint(model: nn.Module, path_or_state: Any, strict: bool = True) -> nn.Module:
-    """Load weights in the official DynamicViT layout (timm DeiT keys + `score_predictor.<i>.*`)
-    into a token-pruned model. With strict=False, missing predictor keys are allowed (start
-    from a plain DeiT checkpoint); everything else must match."""
-    bare = _unwrap(model)
-    cfg = config(bare)
-    obj = _torch_load(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
-    state = official_state_dict(obj)
-    stages = {int(k.split(".")[1]) for k in state if k.startswith(PREDICTOR_ATTR + ".")}
-    if stages and len(stages) != len(cfg["locations"]):
-        raise UserError(f"checkpoint has {len(stages)} score predictors but the model prunes at "
-                        f"{len(cfg['locations'])} locations {cfg['locations']}; attach with matching locations")
-    own = bare.state_dict()
-    missing = [k for k in own if k not in state and (strict or not k.startswith(PREDICTOR_ATTR + "."))]
-    unexpected = [k for k in state if k not in own]
-    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shaped:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
-            if keys:
-                more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
-                parts.append(f"{label}: {', '.join(keys[:8])}{more}")
-        raise UserError("checkpoint does not fit the model -- " + "; ".join(parts) +
-                        "; build the same architecture (embed dim, depth, img size) before loading")
-    bare.load_state_dict(state, strict=False)
-    return model
-
-
-def save_official_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
-    """Write `{"model": state_dict, **extra}` (the official layout) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": _unwrap(model).state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
-    return path

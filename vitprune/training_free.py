@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprune import token_pruning
+from vitprune import pruning_state, token_pruning, vit_ops
 from vitprune.errors import UserError
 
-CONFIG_ATTR = "vitprune_training_free"
+CONFIG_ATTR = pruning_state.TRAINING_FREE_ATTR  # where apply() records its config (read via pruning_state)
 
 
 def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geometric",
@@ -44,30 +44,25 @@ def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geom
     """
     if not isinstance(model, VisionTransformer):
         raise UserError(f"training-free token pruning patches timm VisionTransformer models, got {type(model).__name__}")
-    if getattr(model, token_pruning.CONFIG_ATTR, None) is not None:
+    if pruning_state.token(model) is not None:
         raise UserError("this model already has DynamicViT token pruning attached; apply the training-free "
                         "comparator to an unpruned (or block-pruned only) model")
     if model.global_pool != "token" or model.num_prefix_tokens < 1:
         raise UserError(f"training-free (EViT) pruning ranks tokens by CLS attention: it needs a class token and "
                         f"global_pool 'token', got global_pool {model.global_pool!r}")
-    locs = token_pruning._check_locations(locations, len(model.blocks))
-    for i, blk in enumerate(model.blocks):
-        missing = [name for name in ("norm1", "attn", "norm2", "mlp") if not hasattr(blk, name)]
-        if missing:
-            raise UserError(f"block {i} ({type(blk).__name__}) has no {missing}; training-free pruning supports "
-                            f"timm's pre-norm Block")
-        token_pruning._check_attention(blk.attn, i)
+    locs = vit_ops.check_locations(locations, len(model.blocks))
+    vit_ops.check_blocks(model, "training-free pruning")
     # validates the schedule and the empty-stage rule before anything changes
     token_pruning.keep_counts(int(model.patch_embed.num_patches), base_rate, schedule, keep_ratios, locs,
                               allow_empty_stage)
-    setattr(model, CONFIG_ATTR, token_pruning.schedule_config(
+    pruning_state.set_training_free(model, token_pruning.schedule_config(
         base_rate, schedule, keep_ratios, locs, allow_empty_stage))
     model.__class__ = _patched_class(type(model))
     return model
 
 
 def config(model: nn.Module) -> dict[str, Any]:
-    cfg = getattr(model, CONFIG_ATTR, None)
+    cfg = pruning_state.training_free(model)
     if cfg is None:
         raise UserError("this model has no training-free token pruning; call training_free.apply(model, rate) first")
     return cfg
@@ -83,7 +78,7 @@ def keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
 
 def tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens entering each block, prefix tokens (CLS) INCLUDED, at the model's input size."""
-    return token_pruning.tokens_entering_blocks(model, dict(zip(config(model)["locations"], keep_counts(model))))
+    return vit_ops.tokens_entering_blocks(model, dict(zip(config(model)["locations"], keep_counts(model))))
 
 
 def score_sources(model: nn.Module) -> list[int | None]:
@@ -108,23 +103,19 @@ def describe(model: nn.Module) -> dict[str, Any]:
             "score_blocks": score_sources(model)}
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def _attention_with_cls(attn: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
     """timm Attention (non-fused path) on x [B, T, C], also returning CLS->patch attention
     averaged over heads [B, T - prefix]. Geometry is read from the module (works on pruned heads)."""
-    q, k, v, gate = token_pruning.attention_qkv(attn, x)
+    q, k, v, gate = vit_ops.attention_qkv(attn, x)
     weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, H, T, T]
     # EViT eq. 2: attentiveness of patch j = mean over heads of CLS's attention weight on j
     cls_attn = weights[:, :, 0, prefix:].mean(dim=1)
-    return token_pruning.attention_output(attn, weights, v, gate), cls_attn
+    return vit_ops.attention_output(attn, weights, v, gate), cls_attn
 
 
 def _block_with_cls(blk: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ls1, ls2 = getattr(blk, "ls1", _identity), getattr(blk, "ls2", _identity)
-    dp1, dp2 = getattr(blk, "drop_path1", _identity), getattr(blk, "drop_path2", _identity)
+    ls1, ls2 = getattr(blk, "ls1", vit_ops.identity), getattr(blk, "ls2", vit_ops.identity)
+    dp1, dp2 = getattr(blk, "drop_path1", vit_ops.identity), getattr(blk, "drop_path2", vit_ops.identity)
     a, cls_attn = _attention_with_cls(blk.attn, blk.norm1(x), prefix)
     x = x + dp1(ls1(a))
     return x + dp2(ls2(blk.mlp(blk.norm2(x)))), cls_attn
@@ -132,7 +123,7 @@ def _block_with_cls(blk: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch
 
 def pruned_features(model: nn.Module, images: torch.Tensor, record: bool = False):
     """Forward with CLS-attention token dropping. Returns (normed tokens, kept original indices per stage)."""
-    x = token_pruning._embed(model, images)
+    x = vit_ops.embed(model, images)
     prefix = model.num_prefix_tokens
     B, _, C = x.shape
     n = x.shape[1] - prefix
@@ -182,4 +173,4 @@ class _TrainingFreeMixin:
 
 
 def _patched_class(base: type) -> type:
-    return token_pruning.mixed_class(_TrainingFreeMixin, base, "TrainingFree", sys.modules[__name__])
+    return vit_ops.mixed_class(_TrainingFreeMixin, base, "TrainingFree", sys.modules[__name__])

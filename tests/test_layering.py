@@ -1,0 +1,76 @@
+"""Import direction inside vitprune: no cycle among module-level imports, no library module
+importing the command line, and no function-local import of a vitprune module without a
+stated reason (a comment on its line)."""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "vitprune"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = path.relative_to(PKG.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module:
+        # `from vitprune import models` imports the module vitprune.models
+        return [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+    return []
+
+
+def _top_level_edges(mods: dict[str, Path]) -> dict[str, set[str]]:
+    edges = {}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text())
+        targets = {t for node in tree.body for t in _imported(node)}
+        edges[name] = {t for t in targets if t in mods and t != name and t != "vitprune"}
+    return edges
+
+
+def test_no_import_cycle_among_module_level_imports():
+    edges = _top_level_edges(_modules())
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name, path):
+        state[name] = 1
+        for dep in sorted(edges[name]):
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join(path + [dep])
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[name] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_library_modules_never_import_the_command_line():
+    for name, path in _modules().items():
+        if name.startswith("vitprune.cli") or name == "vitprune.__main__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):  # module level or inside functions
+            cli = [t for t in _imported(node) if t == "vitprune.cli" or t.startswith("vitprune.cli.")]
+            assert not cli, f"{path.name}:{node.lineno} imports {cli}"
+
+
+def test_function_local_vitprune_imports_state_a_reason():
+    unexplained = []
+    for name, path in _modules().items():
+        lines = path.read_text().splitlines()
+        tree = ast.parse(path.read_text())
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if id(node) in top or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if any(t == "vitprune" or t.startswith("vitprune.") for t in _imported(node)):
+                if "#" not in lines[node.lineno - 1]:
+                    unexplained.append(f"{path.name}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not unexplained, "function-local imports without a reason:\n" + "\n".join(unexplained)

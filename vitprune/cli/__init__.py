@@ -1,0 +1,47 @@
+"""`python -m vitprune COMMAND ...`: the command line (see the README for the contract).
+
+One module per command under `vitprune.cli` owns its parser; this table only names them, and
+`main` dispatches and turns a UserError into one `error: ...` line and exit status 2. Library
+modules never import `vitprune.cli`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from vitprune.errors import UserError
+
+COMMANDS = {
+    "run": ("vitprune.cli.run", "main", "execute a profile's notebooks with papermill"),
+    "measure": ("vitprune.cli.measure", "main", "params, MACs and FLOPs of a model or pruned variant"),
+    "bench": ("vitprune.cli.measure", "bench_main", "interleaved latency of baseline vs variant"),
+    "data": ("vitprune.cli.data", "main", "cache | export | check datasets"),
+    "table": ("vitprune.cli.table", "main", "assemble Table 1 from a profile's runs"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m vitprune COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[command]
+    # imported by name so that one command's dependencies (papermill, fvcore, datasets) load
+    # only when that command runs
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(rest) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,324 @@
+"""`python -m vitprune measure` and `python -m vitprune bench`: parse the model and variant
+options, build the model (timm name or vitprune checkpoint), apply the variant, and print the
+counts (`vitprune.measure.count`) or the interleaved latency (`vitprune.measure.benchmark`).
+Units as in `vitprune.measure`: MACs per image at batch 1, FLOPs = 2 x MACs, tokens incl. CLS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import json
+import os
+from typing import Any
+
+import timm
+from torch import nn
+
+from vitprune import block_pruning, measure, models, pruning_state, token_pruning, training_free
+from vitprune.errors import UserError
+
+
+# --------------------------------------------------------------------------------------
+# building models for the command line
+# --------------------------------------------------------------------------------------
+
+def _is_checkpoint_arg(name: str) -> bool:
+    return os.path.exists(name) or os.sep in name or name.endswith((".pt", ".pth", ".bin"))
+
+
+def _unknown_model_error(name: str) -> UserError:
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return UserError(
+        f"unknown model {name!r}{hint}: give a timm model name or an existing checkpoint file; "
+        "list names with: python -c \"import timm; print(timm.list_models('deit*'))\"")
+
+
+def _create_by_name(name: str, num_classes: int | None, img_size: int | None) -> nn.Module:
+    """timm model by name, random init, through vitprune.models (which registers the embedded
+    small ViT with timm)."""
+    if not timm.is_model(name):
+        raise _unknown_model_error(name)
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        return models.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"model {name!r} does not accept {sorted(kwargs)}: {exc}") from exc
+    except (RuntimeError, ValueError, AssertionError) as exc:  # e.g. a bad pretrained tag
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot build model {name!r} with {kwargs or 'defaults'}: {first}; "
+                        "list names with: python -c \"import timm; print(timm.list_pretrained('deit*'))\"") from exc
+
+
+def _load_checkpoint(path: str) -> nn.Module:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint file not found: {path!r} (give an existing .pt file "
+                        "or a timm model name)")
+    return models.load_checkpoint(path)
+
+
+def _checkpoint_base(path: str) -> nn.Module:
+    """The unpruned model a checkpoint was built from (its name and kwargs, random init)."""
+    ckpt = models.read_checkpoint(path)
+    return models.create_model(ckpt["model_name"], pretrained=False,
+                               **dict(ckpt.get("model_kwargs") or {}))
+
+
+def _float_list(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"{flag} takes comma-separated numbers like 0.7,0.49,0.34; "
+                        f"got {text!r}") from exc
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"{flag} takes comma-separated block indices like 3,6,9; "
+                        f"got {text!r}") from exc
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="timm model name or vitprune checkpoint path")
+    p.add_argument("--img-size", type=int, help="input resolution (default: timm data config)")
+    p.add_argument("--num-classes", type=int, help="classifier classes (default: the model's)")
+    g = p.add_argument_group("token pruning (DynamicViT)")
+    g.add_argument("--base-rate", type=float, help="keep-ratio base rho, e.g. 0.7")
+    g.add_argument("--schedule", choices=("geometric", "linear", "explicit"),
+                   help="keep-ratio schedule (default geometric)")
+    g.add_argument("--keep-ratios", help="explicit keep ratios, comma-separated")
+    g.add_argument("--locations", help="blocks before which tokens are pruned (default 3,6,9)")
+    g.add_argument("--allow-empty-stage", action="store_true",
+                   help="allow a stage that keeps no patch token (the study's degenerate row)")
+    g = p.add_argument_group("block pruning (heads + MLP channels)")
+    g.add_argument("--keep-heads", type=float, help="fraction of attention heads kept")
+    g.add_argument("--keep-mlp", type=float, help="fraction of MLP hidden channels kept")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _variant_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Validated token/block options from the parsed arguments (empty = no variant)."""
+    opts: dict[str, Any] = {}
+    token_flags = (args.schedule, args.keep_ratios, args.locations)
+    if args.base_rate is not None or args.keep_ratios is not None:
+        if args.base_rate is not None and not 0.0 < args.base_rate <= 1.0:
+            raise UserError(f"--base-rate must be in (0, 1], got {args.base_rate}")
+        token = {"base_rate": args.base_rate,
+                 "schedule": args.schedule or ("explicit" if args.base_rate is None
+                                               else "geometric"),
+                 "keep_ratios": _float_list(args.keep_ratios, "--keep-ratios"),
+                 "allow_empty_stage": bool(args.allow_empty_stage)}
+        locations = _int_list(args.locations, "--locations")
+        if locations is not None:
+            token["locations"] = locations
+        opts["token"] = token
+    elif any(v is not None for v in token_flags) or args.allow_empty_stage:
+        raise UserError("--schedule/--locations/--allow-empty-stage need --base-rate R "
+                        "(or --keep-ratios for --schedule explicit)")
+    if args.keep_heads is not None or args.keep_mlp is not None:
+        block = {"keep_heads": 1.0 if args.keep_heads is None else args.keep_heads,
+                 "keep_mlp": 1.0 if args.keep_mlp is None else args.keep_mlp}
+        for flag, value in block.items():
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"--{flag.replace('_', '-')} must be a fraction in [0, 1], "
+                                f"got {value}")
+        opts["block"] = block
+    return opts
+
+
+def apply_variant(model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    """Apply block pruning (first) then token pruning (second) in place; return the model.
+
+    ``opts = {"block": {"keep_heads": F, "keep_mlp": F}, "token": {**token_pruning.attach
+    kwargs}}``, either key optional (what the ``--keep-heads/--base-rate`` flags build).
+    Block pruning ranks by weight magnitude (no data needed)."""
+    if "block" in opts:
+        model = block_pruning.prune_to(model, opts["block"]["keep_heads"],
+                                       opts["block"]["keep_mlp"]) or model
+    if "token" in opts:
+        # on an already token-pruned model, attach() only changes the schedule
+        model = token_pruning.attach(model, **opts["token"]) or model
+    return model
+
+
+def _build(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], bool]:
+    """(model incl. variant, variant options, is_checkpoint) for `measure`/`bench`."""
+    if args.img_size is not None and args.img_size < 1:
+        raise UserError(f"--img-size must be a positive number of pixels, got {args.img_size}")
+    if args.num_classes is not None and args.num_classes < 0:
+        raise UserError(f"--num-classes must be >= 0 (0 = no classifier), got {args.num_classes}")
+    opts = _variant_options(args)
+    is_ckpt = _is_checkpoint_arg(args.model)
+    if is_ckpt:
+        if args.num_classes is not None or args.img_size is not None:
+            raise UserError("--num-classes/--img-size cannot change a checkpoint's model; "
+                            "they are fixed by the checkpoint")
+        model = _load_checkpoint(args.model)
+    else:
+        model = _create_by_name(args.model, args.num_classes, args.img_size)
+    return model, opts, is_ckpt
+
+
+def _describe(model: nn.Module, args: argparse.Namespace, opts: dict[str, Any],
+              is_ckpt: bool) -> dict[str, Any]:
+    """Count `model` (already including its variant) and add the CLI's context keys."""
+    shape_text = "x".join(map(str, measure.input_shape_for(model, args.img_size)))
+    try:
+        result = measure.count(model, img_size=args.img_size)
+    except UserError:
+        raise
+    except Exception as exc:  # trace/shape failures: one clear line, not a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not run {args.model!r} on a {shape_text} input for counting "
+                        f"(does the model support --img-size?): {first}") from exc
+    _, c, h, w = result["input_shape"]
+    info: dict[str, Any] = {
+        "model": getattr(model, "vitprune_model_name", None) or (
+            args.model if not is_ckpt else getattr(model, "default_cfg", {}).get(
+                "architecture", type(model).__name__)),
+        "checkpoint": os.path.abspath(args.model) if is_ckpt else None,
+        "img_size": h if h == w else [h, w],
+        "in_chans": c,
+    }
+    info.update(result)
+    info["counter"] = "fvcore FlopCountAnalysis + SDPA handle (MACs; flops = 2*macs)"
+    if "block" in opts:
+        info.update(opts["block"])
+    state = pruning_state.snapshot(model)
+    if state["block_spec"] is not None:
+        info["block_spec"] = state["block_spec"]
+    if state["token_pruning"]:
+        info["token_pruning"] = state["token_pruning"]
+        info["tokens_per_block"] = token_pruning.tokens_per_block(model)
+    if state["training_free"]:
+        info["training_free"] = state["training_free"]
+        info["tokens_per_block"] = training_free.tokens_per_block(model)
+    return info
+
+
+def _human(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}"
+    return f"{n:g} {unit}".rstrip()
+
+
+def _aligned(rows: list[tuple[str, str]]) -> str:
+    """`label  value` lines with the labels padded to one width."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def format_counts(info: dict[str, Any]) -> str:
+    """Readable labelled table of a `measure` result."""
+    shape = " x ".join(str(s) for s in info["input_shape"])
+    rows = [("model", info["model"] + (f"  ({info['checkpoint']})" if info.get("checkpoint")
+                                       else "  (random init)")),
+            ("input", f"{shape}  (batch 1, eval mode)"),
+            ("params", f"{_human(info['params'])}  ({info['params']:,})"),
+            ("MACs", f"{_human(info['macs'])}  ({info['macs']:,} multiply-accumulates)"),
+            ("FLOPs", f"{_human(info['flops'])}  (= 2 x MACs)")]
+    if "block_spec" in info:
+        spec = info["block_spec"]
+        rows.append(("heads", " ".join(str(b["heads"]) for b in spec)))
+        rows.append(("MLP width", " ".join(str(b["mlp"]) for b in spec)))
+    if "tokens_per_block" in info:
+        rows.append(("tokens/block", " ".join(str(t) for t in info["tokens_per_block"])))
+    if info.get("uncounted_ops"):
+        rows.append(("not counted", ", ".join(sorted(info["uncounted_ops"]))
+                     + "  (no MACs by fvcore's convention)"))
+    return _aligned(rows)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m vitprune measure MODEL [...]`: params, MACs, FLOPs (see DESIGN.md)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vitprune measure",
+        description="Params, MACs and FLOPs (= 2 x MACs) of a model at batch 1, eval mode, "
+                    "fused attention counted. Variants: token pruning and/or block pruning "
+                    "(block applied first).")
+    _add_model_args(parser)
+    args = parser.parse_args(argv)
+    model, opts, is_ckpt = _build(args)
+    model = apply_variant(model, opts)
+    info = _describe(model, args, opts, is_ckpt)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(format_counts(info))
+    return 0
+
+
+def format_bench(res: dict[str, Any]) -> str:
+    rows = [("baseline", f"{res['baseline_ms']:.2f} ms (median of {res['repeats']})"),
+            ("variant", f"{res['variant_ms']:.2f} ms (median of {res['repeats']})"),
+            ("speedup", f"{res['speedup']:.3f}x  (baseline / variant latency)")]
+    if "mac_ratio" in res:
+        rows.append(("MAC ratio", f"{res['mac_ratio']:.3f}x  (baseline / variant MACs)"))
+        rows.append(("speedup/MAC ratio", f"{res['speedup_over_mac_ratio']:.3f}"))
+    rows.append(("setting", f"batch {res['batch_size']}, {res['threads']} threads, "
+                            f"{res['warmup']} warm-up, interleaved"))
+    return _aligned(rows)
+
+
+def bench_main(argv: list[str]) -> int:
+    """`python -m vitprune bench MODEL [...]`: interleaved latency, baseline vs variant."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vitprune bench",
+        description="Latency of the unpruned model vs its token/block-pruned variant, timed "
+                    "interleaved in one process (medians), with the MAC ratio.")
+    _add_model_args(parser)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's current setting)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each model")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs of each model")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+
+    model, opts, is_ckpt = _build(args)
+    if is_ckpt:
+        if not opts and not pruning_state.is_pruned(model):
+            raise UserError("nothing to compare: the checkpoint is not pruned; give "
+                            "--base-rate and/or --keep-heads/--keep-mlp")
+        baseline = _checkpoint_base(args.model)
+        variant = apply_variant(model, opts)
+    else:
+        if not opts:
+            raise UserError("nothing to compare: give a variant with --base-rate R and/or "
+                            "--keep-heads F --keep-mlp F")
+        baseline = model
+        variant = apply_variant(copy.deepcopy(model), opts)
+
+    base_info = _describe(baseline, args, {}, False)
+    var_info = _describe(variant, args, opts, is_ckpt)
+    shape = [args.batch_size] + var_info["input_shape"][1:]
+    res = measure.benchmark(baseline, variant, shape, warmup=args.warmup, repeats=args.repeats,
+                    threads=args.threads, baseline_macs=base_info["macs"],
+                    variant_macs=var_info["macs"], progress=not args.json)
+    res.update({"model": var_info["model"], "checkpoint": var_info["checkpoint"],
+                "img_size": var_info["img_size"],
+                "baseline_params": base_info["params"], "variant_params": var_info["params"]})
+    for key in ("keep_heads", "keep_mlp", "block_spec", "token_pruning", "training_free", "tokens_per_block"):
+        if key in var_info:
+            res[key] = var_info[key]
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(format_bench(res))
+    return 0

@@ -1,0 +1,27 @@
+"""`python -m vitprune run`: execute a profile's notebooks in order with papermill
+(the runner is `vitprune.pipeline`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from vitprune import config, pipeline
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitprune run", description=pipeline.__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="fmnist", help="params/<profile>/ to use (default: fmnist)")
+    parser.add_argument("--only", help="comma-separated notebook names to run (e.g. 02_token_pruning)")
+    parser.add_argument("--force", action="store_true", help="re-run even when up to date")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter of every selected notebook that declares it")
+    parser.add_argument("--runs-root", help="where run folders go (default: <repo>/runs)")
+    args = parser.parse_args(argv)
+    overrides = dict(config.parse_override(text) for text in args.param)
+    start = time.perf_counter()
+    summaries = pipeline.run_profile(args.profile, args.only, args.force, overrides, args.runs_root)
+    ran = sum(s["status"] == "ran" for s in summaries)
+    print(f"done: {ran} run(s) executed, {len(summaries) - ran} up to date, "
+          f"{time.perf_counter() - start:.1f} s in all", flush=True)
+    return 0

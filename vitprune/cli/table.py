@@ -1,0 +1,28 @@
+"""`python -m vitprune table`: assemble Table 1 from a profile's runs (`vitprune.results`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitprune import config, results
+
+
+def main(argv: list[str]) -> int:
+    """`python -m vitprune table --profile P [--runs-root DIR] [--out DIR]`."""
+    parser = argparse.ArgumentParser(prog="python -m vitprune table",
+                                     description="Assemble Table 1 from a profile's runs and write "
+                                                 "table1.md/.csv/.tex")
+    parser.add_argument("--profile", default="fmnist", help="profile whose runs to read (default: fmnist)")
+    parser.add_argument("--runs-root", help="where run folders are (default: <repo>/runs)")
+    parser.add_argument("--out", help="output folder (default: <repo>/figures/<profile>)")
+    parser.add_argument("--measured-only", action="store_true", help="leave out the reported reference rows")
+    args = parser.parse_args(argv)
+    runs = results.collect_runs(args.runs_root, args.profile)
+    results.require_runs(runs, args.runs_root, args.profile)
+    df = results.table1(runs, include_reference=not args.measured_only)
+    out = Path(args.out) if args.out else config.project_root() / "figures" / args.profile
+    paths = results.write_table1(df, out)
+    print(paths["table1.md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
