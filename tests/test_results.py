@@ -258,5 +258,5 @@ def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
     # a single-method row is compared with the other method only
     assert rows["dyvit 0.5"]["margin"] == pytest.approx(85.0 - 85.6)
     text = results.equal_mac_markdown(list(rows.values()))
-    assert "t->b (85.00 % at 0.00 M MACs) beats" in text
+    assert "t->b (85.00 % at 0.00 M MACs) is 1.00 points above the best single method" in text
     assert "1 of 2 orders beat both methods" in text

@@ -455,9 +455,9 @@ def equal_mac_markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"- {r['label']}: no single-method sweep reaches {r['macs'] / 1e6:.2f} M MACs, "
                          "so no equal-MAC comparison.")
         else:
-            verdict = "beats" if r["margin"] > 0 else "does not beat"
-            lines.append(f"- {r['label']} ({r['top1']:.2f} % at {r['macs'] / 1e6:.2f} M MACs) {verdict} the best "
-                         f"single method at the same MACs by {r['margin']:+.2f} points.")
+            verdict = "above" if r["margin"] > 0 else "below"
+            lines.append(f"- {r['label']} ({r['top1']:.2f} % at {r['macs'] / 1e6:.2f} M MACs) is "
+                         f"{abs(r['margin']):.2f} points {verdict} the best single method at the same MACs.")
     if combos:
         wins = [r for r in combos if r["margin"] is not None and r["margin"] > 0]
         lines.append(f"- The combination Pareto-dominates here: {'yes' if wins and len(wins) == len(combos) else 'no'} "
