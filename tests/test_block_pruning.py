@@ -430,3 +430,21 @@ def test_notebook_03_smoke(smoke_runs):
     assert any(isinstance(b.attn, bp.NoAttention) for b in model.blocks)
     c = measure.count(model)
     assert (c["params"], c["macs"]) == (m["params"], m["macs"])
+
+
+def test_widths_for_mac_ratio_drops_heads_only_when_the_ratio_is_out_of_reach():
+    from vitprune import measure, models
+
+    model = models.vit_fmnist().eval()
+    total = measure.count(model)["macs"]
+    # 2 of 4 heads reach 2x with an MLP width to spare: the head fraction stays
+    assert bp.widths_for_mac_ratio(model, 2.0, 0.5, total_macs=total)[0] == 0.5
+    # 3x is out of reach with 2 heads even with no MLP left (vit_fmnist: ~2.7x at most): 1 head
+    heads, mlp = bp.widths_for_mac_ratio(model, 3.0, 0.5, total_macs=total)
+    assert heads == 0.25 and 0.0 < mlp < 1.0
+    with pytest.raises(UserError):
+        bp.keep_mlp_for_mac_ratio(model, 3.0, 0.5, total_macs=total)
+    pruned = bp.prune_to(model, heads, mlp, "magnitude")
+    assert total / measure.count(pruned)["macs"] >= 3.0
+    with pytest.raises(UserError, match="out of reach"):
+        bp.widths_for_mac_ratio(model, 1000.0, 0.5, total_macs=total)

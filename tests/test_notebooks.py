@@ -36,3 +36,17 @@ def test_every_profile_validates_against_the_notebooks(profile):
     stray = [p.name for p in (ROOT / "params" / profile).glob("*.yaml")
              if p.stem not in config.NOTEBOOKS and p.name != config.SWEEP_FILE]
     assert not stray, f"params/{profile} holds files no notebook reads: {stray}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_parses_every_parameter_line(path, caplog):
+    """papermill's own parser (used for `papermill --help-notebook` and for warning about unknown
+    parameters) must see every declared parameter: a second `=` on a line (e.g. `>=` in a comment)
+    makes it skip the line and warn on every run."""
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    with caplog.at_level("WARNING", logger="papermill"):
+        parsed = PythonTranslator.inspect({"source": "".join(cell["source"])})
+    assert not [r.getMessage() for r in caplog.records], "papermill could not parse a parameter line"
+    assert [p.name for p in parsed] == list(config.declared_parameters(path))

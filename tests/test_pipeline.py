@@ -124,3 +124,14 @@ def test_only_a_downstream_notebook_after_a_full_run_is_up_to_date(toy):
     pipeline.run_profile("toy", only="02_token_pruning", overrides={"base_rate": 0.6}, runs_root=runs)
     again = pipeline.run_profile("toy", only="03_block_pruning", runs_root=runs)
     assert [(s["run"], s["status"]) for s in again] == [("03_block_pruning", "up to date")]
+
+
+def test_kernel_runs_over_ipc_without_the_tcp_warning(toy, capfd):
+    """The kernel's "running over TCP without encryption" warning (printed to the terminal by
+    every TCP kernel) is gone: pipeline kernels use IPC sockets, and leave no socket file behind."""
+    before = set(toy.iterdir())
+    pipeline.run_profile("toy", only="00_data_cache", runs_root=str(toy / "runs"))
+    err = capfd.readouterr().err
+    assert "without encryption" not in err
+    assert pipeline._ipc_kernel_manager()().transport == "ipc"
+    assert {p.name for p in set(toy.iterdir()) - before} == {"runs"}

@@ -194,7 +194,7 @@ def test_analysis_notebook_on_a_synthetic_runs_tree(tmp_path):
     metrics = results.read_metrics(root / "smoke" / "05_analysis")
     fig_dir = Path(metrics["figures_dir"])
     assert fig_dir == root / "smoke" / "05_analysis" / "figures"
-    expected = {"table1.md", "table1.csv", "table1.tex", "audit.md"}
+    expected = {"table1.md", "table1.csv", "table1.tex", "audit.md", "equal_macs.md"}
     expected |= {f"{name}.{fmt}" for name in plots.FIGURES for fmt in plots.FORMATS}
     assert {Path(f).name for f in metrics["files"]} == expected
     assert all((fig_dir / name).stat().st_size > 0 for name in expected)
@@ -225,3 +225,38 @@ def test_smoke_pipeline_draws_every_figure(smoke_runs):
     rows = {row["run"]: row for row in metrics["table1_rows"]}
     for run in ("01_deit_baseline", "02_token_pruning/base_rate_0.7", "03_block_pruning"):
         assert rows[run]["top1"] == pytest.approx(results.read_metrics(smoke_runs / run)["top1"])
+
+
+def test_interpolate_top1_is_linear_inside_the_sweep_and_none_outside():
+    sweep = [(20.0, 88.0), (10.0, 80.0), (15.0, 86.0)]
+    assert results.interpolate_top1(sweep, 12.5) == pytest.approx(83.0)
+    assert results.interpolate_top1(sweep, 15.0) == pytest.approx(86.0)
+    assert results.interpolate_top1(sweep, 17.5) == pytest.approx(87.0)
+    assert results.interpolate_top1(sweep, 9.0) is None
+    assert results.interpolate_top1(sweep, 21.0) is None
+
+
+def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
+    def row(method, label, macs, top1):
+        return {"method": method, "label": label, "macs": macs, "flops": 2 * macs, "params": 1, "top1": top1}
+
+    _write_run(tmp_path / "fmnist/01_deit_baseline", row("baseline", "base", 30, 90.0))
+    for rate, macs, top1 in ((0.9, 27, 89.0), (0.5, 17, 85.0)):
+        _write_run(tmp_path / f"fmnist/02_token_pruning/base_rate_{rate}", row("dynamicvit", f"dyvit {rate}", macs, top1))
+    for ratio, macs, top1 in ((1.5, 20, 88.0), (3.0, 10, 80.0)):
+        _write_run(tmp_path / f"fmnist/03_block_pruning/target_mac_ratio_{ratio}", row("block", f"block {ratio}", macs, top1))
+    _write_run(tmp_path / "fmnist/04_combination", {
+        **row("token_then_block", "t->b", 15, 85.0),
+        "rows": [row("token_then_block", "t->b", 15, 85.0), row("block_then_token", "b->t", 12, 81.0)]})
+    rows = {r["label"]: r for r in results.equal_mac_comparison(results.collect_runs(tmp_path, "fmnist"))}
+    assert "base" not in rows
+    # t->b at 15 M MACs: block sweep 80 + (88 - 80) * 5 / 10 = 84; DynamicViT's sweep starts at 17 M
+    assert rows["t->b"]["block_top1_at_macs"] == pytest.approx(84.0)
+    assert rows["t->b"]["dynamicvit_top1_at_macs"] is None
+    assert rows["t->b"]["margin"] == pytest.approx(1.0)
+    assert rows["b->t"]["margin"] == pytest.approx(81.0 - 81.6)
+    # a single-method row is compared with the other method only
+    assert rows["dyvit 0.5"]["margin"] == pytest.approx(85.0 - 85.6)
+    text = results.equal_mac_markdown(list(rows.values()))
+    assert "t->b (85.00 % at 0.00 M MACs) is 1.00 points above the best single method" in text
+    assert "1 of 2 orders beat both methods" in text

@@ -152,6 +152,21 @@ def environment() -> dict[str, Any]:
             "device": device, "torch_threads": threads, "git_sha": git_sha()}
 
 
+def _ipc_kernel_manager() -> type:
+    """A jupyter kernel manager whose kernel talks over local IPC sockets instead of TCP on
+    localhost: the kernel then does not warn "running over TCP without encryption" on every
+    run (its sockets are files in the jupyter runtime dir, removed when the kernel stops)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     """Execute one run with papermill; the manifest says `running` until it ends."""
     import papermill
@@ -168,7 +183,8 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     try:
         papermill.execute_notebook(str(config.notebook_path(run.notebook)), str(output),
                                    parameters=run.params, cwd=str(config.project_root()),
-                                   kernel_name="python3", progress_bar=False)
+                                   kernel_name="python3", progress_bar=False,
+                                   kernel_manager_class=_ipc_kernel_manager())
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
                         wall_time_s=round(time.perf_counter() - start, 2))

@@ -101,7 +101,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
-    """Top-1 against MACs for every method, with the Pareto frontier across all of them."""
+    """Top-1 against MACs for every method (a swept method's runs joined in MAC order), with
+    the Pareto frontier across all of them."""
     pts = [r for r in runs if _is_number(_metric(r, "macs")) and _is_number(_metric(r, "top1"))]
     if not pts:
         return None
@@ -117,6 +118,9 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
         ys = [_metric(r, "top1") for r in group]
         ax.scatter(xs, ys, s=90 if method == "baseline" else 45, marker=METHOD_MARKERS.get(method, "o"),
                    color=colors.get(method), label=METHOD_LABELS.get(method, method), zorder=3)
+        if len(group) >= 2 and method != "baseline":  # a sweep: its points joined in MAC order
+            line = sorted(zip(xs, ys))
+            ax.plot([x for x, _ in line], [y for _, y in line], "-", lw=1, alpha=0.6, color=colors.get(method), zorder=2)
     _annotate_all(ax, [(_metric(r, "macs") / scale, _metric(r, "top1"), _label(r)) for r in pts])
     coords = [(_metric(r, "macs") / scale, _metric(r, "top1")) for r in pts]
     front = pareto_front(coords)

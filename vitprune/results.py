@@ -390,6 +390,91 @@ def write_table1(df, out_dir: str | os.PathLike) -> dict[str, Path]:
     return paths
 
 
+
+# ================================================================ equal-MAC comparison
+
+SWEPT_METHODS = ("dynamicvit", "block")  # methods the profile sweeps over a compute knob
+
+
+def interpolate_top1(points: list[tuple[float, float]], macs: float) -> float | None:
+    """Top-1 of a method's sweep at `macs`, linear in MACs between the two sweep points around
+    it (points: (MACs, top-1)); None outside the sweep's MAC range (no extrapolation)."""
+    pts = sorted(points)
+    if len(pts) < 1 or not pts[0][0] <= macs <= pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= macs <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (macs - x0) / (x1 - x0)
+    return pts[0][1]  # a single point exactly at macs
+
+
+def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pruned row (not the baseline) against the swept single methods at its own MACs.
+
+    For each row: its top-1 and MACs, and for DynamicViT and block pruning the top-1 their
+    sweep reaches at the same MACs (`interpolate_top1`; None outside the sweep). `margin` is
+    the row's top-1 minus the best interpolated single method (None when neither covers the
+    row's MACs); a combination with margin > 0 beats both methods at equal compute."""
+    rows = [r["metrics"] for r in runs if _is_row(r["metrics"])]
+    sweeps = {m: [(float(r["macs"]), float(r["top1"])) for r in rows if r.get("method") == m]
+              for m in SWEPT_METHODS}
+    out = []
+    for r in rows:
+        if r.get("method") == "baseline":
+            continue
+        macs, top1 = float(r["macs"]), float(r["top1"])
+        at = {m: interpolate_top1(sweeps[m], macs) if len(sweeps[m]) >= 2 else None for m in SWEPT_METHODS}
+        others = [v for m, v in at.items() if v is not None and m != r.get("method")]
+        out.append({"label": r.get("label", ""), "method": r.get("method", ""), "macs": macs, "top1": top1,
+                    **{f"{m}_top1_at_macs": v for m, v in at.items()},
+                    "margin": top1 - max(others) if others else None})
+    return sorted(out, key=lambda row: (_method_rank(row["method"]), row["macs"]))
+
+
+def _is_row(m: dict[str, Any]) -> bool:
+    return isinstance(m.get("macs"), (int, float)) and isinstance(m.get("top1"), (int, float))
+
+
+def equal_mac_markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table plus one sentence per combination row."""
+    def pct(v):
+        return "—" if v is None else f"{v:.2f}"
+
+    lines = ["| row | method | MACs (M) | top-1 % | DynamicViT at these MACs | block pruning at these MACs "
+             "| margin over the best other method |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        margin = "—" if r["margin"] is None else f"{r['margin']:+.2f}"
+        lines.append(f"| {r['label']} | {r['method']} | {r['macs'] / 1e6:.2f} | {r['top1']:.2f} | "
+                     f"{pct(r['dynamicvit_top1_at_macs'])} | {pct(r['block_top1_at_macs'])} | {margin} |")
+    lines.append("")
+    lines.append("Interpolated linearly in MACs between the two neighbouring runs of each sweep; "
+                 "— = outside that sweep's MAC range (not extrapolated).")
+    combos = [r for r in rows if r["method"] in ("token_then_block", "block_then_token")]
+    for r in combos:
+        if r["margin"] is None:
+            lines.append(f"- {r['label']}: no single-method sweep reaches {r['macs'] / 1e6:.2f} M MACs, "
+                         "so no equal-MAC comparison.")
+        else:
+            verdict = "above" if r["margin"] > 0 else "below"
+            lines.append(f"- {r['label']} ({r['top1']:.2f} % at {r['macs'] / 1e6:.2f} M MACs) is "
+                         f"{abs(r['margin']):.2f} points {verdict} the best single method at the same MACs.")
+    if combos:
+        wins = [r for r in combos if r["margin"] is not None and r["margin"] > 0]
+        lines.append(f"- The combination Pareto-dominates here: {'yes' if wins and len(wins) == len(combos) else 'no'} "
+                     f"({len(wins)} of {len(combos)} orders beat both methods at equal MACs).")
+    return "\n".join(lines) + "\n"
+
+
+def write_equal_macs(rows: list[dict[str, Any]], out_dir: str | os.PathLike) -> Path:
+    """equal_macs.md in `out_dir` (atomic)."""
+    path = Path(out_dir) / "equal_macs.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("# Equal-MAC comparison\n\n" + equal_mac_markdown(rows))
+    os.replace(tmp, path)
+    return path
+
+
 def require_runs(runs: list[dict[str, Any]], runs_root: str | os.PathLike | None, profile: str) -> None:
     if not runs:
         where = config.runs_root_or_default(runs_root) / profile
