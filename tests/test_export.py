@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from vitprune import block_pruning, export, token_pruning, training_free
+from vitprune import block_pruning, export, merging, token_pruning, training_free
 from vitprune.errors import UserError
 from vitprune.models import create_model
 
@@ -51,6 +51,8 @@ KINDS = {
     "block_then_token": (lambda: _token(_block(_tiny())), "block+dynamicvit"),
     "token_then_block": (lambda: _block(_token(_tiny())), "block+dynamicvit"),
     "training_free": (lambda: training_free.apply(_tiny(), 0.7, locations=(1, 2, 3)), "training_free"),
+    "merging": (lambda: merging.apply(_tiny(), 4), "merging"),
+    "block_then_merging": (lambda: merging.apply(_block(_tiny()), 4), "block+merging"),
 }
 
 
@@ -65,6 +67,8 @@ def test_kind_exports_and_matches_pytorch(name, tmp_path):
     ops = {node.op_type for node in graph.node}
     if "dynamicvit" in kind or kind == "training_free":
         assert "TopK" in ops  # the gather is in the graph, not baked-in indices
+    if "merging" in kind:
+        assert "ScatterElements" in ops  # the size-weighted merge
     res = export.verify(model, info["path"], BATCHES, atol=ATOL)
     assert set(res["by_batch"]) == set(BATCHES) and res["samples"] == sum(BATCHES)
     assert res["ok"], res
