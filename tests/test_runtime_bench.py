@@ -21,7 +21,7 @@ def _pair():
 
 def test_compare_rows_for_each_runtime_precision_and_batch(tmp_path):
     base, variant = _pair()
-    res = runtime_bench.compare(base, variant, batch_sizes=(1, 3), int8=True, warmup=0, repeats=2,
+    res = runtime_bench.compare(base, variant, batch_sizes=(1, 3), precisions=("fp32", "int8"), warmup=0, repeats=2,
                                 threads=1, workdir=tmp_path)
     json.dumps(res)  # a JSON-able dict
     ratio = measure.count(base)["macs"] / measure.count(variant)["macs"]
@@ -45,6 +45,8 @@ def test_compare_rejects_bad_options():
     with pytest.raises(UserError, match="runtime"):
         runtime_bench.compare(base, variant, runtimes=("tvm",))
     with pytest.raises(UserError, match="int8"):
-        runtime_bench.compare(base, variant, runtimes=("torch",), int8=True)
+        runtime_bench.compare(base, variant, runtimes=("torch",), precisions=("int8",))
+    with pytest.raises(UserError, match="precision"):
+        runtime_bench.compare(base, variant, precisions=("fp16",))
     with pytest.raises(UserError, match="batch"):
         runtime_bench.compare(base, variant, batch_sizes=(0,))

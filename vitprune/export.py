@@ -29,6 +29,7 @@ max |delta logits| and how many samples exceed the tolerance.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -203,13 +204,17 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, A
         raise UserError(f"ONNX file not found: {src}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
+    quiet = logging.getLogger()  # onnxruntime.quantization logs a pre-processing hint on the root logger
+    level = quiet.level
     try:
+        quiet.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Gemm"])
         os.replace(tmp, dst)
     finally:
+        quiet.setLevel(level)
         if tmp.exists():
             tmp.unlink()
     return {"path": str(dst), "bytes": dst.stat().st_size, "source": str(src)}

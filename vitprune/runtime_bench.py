@@ -28,6 +28,7 @@ from vitprune import export, measure
 from vitprune.errors import UserError
 
 RUNTIMES = ("torch", "onnxruntime")
+PRECISIONS = ("fp32", "int8")
 
 
 def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.PathLike,
@@ -78,14 +79,14 @@ def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.Path
 
 
 def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[int] = (1, 16),
-            runtimes: Sequence[str] = RUNTIMES, int8: bool = False, warmup: int = 2,
+            runtimes: Sequence[str] = RUNTIMES, precisions: Sequence[str] = ("fp32",), warmup: int = 2,
             repeats: int = 10, threads: int | None = None, img_size: int | None = None,
             workdir: str | os.PathLike | None = None, check: bool = True) -> dict[str, Any]:
     """Count, export and time `baseline` vs `variant` in each runtime at each batch size.
 
     torch runs `measure.benchmark` on the modules; onnxruntime exports both (`export.export_onnx`,
-    into `workdir` or a temporary directory) and, with `int8`, also times both quantized files
-    ("precision" "int8" rows beside "fp32"). With `check`, each fp32 file's round trip
+    into `workdir` or a temporary directory) and times each of `precisions` ("fp32"; "int8" =
+    both files dynamically quantized, onnxruntime only). With `check`, each fp32 file's round trip
     (`export.verify`, batch 1 and 2) is recorded under "onnx_check". Returns {"baseline_macs",
     "variant_macs", "mac_ratio", "baseline_kind", "variant_kind", "rows": [{"runtime",
     "precision", "batch_size", "baseline_ms", "variant_ms", "speedup", "speedup_over_mac_ratio",
@@ -94,6 +95,10 @@ def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[in
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
         raise UserError(f"unknown runtime {bad or runtimes}; use one or more of {', '.join(RUNTIMES)}")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise UserError(f"unknown precision {bad or precisions}; use one or more of {', '.join(PRECISIONS)}")
+    int8 = "int8" in precisions
     if int8 and "onnxruntime" not in runtimes:
         raise UserError("int8 timing is onnxruntime dynamic quantization: add the onnxruntime runtime")
     for b in batch_sizes:
@@ -107,7 +112,7 @@ def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[in
         "baseline_kind": export.model_kind(baseline), "variant_kind": export.model_kind(variant),
         "baseline_macs": macs[0], "variant_macs": macs[1], "mac_ratio": macs[0] / macs[1],
         "baseline_params": base_count["params"], "variant_params": var_count["params"],
-        "int8": bool(int8), "rows": [],
+        "precisions": list(precisions), "rows": [],
     }
     with tempfile.TemporaryDirectory(prefix="vitprune-ort-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
@@ -115,7 +120,8 @@ def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[in
         if "onnxruntime" in runtimes:
             fp32 = tuple(export.export_onnx(m, root / f"{name}.onnx", img_size=img_size)["path"]
                          for name, m in (("baseline", baseline), ("variant", variant)))
-            files["fp32"] = fp32
+            if "fp32" in precisions:
+                files["fp32"] = fp32
             if check:
                 out["onnx_check"] = {name: _summary(export.verify(m, p, (1, 2), img_size=img_size))
                                      for name, m, p in (("baseline", baseline, fp32[0]),
@@ -125,7 +131,7 @@ def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[in
                                       for name, p in zip(("baseline", "variant"), fp32))
         for b in batch_sizes:
             shape = [b, *per_image]
-            if "torch" in runtimes:
+            if "torch" in runtimes and "fp32" in precisions:
                 res = measure.benchmark(baseline, variant, shape, warmup=warmup, repeats=repeats,
                                         threads=threads, baseline_macs=macs[0], variant_macs=macs[1])
                 out["rows"].append({"runtime": "torch", "precision": "fp32", **res})
