@@ -115,3 +115,14 @@ def test_block_pruned_model_merges_and_bad_input_is_refused():
         merging.apply(_tiny(), [1, 2])
     with pytest.raises(UserError, match=">= 0"):
         merging.apply(_tiny(), -1)
+
+
+def test_fused_attention_counts_like_explicit_matmuls():
+    """DeiT runs fused SDPA (with the log-size bias as its mask); its count must equal the
+    explicit-matmul path's, as measure's SDPA handle promises."""
+    explicit = merging.apply(_tiny(depth=2, fused_attn=False), 5)
+    fused = merging.apply(_tiny(depth=2, fused_attn=True), 5)
+    assert measure.count(fused)["macs"] == measure.count(explicit)["macs"]
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=1e-5)
