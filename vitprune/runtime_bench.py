@@ -81,7 +81,8 @@ def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.Path
 def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[int] = (1, 16),
             runtimes: Sequence[str] = RUNTIMES, precisions: Sequence[str] = ("fp32",), warmup: int = 2,
             repeats: int = 10, threads: int | None = None, img_size: int | None = None,
-            workdir: str | os.PathLike | None = None, check: bool = True) -> dict[str, Any]:
+            workdir: str | os.PathLike | None = None, check: bool = True,
+            macs: tuple[int, int] | None = None) -> dict[str, Any]:
     """Count, export and time `baseline` vs `variant` in each runtime at each batch size.
 
     torch runs `measure.benchmark` on the modules; onnxruntime exports both (`export.export_onnx`,
@@ -90,7 +91,8 @@ def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[in
     (`export.verify`, batch 1 and 2) is recorded under "onnx_check". Returns {"baseline_macs",
     "variant_macs", "mac_ratio", "baseline_kind", "variant_kind", "rows": [{"runtime",
     "precision", "batch_size", "baseline_ms", "variant_ms", "speedup", "speedup_over_mac_ratio",
-    ...}], "onnx_check"?}.
+    ...}], "onnx_check"?}. `macs` (baseline, variant MACs per image) skips the counting when the
+    caller has counted already.
     """
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
@@ -104,14 +106,13 @@ def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[in
     for b in batch_sizes:
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise UserError(f"batch sizes must be positive ints, got {b!r}")
-    base_count = measure.count(baseline, img_size=img_size)
-    var_count = measure.count(variant, img_size=img_size)
-    macs = (base_count["macs"], var_count["macs"])
-    per_image = var_count["input_shape"][1:]
+    if macs is None:
+        macs = (measure.count(baseline, img_size=img_size)["macs"], measure.count(variant, img_size=img_size)["macs"])
+    per_image = list(measure.input_shape_for(variant, img_size)[1:])
     out: dict[str, Any] = {
         "baseline_kind": export.model_kind(baseline), "variant_kind": export.model_kind(variant),
-        "baseline_macs": macs[0], "variant_macs": macs[1], "mac_ratio": macs[0] / macs[1],
-        "baseline_params": base_count["params"], "variant_params": var_count["params"],
+        "baseline_macs": int(macs[0]), "variant_macs": int(macs[1]), "mac_ratio": macs[0] / macs[1],
+        "baseline_params": measure.count_params(baseline), "variant_params": measure.count_params(variant),
         "precisions": list(precisions), "rows": [],
     }
     with tempfile.TemporaryDirectory(prefix="vitprune-ort-") as tmp:
