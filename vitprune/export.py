@@ -39,29 +39,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprune import measure
+from vitprune import measure, merging, pruning_state
 from vitprune.errors import UserError
+from vitprune.torchutil import unwrap
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17  # LayerNormalization is a single op from opset 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 TRACE_BATCH = 2  # not 1: a tracer must not see a broadcastable batch dimension
-# attributes the pruning modules set on a patched model (their CONFIG_ATTR / spec names)
-KIND_ATTRS = (("block", "vitprune_block_spec"), ("dynamicvit", "vitprune_token_pruning"),
-              ("training_free", "vitprune_training_free"), ("merging", "vitprune_merging"))
-
-
-def _bare(model: nn.Module) -> nn.Module:
-    """The model under DDP / accelerate (`.module`) and torch.compile (`_orig_mod`) wrappers."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+# attributes the pruning modules set on a patched model
+KIND_ATTRS = (("block", pruning_state.BLOCK_SPEC_ATTR), ("dynamicvit", pruning_state.TOKEN_ATTR),
+              ("training_free", pruning_state.TRAINING_FREE_ATTR), ("merging", merging.CONFIG_ATTR))
 
 
 def model_kind(model: nn.Module) -> str:
     """'baseline', or the pruning methods on the model joined by '+' (e.g. 'block+dynamicvit')."""
-    bare = _bare(model)
+    bare = unwrap(model)
     kinds = [name for name, attr in KIND_ATTRS if getattr(bare, attr, None)]
     return "+".join(kinds) if kinds else "baseline"
 
@@ -81,7 +75,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, img_size: int | No
         raise UserError(f"unknown ONNX exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < DEFAULT_OPSET:
         raise UserError(f"opset must be an int >= {DEFAULT_OPSET} (LayerNormalization), got {opset!r}")
-    bare = _bare(model)
+    bare = unwrap(model)
     param = next(bare.parameters(), None)
     if param is not None and (param.device.type != "cpu" or param.dtype != torch.float32):
         raise UserError(f"export a float32 CPU model (got {param.dtype} on {param.device}); "
@@ -158,7 +152,7 @@ def verify(model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence[int]
     "max_abs_logit", "atol", "samples", "mismatched_samples" (max |delta| of the sample's logits
     > atol * max(1, max |logit|)), "ok"}. See the module docstring on near-tied token scores.
     """
-    bare = _bare(model)
+    bare = unwrap(model)
     shape = measure.input_shape_for(bare, img_size)
     sess = session(path, threads)
     gen = torch.Generator().manual_seed(seed)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitprune import measure, token_pruning, training_free
+from vitprune import measure, pruning_state, vit_ops
 from vitprune.errors import UserError
 
 CONFIG_ATTR = "vitprune_merging"
@@ -53,20 +53,15 @@ CONFIG_ATTR = "vitprune_merging"
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, VisionTransformer):
         raise UserError(f"token merging patches timm VisionTransformer models, got {type(model).__name__}")
-    for attr, what in ((token_pruning.CONFIG_ATTR, "DynamicViT token pruning"),
-                       (training_free.CONFIG_ATTR, "training-free token pruning")):
-        if getattr(model, attr, None) is not None:
+    for state, what in ((pruning_state.token(model), "DynamicViT token pruning"),
+                        (pruning_state.training_free(model), "training-free token pruning")):
+        if state is not None:
             raise UserError(f"this model already has {what}; apply token merging to an unpruned "
                             f"(or block-pruned only) model")
     if model.global_pool != "token" or model.num_prefix_tokens < 1:
         raise UserError(f"token merging here classifies from the class token: it needs global_pool 'token', "
                         f"got {model.global_pool!r}")
-    for i, blk in enumerate(model.blocks):
-        missing = [name for name in ("norm1", "attn", "norm2", "mlp") if not hasattr(blk, name)]
-        if missing:
-            raise UserError(f"block {i} ({type(blk).__name__}) has no {missing}; token merging supports "
-                            f"timm's pre-norm Block")
-        token_pruning._check_attention(blk.attn, i)
+    vit_ops.check_blocks(model, "token merging")
 
 
 def _schedule(model: nn.Module, r: int | Sequence[int]) -> list[int]:
@@ -86,7 +81,7 @@ def apply(model: nn.Module, r: int | Sequence[int] = 8) -> nn.Module:
     in place; returns it. Re-applying changes the schedule. Sets `model.vitprune_merging`."""
     _check_model(model)
     setattr(model, CONFIG_ATTR, {"r": _schedule(model, r)})
-    model.__class__ = token_pruning.mixed_class(_MergingMixin, type(model), "TokenMerging", sys.modules[__name__])
+    model.__class__ = vit_ops.mixed_class(_MergingMixin, type(model), "TokenMerging", sys.modules[__name__])
     return model
 
 
@@ -201,22 +196,18 @@ def _remove(model: nn.Module) -> None:
 # ---------------------------------------------------------------- forward
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
     """timm Attention with proportional attention (ToMe eq. 1: + log s on the logits of each
     key). Returns (output [B, T, C], similarity features: keys averaged over heads [B, T, d])."""
     if getattr(attn, "num_heads", None) == 0:  # NoAttention: no keys; the normed tokens instead
         return attn(x), x
     B, T, _ = x.shape
-    q, k, v, gate = token_pruning.attention_qkv(attn, x)
+    q, k, v, gate = vit_ops.attention_qkv(attn, x)
     bias = None if size is None else size.log().view(B, 1, 1, T).to(q.dtype)
     if getattr(attn, "fused_attn", False):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(B, T, attn.num_heads * attn.head_dim)
-        out = getattr(attn, "norm", _identity)(out)
+        out = getattr(attn, "norm", vit_ops.identity)(out)
         if gate is not None:
             out = out * gate
         out = attn.proj_drop(attn.proj(out))
@@ -224,7 +215,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
         logits = (q * attn.scale) @ k.transpose(-2, -1)
         if bias is not None:
             logits = logits + bias
-        out = token_pruning.attention_output(attn, logits.softmax(dim=-1), v, gate)
+        out = vit_ops.attention_output(attn, logits.softmax(dim=-1), v, gate)
     return out, k.mean(dim=1)
 
 
@@ -261,7 +252,7 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
 def merged_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The merging forward: normed tokens after the last block [B, T_last, C]. Blocks before the
     first merge run timm's own forward (so r = 0 everywhere is the unmodified model exactly)."""
-    x = token_pruning._embed(model, images)
+    x = vit_ops.embed(model, images)
     prefix = model.num_prefix_tokens
     counts = merge_counts(model, x.shape[1] - prefix)
     size = None  # all ones until the first merge
@@ -269,8 +260,8 @@ def merged_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if size is None and r == 0:
             x = blk(x)
             continue
-        ls1, ls2 = getattr(blk, "ls1", _identity), getattr(blk, "ls2", _identity)
-        dp1, dp2 = getattr(blk, "drop_path1", _identity), getattr(blk, "drop_path2", _identity)
+        ls1, ls2 = getattr(blk, "ls1", vit_ops.identity), getattr(blk, "ls2", vit_ops.identity)
+        dp1, dp2 = getattr(blk, "drop_path1", vit_ops.identity), getattr(blk, "drop_path2", vit_ops.identity)
         a, metric = _attention(blk.attn, blk.norm1(x), size)
         x = x + dp1(ls1(a))
         if r > 0:
