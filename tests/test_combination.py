@@ -24,12 +24,23 @@ def test_rows_for_both_orders_and_training_free(smoke_runs):
     assert all(r["params"] == m["baseline_params"] and r["macs"] < m["baseline_macs"] for r in free)
 
 
+def test_merging_rows_at_the_training_free_macs(smoke_runs):
+    m = _metrics(smoke_runs)
+    free = {r["base_rate"]: r for r in m["rows"] if r["method"] == "training_free"}
+    tome = [r for r in m["rows"] if r["method"] == "merging"]
+    assert [r["matched_rate"] for r in tome] == config.profile_params("smoke", "04_combination")["merging_rates"]
+    for r in tome:
+        target = free[r["matched_rate"]]["macs"]
+        assert r["matched_macs"] == target and abs(r["macs"] - target) / target < 0.05
+        assert r["params"] == m["baseline_params"] and "checkpoint" not in r and sum(r["merge_r"]) > 0
+
+
 def test_combined_rows_cost_less_than_baseline_and_single_methods(smoke_runs):
     m = _metrics(smoke_runs)
     base = results.read_metrics(smoke_runs / "01_deit_baseline")
     token = results.read_metrics(smoke_runs / "02_token_pruning" / config.variant_name({"base_rate": m["base_rate"]}))
     block = results.read_metrics(smoke_runs / "03_block_pruning")
-    rows = {r["method"]: r for r in m["rows"] if r["method"] != "training_free"}
+    rows = {r["method"]: r for r in m["rows"] if r["method"] not in ("training_free", "merging")}
     for r in rows.values():
         assert r["macs"] < base["macs"]
     assert rows["token_then_block"]["macs"] < token["macs"]
@@ -42,7 +53,7 @@ def test_combined_models_reload(smoke_runs):
     run = smoke_runs / "04_combination"
     x = torch.randn(2, 3, m["img_size"], m["img_size"])
     for r in m["rows"]:
-        if r["method"] == "training_free":
+        if r["method"] in ("training_free", "merging"):  # untrained: nothing saved
             continue
         model = models.load_checkpoint(run / r["checkpoint"])
         assert model.vitprune_block_spec == r["block_spec"]

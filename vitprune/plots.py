@@ -28,11 +28,12 @@ METHOD_LABELS = {
     "baseline": "baseline",
     "dynamicvit": "DynamicViT (token)",
     "training_free": "training-free tokens",
+    "merging": "ToMe merging (no training)",
     "block": "block (heads+MLP)",
     "token_then_block": "token -> block",
     "block_then_token": "block -> token",
 }
-METHOD_MARKERS = {"baseline": "*", "dynamicvit": "o", "training_free": "v", "block": "s",
+METHOD_MARKERS = {"baseline": "*", "dynamicvit": "o", "training_free": "v", "merging": "^", "block": "s",
                   "token_then_block": "D", "block_then_token": "P"}
 FORMATS = ("png", "pdf")
 

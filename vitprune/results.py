@@ -95,7 +95,7 @@ def versus_baseline(count: dict[str, Any], baseline_count: dict[str, Any], basel
 # claims against our own counts of the same architectures.
 
 MODEL_NOTEBOOKS = ("01_deit_baseline", "02_token_pruning", "03_block_pruning", "04_combination")
-METHOD_ORDER = ("baseline", "dynamicvit", "training_free", "block", "token_then_block", "block_then_token")
+METHOD_ORDER = ("baseline", "dynamicvit", "training_free", "merging", "block", "token_then_block", "block_then_token")
 MEASURED = "measured"
 STUDY = "study (reported)"
 PAPER = "paper (reported)"

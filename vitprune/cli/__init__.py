@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": ("vitprune.cli.measure", "bench_main", "interleaved latency of baseline vs variant"),
     "data": ("vitprune.cli.data", "main", "cache | export | check datasets"),
     "table": ("vitprune.cli.table", "main", "assemble Table 1 from a profile's runs"),
+    "export": ("vitprune.cli.export", "main", "write a model or pruned variant as ONNX, checked in onnxruntime"),
 }
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from vitprune import block_pruning, measure, models, pruning_state, token_pruning, training_free
+from vitprune import (block_pruning, measure, merging, models, pruning_state, runtime_bench, token_pruning,
+                      training_free)
 from vitprune.errors import UserError
 
 
@@ -90,8 +91,9 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
                         f"got {text!r}") from exc
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="timm model name or vitprune checkpoint path")
+def _add_model_args(p: argparse.ArgumentParser,
+                    model_help: str = "timm model name or vitprune checkpoint path") -> None:
+    p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("--img-size", type=int, help="input resolution (default: timm data config)")
     p.add_argument("--num-classes", type=int, help="classifier classes (default: the model's)")
     g = p.add_argument_group("token pruning (DynamicViT)")
@@ -105,6 +107,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("block pruning (heads + MLP channels)")
     g.add_argument("--keep-heads", type=float, help="fraction of attention heads kept")
     g.add_argument("--keep-mlp", type=float, help="fraction of MLP hidden channels kept")
+    g = p.add_argument_group("training-free comparators (nothing trained)")
+    g.add_argument("--training-free", action="store_true",
+                   help="the token options above drive the EViT-style CLS-attention pruning instead of DynamicViT")
+    g.add_argument("--merge-r", help="ToMe token merging: tokens merged per block, one int or one per block "
+                                     "(comma-separated)")
+    g.add_argument("--merge-mac-ratio", type=float,
+                   help="ToMe token merging with the schedule whose MACs come closest to the unmerged model's / F")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -135,6 +144,21 @@ def _variant_options(args: argparse.Namespace) -> dict[str, Any]:
                 raise UserError(f"--{flag.replace('_', '-')} must be a fraction in [0, 1], "
                                 f"got {value}")
         opts["block"] = block
+    if args.training_free:
+        if "token" not in opts:
+            raise UserError("--training-free needs the keep schedule: give --base-rate R (or --keep-ratios)")
+        opts["training_free"] = opts.pop("token")
+    if args.merge_r is not None or args.merge_mac_ratio is not None:
+        if args.merge_r is not None and args.merge_mac_ratio is not None:
+            raise UserError("give --merge-r or --merge-mac-ratio, not both")
+        if "token" in opts or "training_free" in opts:
+            raise UserError("token merging and token pruning both reduce tokens; use one token reducer at a time "
+                            "(--merge-r / --merge-mac-ratio, or --base-rate)")
+        if args.merge_r is not None:
+            r = _int_list(args.merge_r, "--merge-r")
+            opts["merge"] = {"r": r[0] if len(r) == 1 else r}
+        else:
+            opts["merge"] = {"mac_ratio": args.merge_mac_ratio}
     return opts
 
 
@@ -150,6 +174,13 @@ def apply_variant(model: nn.Module, opts: dict[str, Any]) -> nn.Module:
     if "token" in opts:
         # on an already token-pruned model, attach() only changes the schedule
         model = token_pruning.attach(model, **opts["token"]) or model
+    if "training_free" in opts:
+        model = training_free.apply(model, **opts["training_free"]) or model
+    if "merge" in opts:
+        r = opts["merge"].get("r")
+        if r is None:
+            r = merging.schedule_for_macs(model, mac_ratio=opts["merge"]["mac_ratio"])["r"]
+        model = merging.apply(model, r) or model
     return model
 
 
@@ -205,6 +236,9 @@ def _describe(model: nn.Module, args: argparse.Namespace, opts: dict[str, Any],
     if state["training_free"]:
         info["training_free"] = state["training_free"]
         info["tokens_per_block"] = training_free.tokens_per_block(model)
+    if getattr(model, merging.CONFIG_ATTR, None) is not None:
+        info["merging"] = merging.describe(model)
+        info["tokens_per_block"] = merging.tokens_per_block(model)
     return info
 
 
@@ -268,7 +302,8 @@ def format_bench(res: dict[str, Any]) -> str:
     if "mac_ratio" in res:
         rows.append(("MAC ratio", f"{res['mac_ratio']:.3f}x  (baseline / variant MACs)"))
         rows.append(("speedup/MAC ratio", f"{res['speedup_over_mac_ratio']:.3f}"))
-    rows.append(("setting", f"batch {res['batch_size']}, {res['threads']} threads, "
+    runtime = res.get("runtime", "torch") + (f" {res['precision']}" if "precision" in res else "")
+    rows.append(("setting", f"{runtime}, batch {res['batch_size']}, {res['threads']} threads, "
                             f"{res['warmup']} warm-up, interleaved"))
     return _aligned(rows)
 
@@ -282,7 +317,11 @@ def bench_main(argv: list[str]) -> int:
     _add_model_args(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's current setting)")
+                        help="torch threads / onnxruntime intra-op threads (default: torch's current setting)")
+    parser.add_argument("--runtime", choices=runtime_bench.RUNTIMES, default="torch",
+                        help="time eager PyTorch (default) or both models exported to ONNX in onnxruntime")
+    parser.add_argument("--int8", action="store_true",
+                        help="onnxruntime only: time both models dynamically quantized to int8")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each model")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs of each model")
     args = parser.parse_args(argv)
@@ -290,6 +329,8 @@ def bench_main(argv: list[str]) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.int8 and args.runtime != "onnxruntime":
+        raise UserError("--int8 is onnxruntime's dynamic quantization: add --runtime onnxruntime")
 
     model, opts, is_ckpt = _build(args)
     if is_ckpt:
@@ -301,20 +342,28 @@ def bench_main(argv: list[str]) -> int:
     else:
         if not opts:
             raise UserError("nothing to compare: give a variant with --base-rate R and/or "
-                            "--keep-heads F --keep-mlp F")
+                            "--keep-heads F --keep-mlp F (or --merge-r R)")
         baseline = model
         variant = apply_variant(copy.deepcopy(model), opts)
 
     base_info = _describe(baseline, args, {}, False)
     var_info = _describe(variant, args, opts, is_ckpt)
     shape = [args.batch_size] + var_info["input_shape"][1:]
-    res = measure.benchmark(baseline, variant, shape, warmup=args.warmup, repeats=args.repeats,
-                    threads=args.threads, baseline_macs=base_info["macs"],
-                    variant_macs=var_info["macs"], progress=not args.json)
+    if args.runtime == "onnxruntime":
+        ort = runtime_bench.compare(baseline, variant, batch_sizes=[args.batch_size], runtimes=("onnxruntime",),
+                                    precisions=("int8" if args.int8 else "fp32",), warmup=args.warmup,
+                                    repeats=args.repeats, threads=args.threads, img_size=args.img_size,
+                                    macs=(base_info["macs"], var_info["macs"]))
+        res = {**ort["rows"][0], "onnx_check": ort["onnx_check"], "variant_kind": ort["variant_kind"]}
+    else:
+        res = measure.benchmark(baseline, variant, shape, warmup=args.warmup, repeats=args.repeats,
+                                threads=args.threads, baseline_macs=base_info["macs"],
+                                variant_macs=var_info["macs"], progress=not args.json)
     res.update({"model": var_info["model"], "checkpoint": var_info["checkpoint"],
                 "img_size": var_info["img_size"],
                 "baseline_params": base_info["params"], "variant_params": var_info["params"]})
-    for key in ("keep_heads", "keep_mlp", "block_spec", "token_pruning", "training_free", "tokens_per_block"):
+    for key in ("keep_heads", "keep_mlp", "block_spec", "token_pruning", "training_free", "merging",
+                "tokens_per_block"):
         if key in var_info:
             res[key] = var_info[key]
     if args.json:

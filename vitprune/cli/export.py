@@ -1,0 +1,84 @@
+"""`python -m vitprune export MODEL_OR_RUN_DIR OUT.onnx [variant options]`: write the model
+(a timm name, a vitprune checkpoint, or a run directory holding model.pt), with the same variant
+options as `measure`/`bench`, as an ONNX file with a dynamic batch axis (`vitprune.export`),
+then check it against PyTorch in onnxruntime (max |delta logits|) and, with --int8, also write
+its dynamically quantized copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from vitprune import export
+from vitprune.cli import measure as cli_measure
+from vitprune.errors import UserError
+
+CHECK_BATCHES = (1, 4)
+
+
+def _resolve(model_arg: str) -> str:
+    """A run directory means its model.pt; anything else is passed on unchanged."""
+    path = Path(model_arg)
+    if path.is_dir():
+        ckpt = path / "model.pt"
+        if not ckpt.is_file():
+            found = sorted(p.relative_to(path).as_posix() for p in path.glob("*/model.pt"))
+            hint = f"; checkpoints below it: {', '.join(found[:6])}" if found else ""
+            raise UserError(f"run directory {path} has no model.pt{hint}; give a run directory of "
+                            f"notebook 01-04 or a checkpoint file")
+        return str(ckpt)
+    return model_arg
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vitprune export",
+        description="Export a model or pruned variant to ONNX (batch is a dynamic axis; token keep "
+                    "counts and merges are static), and check it against PyTorch in onnxruntime.")
+    cli_measure._add_model_args(parser, model_help="timm model name, vitprune checkpoint, or a run directory "
+                                                   "holding model.pt")
+    parser.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
+    parser.add_argument("--exporter", choices=export.EXPORTERS, default="torchscript",
+                        help="torch.onnx exporter (default torchscript: ~5x faster to export, same graph speed)")
+    parser.add_argument("--opset", type=int, default=export.DEFAULT_OPSET)
+    parser.add_argument("--int8", action="store_true",
+                        help="also write OUT.int8.onnx (onnxruntime dynamic quantization)")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime round trip")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="round-trip tolerance on logits, times max(1, max |logit|)")
+    args = parser.parse_args(argv)
+    args.model = _resolve(args.model)
+    model, opts, is_ckpt = cli_measure._build(args)
+    model = cli_measure.apply_variant(model, opts)
+    info = export.export_onnx(model, args.out, img_size=args.img_size, opset=args.opset, exporter=args.exporter)
+    info["model"] = os.path.abspath(args.model) if is_ckpt else args.model
+    if not args.no_check:
+        info["check"] = export.verify(model, info["path"], CHECK_BATCHES, img_size=args.img_size, atol=args.atol)
+    if args.int8:
+        out = Path(args.out)
+        info["int8"] = export.quantize_int8(info["path"], out.with_name(out.stem + ".int8" + out.suffix))
+    print(json.dumps(info) if args.json else _format(info))
+    check = info.get("check")
+    if check is not None and not check["ok"]:
+        raise UserError(
+            f"{check['mismatched_samples']} of {check['samples']} samples differ from PyTorch by more than "
+            f"{check['tolerance']:.3g} (max |delta logits| {check['max_abs_diff']:.3g}); the file was written. "
+            f"A random-init model with token selection can have tied token scores (see vitprune/export.py); "
+            f"otherwise report it. --no-check skips the round trip")
+    return 0
+
+
+def _format(info: dict) -> str:
+    lines = [f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB; {info['kind']}, {info['exporter']} exporter, "
+             f"opset {info['opset']}, input {info['input_shape'][1:]} x dynamic batch)"]
+    if "check" in info:
+        c = info["check"]
+        lines.append(f"onnxruntime vs PyTorch: max |delta logits| {c['max_abs_diff']:.3g} over {c['samples']} images "
+                     f"(batches {', '.join(map(str, c['by_batch']))}; max |logit| {c['max_abs_logit']:.3g}, "
+                     f"tolerance {c['tolerance']:.3g}) -> {'ok' if c['ok'] else 'MISMATCH'}")
+    if "int8" in info:
+        lines.append(f"wrote {info['int8']['path']} ({info['int8']['bytes'] / 1e6:.1f} MB, int8 dynamic quantization)")
+    return "\n".join(lines)

@@ -1,0 +1,282 @@
+"""Training-free token merging (ToMe), the comparator that merges tokens instead of dropping them.
+
+Method: Bolya, Fu, Dai, Zhang, Feichtenhofer, Hoffman, "Token Merging: Your ViT but Faster",
+ICLR 2023 (arXiv:2210.09461). Our own implementation of the paper's description:
+
+- Where: inside every block, between the attention and the MLP branch (paper sec. 3, fig. 1),
+  `r_i` tokens are merged away in block i, so the MLP of block i and everything after run on
+  fewer tokens.
+- Similarity: the attention keys averaged over heads (paper sec. 3, "Token similarity"), cosine
+  similarity.
+- Bipartite soft matching (paper sec. 3, "Bipartite Soft Matching"): split the tokens into two
+  alternating sets A (even positions) and B (odd positions); give each A token one edge to its
+  most similar B token; keep the r most similar edges; merge each of those A tokens into its
+  B token (several may merge into one); the other A tokens and all B tokens stay. r is
+  clipped to half the patch tokens, so at least half survive each block.
+- Merging is a size-weighted average, x_b <- (s_b x_b + sum s_a x_a) / (s_b + sum s_a), and the
+  sizes add: s counts how many input patches a token holds.
+- Proportional attention (paper eq. 1): softmax(q k^T / sqrt(d) + log s), so a merged token
+  weighs as much as the patches it holds.
+- Prefix tokens (CLS, distillation/register tokens) are never merged (the paper protects CLS).
+  Unlike the paper's code we leave them out of the matching instead of giving them -inf scores;
+  the effect is the same.
+- A block whose heads were all pruned (`block_pruning.NoAttention`) has no keys: its normed
+  input tokens are the similarity features instead.
+
+Schedules: `apply(model, r)` with one int (the paper's constant r per block) or one value per
+block; `schedule_for_macs` finds the schedule whose MACs (`measure.count`, traced at batch 1
+with the merged shapes) come closest to a target, for comparisons at matched MACs.
+
+Nothing is trained and no parameter is added: the state dict is the baseline's. The model is
+patched in place by a class swap, as `token_pruning` does. Tokens per block count CLS.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from vitprune import measure, pruning_state, vit_ops
+from vitprune.errors import UserError
+
+CONFIG_ATTR = "vitprune_merging"
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, VisionTransformer):
+        raise UserError(f"token merging patches timm VisionTransformer models, got {type(model).__name__}")
+    for state, what in ((pruning_state.token(model), "DynamicViT token pruning"),
+                        (pruning_state.training_free(model), "training-free token pruning")):
+        if state is not None:
+            raise UserError(f"this model already has {what}; apply token merging to an unpruned "
+                            f"(or block-pruned only) model")
+    if model.global_pool != "token" or model.num_prefix_tokens < 1:
+        raise UserError(f"token merging here classifies from the class token: it needs global_pool 'token', "
+                        f"got {model.global_pool!r}")
+    vit_ops.check_blocks(model, "token merging")
+
+
+def _schedule(model: nn.Module, r: int | Sequence[int]) -> list[int]:
+    depth = len(model.blocks)
+    values = [r] * depth if isinstance(r, int) and not isinstance(r, bool) else list(r) if isinstance(
+        r, (list, tuple)) else None
+    if values is None or len(values) != depth:
+        raise UserError(f"merge schedule r must be one int or {depth} ints (one per block), got {r!r}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UserError(f"merge schedule entry {i} must be an int >= 0 (tokens merged in that block), got {v!r}")
+    return [int(v) for v in values]
+
+
+def apply(model: nn.Module, r: int | Sequence[int] = 8) -> nn.Module:
+    """Make a timm VisionTransformer merge `r` tokens per block (an int, or one int per block),
+    in place; returns it. Re-applying changes the schedule. Sets `model.vitprune_merging`."""
+    _check_model(model)
+    setattr(model, CONFIG_ATTR, {"r": _schedule(model, r)})
+    model.__class__ = vit_ops.mixed_class(_MergingMixin, type(model), "TokenMerging", sys.modules[__name__])
+    return model
+
+
+def config(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, CONFIG_ATTR, None)
+    if cfg is None:
+        raise UserError("this model has no token merging; call merging.apply(model, r) first")
+    return cfg
+
+
+def merge_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
+    """Tokens actually merged in each block: the schedule clipped to half the patch tokens left."""
+    n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
+    out = []
+    for r in config(model)["r"]:
+        r = min(r, n // 2)
+        out.append(r)
+        n -= r
+    return out
+
+
+def tokens_per_block(model: nn.Module) -> list[int]:
+    """Tokens entering each block, prefix tokens (CLS) INCLUDED, at the model's input size.
+    (Inside block i the MLP already sees tokens_per_block[i] - merge_counts[i].)"""
+    prefix = int(model.num_prefix_tokens)
+    n = int(model.patch_embed.num_patches)
+    out = []
+    for r in merge_counts(model):
+        out.append(prefix + n)
+        n -= r
+    return out
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """Schedule, effective merges and tokens per block, for metrics.json."""
+    return {"r": list(config(model)["r"]), "merge_counts": merge_counts(model),
+            "tokens_per_block": tokens_per_block(model), "tokens_include_cls": True,
+            "num_patches": int(model.patch_embed.num_patches)}
+
+
+def spread_schedule(model: nn.Module, total: int) -> list[int]:
+    """`total` merges spread over the blocks as evenly as possible, earlier blocks first
+    (total = 12 r on a 12-block model is the paper's constant r)."""
+    depth = len(model.blocks)
+    return [total // depth + (1 if i < total % depth else 0) for i in range(depth)]
+
+
+def schedule_for_macs(model: nn.Module, target_macs: int | None = None, *,
+                      mac_ratio: float | None = None) -> dict[str, Any]:
+    """The spread schedule whose MACs per image come closest to `target_macs` (or to the
+    unmerged model's MACs / `mac_ratio`). MACs fall monotonically with the number of merges,
+    so a bisection over it needs ~log2(depth x N/2) counts (`measure.count`, batch 1).
+    The model is left with its previous merge config (or none). Returns {"r", "macs",
+    "target_macs", "base_macs"}."""
+    if (target_macs is None) == (mac_ratio is None):
+        raise UserError("give exactly one of target_macs or mac_ratio (original / merged MACs, e.g. 1.5)")
+    _check_model(model)
+    had = getattr(model, CONFIG_ATTR, None)
+    base_model = model
+
+    def macs_for(schedule: list[int]) -> int:
+        apply(base_model, schedule)
+        return int(measure.count(base_model)["macs"])
+
+    try:
+        base = macs_for([0] * len(model.blocks))
+        if mac_ratio is not None:
+            if isinstance(mac_ratio, bool) or not isinstance(mac_ratio, (int, float)) or mac_ratio < 1:
+                raise UserError(f"mac_ratio is original / merged MACs and must be >= 1, got {mac_ratio!r}")
+            target = base / float(mac_ratio)
+        else:
+            if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or target_macs <= 0:
+                raise UserError(f"target_macs must be a positive number of MACs per image, got {target_macs!r}")
+            target = float(target_macs)
+        lo, hi = 0, len(model.blocks) * (int(model.patch_embed.num_patches) // 2)
+        floor_macs = macs_for(spread_schedule(model, hi))
+        if target < floor_macs:
+            raise UserError(f"target {target:.4g} MACs is below what merging can reach ({floor_macs:.4g} MACs with "
+                            f"half the tokens merged in every block); ask for fewer MACs saved")
+        # smallest number of merges whose MACs are <= target; then the closer of it and one fewer
+        cache = {0: base, hi: floor_macs}
+        while lo < hi:
+            mid = (lo + hi) // 2
+            cache.setdefault(mid, macs_for(spread_schedule(model, mid)))
+            if cache[mid] <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        best = lo
+        if lo > 0:
+            cache.setdefault(lo - 1, macs_for(spread_schedule(model, lo - 1)))
+            if abs(cache[lo - 1] - target) < abs(cache[lo] - target):
+                best = lo - 1
+        schedule = spread_schedule(model, best)
+        return {"r": schedule, "macs": cache[best], "target_macs": target, "base_macs": base}
+    finally:
+        if had is None:
+            _remove(base_model)
+        else:
+            setattr(base_model, CONFIG_ATTR, had)
+
+
+def _remove(model: nn.Module) -> None:
+    """Undo `apply`: the class before the swap, no config."""
+    if getattr(model, CONFIG_ATTR, None) is not None:
+        delattr(model, CONFIG_ATTR)
+    cls = type(model)
+    if issubclass(cls, _MergingMixin):
+        model.__class__ = next(b for b in cls.__mro__[1:] if not issubclass(b, _MergingMixin))
+
+
+# ---------------------------------------------------------------- forward
+
+
+def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
+    """timm Attention with proportional attention (ToMe eq. 1: + log s on the logits of each
+    key). Returns (output [B, T, C], similarity features: keys averaged over heads [B, T, d])."""
+    if getattr(attn, "num_heads", None) == 0:  # NoAttention: no keys; the normed tokens instead
+        return attn(x), x
+    B, T, _ = x.shape
+    q, k, v, gate = vit_ops.attention_qkv(attn, x)
+    bias = None if size is None else size.log().view(B, 1, 1, T).to(q.dtype)
+    if getattr(attn, "fused_attn", False):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(B, T, attn.num_heads * attn.head_dim)
+        out = getattr(attn, "norm", vit_ops.identity)(out)
+        if gate is not None:
+            out = out * gate
+        out = attn.proj_drop(attn.proj(out))
+    else:
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias
+        out = vit_ops.attention_output(attn, logits.softmax(dim=-1), v, gate)
+    return out, k.mean(dim=1)
+
+
+def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
+                    prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge r of the patch tokens of x [B, T, C] (sizes [B, T, 1], similarity features metric
+    [B, T, d]) by bipartite soft matching; prefix tokens stay first and untouched. Returns the
+    merged tokens [B, T - r, C] and their sizes."""
+    if r <= 0:
+        return x, size
+    B, _, C = x.shape
+    patches, psize = x[:, prefix:], size[:, prefix:]
+    with torch.no_grad():  # which tokens merge is a discrete choice: no gradient through it
+        feats = metric[:, prefix:]
+        feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        similarity = feats[:, 0::2] @ feats[:, 1::2].transpose(-1, -2)  # [B, |A|, |B|] cosine
+        best, partner = similarity.max(dim=-1)  # each A token's most similar B token
+        order = best.argsort(dim=-1, descending=True)
+        src = order[:, :r]    # the A tokens merged away (most similar edges)
+        stay = order[:, r:]   # the A tokens kept
+        dst = partner.gather(1, src)  # where each merged A token goes
+    xa, xb = patches[:, 0::2], patches[:, 1::2]
+    sa, sb = psize[:, 0::2], psize[:, 1::2]
+    # size-weighted average: sum of s * x over the merged group, divided by the summed size
+    moved = (xa * sa).gather(1, src.unsqueeze(-1).expand(-1, -1, C))
+    weighted_b = (xb * sb).scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, C), moved)
+    size_b = sb.scatter_add(1, dst.unsqueeze(-1), sa.gather(1, src.unsqueeze(-1)))
+    kept_a = xa.gather(1, stay.unsqueeze(-1).expand(-1, -1, C))
+    size_a = sa.gather(1, stay.unsqueeze(-1))
+    merged = torch.cat([x[:, :prefix], kept_a, weighted_b / size_b], dim=1)
+    return merged, torch.cat([size[:, :prefix], size_a, size_b], dim=1)
+
+
+def merged_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The merging forward: normed tokens after the last block [B, T_last, C]. Blocks before the
+    first merge run timm's own forward (so r = 0 everywhere is the unmodified model exactly)."""
+    x = vit_ops.embed(model, images)
+    prefix = model.num_prefix_tokens
+    counts = merge_counts(model, x.shape[1] - prefix)
+    size = None  # all ones until the first merge
+    for blk, r in zip(model.blocks, counts):
+        if size is None and r == 0:
+            x = blk(x)
+            continue
+        ls1, ls2 = getattr(blk, "ls1", vit_ops.identity), getattr(blk, "ls2", vit_ops.identity)
+        dp1, dp2 = getattr(blk, "drop_path1", vit_ops.identity), getattr(blk, "drop_path2", vit_ops.identity)
+        a, metric = _attention(blk.attn, blk.norm1(x), size)
+        x = x + dp1(ls1(a))
+        if r > 0:
+            if size is None:
+                size = x.new_ones(x.shape[0], x.shape[1], 1)
+            x, size = bipartite_merge(x, size, metric, r, prefix)
+        x = x + dp2(ls2(blk.mlp(blk.norm2(x))))
+    return model.norm(x)
+
+
+class _MergingMixin:
+    """Forward of a token-merging VisionTransformer (same in train and eval mode)."""
+
+    def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise UserError("a token-merging model takes no attn_mask / is_causal")
+        return merged_features(self, x)
+

@@ -1,0 +1,158 @@
+"""Latency of baseline vs pruned variant in onnxruntime (fp32 or int8), beside PyTorch's.
+
+Same protocol as `measure.benchmark` (DESIGN.md, measurement conventions): both models get the
+same random input, `warmup` untimed runs each, then `repeats` rounds that time one run of each,
+alternating which goes first (ABBA...), so load drift on a shared machine hits both alike;
+medians in milliseconds and their ratio `speedup` = baseline / variant. `mac_ratio` =
+baseline / variant MACs per image (`measure.count`, fvcore + SDPA handle), so
+`speedup_over_mac_ratio` = 1 is the speedup the arithmetic promises.
+
+int8: onnxruntime dynamic quantization of both files (`export.quantize_int8`); the MAC counts
+are those of the float model (the same multiply-accumulates, done in int8).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitprune import export, measure
+from vitprune.errors import UserError
+
+RUNTIMES = ("torch", "onnxruntime")
+PRECISIONS = ("fp32", "int8")
+
+
+def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.PathLike,
+                   input_shape: Sequence[int], *, warmup: int = 2, repeats: int = 10,
+                   threads: int | None = None, baseline_macs: int | None = None,
+                   variant_macs: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Median onnxruntime latency of two ONNX files (input "images", batch first), interleaved.
+
+    Returns the keys of `measure.benchmark` ("baseline_ms", "variant_ms", "speedup", the runs,
+    "batch_size", "threads", ... and with MACs "mac_ratio", "speedup_over_mac_ratio") plus
+    "runtime": "onnxruntime" and its version. `threads`: intra-op threads of each session
+    (default torch's current thread count, so both runtimes get the same cores)."""
+    import onnxruntime as ort
+
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"need repeats >= 1 and warmup >= 0 (got {repeats}, {warmup})")
+    threads = int(threads or torch.get_num_threads())
+    sessions = {"baseline": export.session(baseline_path, threads),
+                "variant": export.session(variant_path, threads)}
+    x = np.random.default_rng(seed).standard_normal(tuple(input_shape), dtype=np.float32)
+    feeds = {export.INPUT_NAME: x}
+    times: dict[str, list[float]] = {"baseline": [], "variant": []}
+
+    def run(name: str) -> float:
+        start = time.perf_counter()
+        sessions[name].run(None, feeds)
+        return (time.perf_counter() - start) * 1e3
+
+    for _ in range(warmup):
+        run("baseline")
+        run("variant")
+    for i in range(repeats):
+        for name in (("baseline", "variant") if i % 2 == 0 else ("variant", "baseline")):
+            times[name].append(run(name))
+    base_ms, var_ms = statistics.median(times["baseline"]), statistics.median(times["variant"])
+    out: dict[str, Any] = {
+        "runtime": "onnxruntime", "onnxruntime_version": ort.__version__,
+        "baseline_ms": base_ms, "variant_ms": var_ms, "speedup": base_ms / var_ms,
+        "baseline_ms_runs": times["baseline"], "variant_ms_runs": times["variant"],
+        "batch_size": int(input_shape[0]), "input_shape": list(input_shape), "threads": threads,
+        "warmup": warmup, "repeats": repeats, "device": "cpu",
+    }
+    if baseline_macs and variant_macs:
+        out.update(baseline_macs=int(baseline_macs), variant_macs=int(variant_macs),
+                   mac_ratio=baseline_macs / variant_macs)
+        out["speedup_over_mac_ratio"] = out["speedup"] / out["mac_ratio"]
+    return out
+
+
+def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[int] = (1, 16),
+            runtimes: Sequence[str] = RUNTIMES, precisions: Sequence[str] = ("fp32",), warmup: int = 2,
+            repeats: int = 10, threads: int | None = None, img_size: int | None = None,
+            workdir: str | os.PathLike | None = None, check: bool = True,
+            macs: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Count, export and time `baseline` vs `variant` in each runtime at each batch size.
+
+    torch runs `measure.benchmark` on the modules; onnxruntime exports both (`export.export_onnx`,
+    into `workdir` or a temporary directory) and times each of `precisions` ("fp32"; "int8" =
+    both files dynamically quantized, onnxruntime only). With `check`, each fp32 file's round trip
+    (`export.verify`, batch 1 and 2) is recorded under "onnx_check". Returns {"baseline_macs",
+    "variant_macs", "mac_ratio", "baseline_kind", "variant_kind", "rows": [{"runtime",
+    "precision", "batch_size", "baseline_ms", "variant_ms", "speedup", "speedup_over_mac_ratio",
+    ...}], "onnx_check"?}. `macs` (baseline, variant MACs per image) skips the counting when the
+    caller has counted already.
+    """
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad or not runtimes:
+        raise UserError(f"unknown runtime {bad or runtimes}; use one or more of {', '.join(RUNTIMES)}")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise UserError(f"unknown precision {bad or precisions}; use one or more of {', '.join(PRECISIONS)}")
+    int8 = "int8" in precisions
+    if int8 and "onnxruntime" not in runtimes:
+        raise UserError("int8 timing is onnxruntime dynamic quantization: add the onnxruntime runtime")
+    for b in batch_sizes:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise UserError(f"batch sizes must be positive ints, got {b!r}")
+    if macs is None:
+        macs = (measure.count(baseline, img_size=img_size)["macs"], measure.count(variant, img_size=img_size)["macs"])
+    per_image = list(measure.input_shape_for(variant, img_size)[1:])
+    out: dict[str, Any] = {
+        "baseline_kind": export.model_kind(baseline), "variant_kind": export.model_kind(variant),
+        "baseline_macs": int(macs[0]), "variant_macs": int(macs[1]), "mac_ratio": macs[0] / macs[1],
+        "baseline_params": measure.count_params(baseline), "variant_params": measure.count_params(variant),
+        "precisions": list(precisions), "rows": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="vitprune-ort-") as tmp:
+        root = Path(workdir) if workdir is not None else Path(tmp)
+        files: dict[str, tuple[str, str]] = {}
+        if "onnxruntime" in runtimes:
+            fp32 = tuple(export.export_onnx(m, root / f"{name}.onnx", img_size=img_size)["path"]
+                         for name, m in (("baseline", baseline), ("variant", variant)))
+            if "fp32" in precisions:
+                files["fp32"] = fp32
+            if check:
+                out["onnx_check"] = {name: _summary(export.verify(m, p, (1, 2), img_size=img_size))
+                                     for name, m, p in (("baseline", baseline, fp32[0]),
+                                                        ("variant", variant, fp32[1]))}
+            if int8:
+                files["int8"] = tuple(export.quantize_int8(p, root / f"{name}.int8.onnx")["path"]
+                                      for name, p in zip(("baseline", "variant"), fp32))
+        for b in batch_sizes:
+            shape = [b, *per_image]
+            if "torch" in runtimes and "fp32" in precisions:
+                res = measure.benchmark(baseline, variant, shape, warmup=warmup, repeats=repeats,
+                                        threads=threads, baseline_macs=macs[0], variant_macs=macs[1])
+                out["rows"].append({"runtime": "torch", "precision": "fp32", **res})
+            for precision, (bpath, vpath) in files.items():
+                res = benchmark_onnx(bpath, vpath, shape, warmup=warmup, repeats=repeats,
+                                     threads=threads, baseline_macs=macs[0], variant_macs=macs[1])
+                out["rows"].append({**res, "precision": precision})
+    return out
+
+
+def _summary(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: res[k] for k in ("max_abs_diff", "max_abs_logit", "mismatched_samples", "samples", "ok")}
+
+
+def format_rows(result: dict[str, Any]) -> str:
+    """A small text table of `compare`'s rows: runtime, precision, batch, ms, speedup, ratio."""
+    lines = [f"MAC ratio {result['mac_ratio']:.3f}x ({result['baseline_kind']} -> {result['variant_kind']})",
+             f"{'runtime':<12} {'prec':<5} {'batch':>5} {'baseline ms':>12} {'variant ms':>11} "
+             f"{'speedup':>8} {'speedup/MAC':>11}"]
+    for r in result["rows"]:
+        lines.append(f"{r['runtime']:<12} {r['precision']:<5} {r['batch_size']:>5} {r['baseline_ms']:>12.2f} "
+                     f"{r['variant_ms']:>11.2f} {r['speedup']:>7.3f}x {r['speedup_over_mac_ratio']:>11.3f}")
+    return "\n".join(lines)
