@@ -190,7 +190,8 @@ def test_analysis_notebook_on_a_synthetic_runs_tree(tmp_path):
 
     root = tmp_path / "runs"
     written = write_synthetic_runs(root, profile="smoke")
-    pipeline.run_profile("smoke", only="05_analysis", runs_root=str(root))
+    # synthetic runs have no saved models to time: edge latency off here (the chained smoke test has it on)
+    pipeline.run_profile("smoke", only="05_analysis", runs_root=str(root), overrides={"edge_latency": False})
     metrics = results.read_metrics(root / "smoke" / "05_analysis")
     fig_dir = Path(metrics["figures_dir"])
     assert fig_dir == root / "smoke" / "05_analysis" / "figures"
@@ -221,7 +222,13 @@ def test_smoke_pipeline_draws_every_figure(smoke_runs):
     from vitprune import plots
 
     metrics = results.read_metrics(smoke_runs / "05_analysis")
-    assert sorted(metrics["figures"]) == sorted(plots.FIGURES)
+    assert sorted(metrics["figures"]) == sorted([*plots.FIGURES, "edge_latency"])
+    # every saved pruned kind was exported, matched PyTorch in onnxruntime and was timed in both runtimes
+    edge = metrics["edge_latency"]
+    assert {r["method"] for r in edge} >= {"dynamicvit", "block", "token_then_block", "block_then_token"}
+    assert {(r["run"], r["runtime"]) for r in edge} == {(r["run"], rt) for r in edge for rt in ("torch", "onnxruntime")}
+    assert all(r["onnx_max_abs_diff"] < 1e-3 and r["speedup"] > 0 for r in edge)
+    assert (Path(metrics["figures_dir"]) / "edge_latency.png").stat().st_size > 0
     rows = {row["run"]: row for row in metrics["table1_rows"]}
     for run in ("01_deit_baseline", "02_token_pruning/base_rate_0.7", "03_block_pruning"):
         assert rows[run]["top1"] == pytest.approx(results.read_metrics(smoke_runs / run)["top1"])

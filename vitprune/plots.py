@@ -472,6 +472,35 @@ def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
     return paths
 
 
+def edge_latency(rows: list[dict]) -> Figure | None:
+    """Speedup against the MAC ratio per pruned model, torch and onnxruntime side by side, one
+    panel per batch size (rows from `edge_latency.measure_runs`); y = x is what the MACs promise."""
+    if not rows:
+        return None
+    colors = _palette()
+    batches = sorted({r["batch_size"] for r in rows})
+    fig, axes = _new_figure(ncols=len(batches), size=(5.0 * len(batches), 4.3))
+    hi = max(max(r["mac_ratio"], r["speedup"]) for r in rows) * 1.1
+    for ax, batch in zip(axes[0], batches):
+        for r in (r for r in rows if r["batch_size"] == batch):
+            filled = r["runtime"] == "onnxruntime"
+            color = colors.get(str(r["method"]))
+            ax.scatter(r["mac_ratio"], r["speedup"], s=50, zorder=3, marker=METHOD_MARKERS.get(str(r["method"]), "o"),
+                       facecolors=color if filled else "none", edgecolors=color)
+        ax.plot([1, hi], [1, hi], ":", color="0.4")
+        ax.set_title(f"batch {batch}")
+        ax.set_xlabel("MAC ratio (baseline / variant)")
+    axes[0][0].set_ylabel("measured speedup (median latency ratio)")
+    for method in dict.fromkeys(str(r["method"]) for r in rows):
+        axes[0][0].scatter([], [], color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"),
+                           label=METHOD_LABELS.get(method, method))
+    axes[0][0].scatter([], [], facecolors="none", edgecolors="0.3", label="hollow: torch")
+    axes[0][0].scatter([], [], color="0.3", label="filled: onnxruntime")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Edge latency: torch vs onnxruntime (CPU)")
+    return fig
+
+
 def make_all(runs: list[dict], out_dir: str | os.PathLike, max_kept_images: int = 3) -> dict[str, Figure]:
     """Draw every figure the runs support, save each as PNG+PDF; returns {name: Figure}.
     Figures with nothing to draw are skipped, and a stale file of that name is removed so

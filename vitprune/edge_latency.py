@@ -1,0 +1,86 @@
+"""Edge latency of a profile's saved models: torch beside onnxruntime, against the MAC ratio.
+
+Notebook 05 calls `measure_runs` on the runs `results.collect_runs` found. For each pruning
+method it takes the saved model whose MAC ratio is nearest `target_mac_ratio` (or every saved
+model), exports it and the baseline to ONNX and times both interleaved in each runtime
+(`runtime_bench.compare`). Speed-up = median baseline latency / median variant latency at one
+batch size; MAC ratio = baseline MACs / variant MACs per image (MACs, not FLOPs, taken from the
+runs' metrics so nothing is counted twice).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from vitprune import models, runtime_bench
+from vitprune.errors import UserError
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def checkpoint_of(run: dict[str, Any]) -> Path | None:
+    """The saved model of a run: its metrics' `checkpoint` (relative to the run folder), else the
+    run folder's model.pt. A table row of a run ("<run>#<i>") has a model only if it names one."""
+    rel = run["metrics"].get("checkpoint")
+    if not rel and "#" in run["run"]:
+        return None
+    path = Path(run["run_dir"]) / (rel or "model.pt")
+    return path if path.is_file() else None
+
+
+def pick_runs(runs: list[dict[str, Any]], target_mac_ratio: float = 0.0) -> tuple[dict, list[dict]]:
+    """(baseline run, pruned runs to time): per method the saved run whose MAC ratio is nearest
+    `target_mac_ratio`; 0 takes every saved pruned run."""
+    saved = [r for r in runs if checkpoint_of(r) is not None and isinstance(r["metrics"].get("macs"), (int, float))]
+    base = next((r for r in saved if r["metrics"].get("method") == "baseline"), None)
+    if base is None:
+        raise UserError("edge latency needs the baseline's saved model (01_deit_baseline/model.pt); "
+                        "run notebook 01 first, or set edge_latency: false")
+    pruned = [r for r in saved if r["metrics"].get("method") != "baseline"]
+    if target_mac_ratio <= 0:
+        return base, pruned
+    best: dict[str, tuple[float, dict]] = {}
+    for r in pruned:
+        ratio = base["metrics"]["macs"] / r["metrics"]["macs"]
+        method = str(r["metrics"].get("method"))
+        if method not in best or abs(ratio - target_mac_ratio) < abs(best[method][0] - target_mac_ratio):
+            best[method] = (ratio, r)
+    return base, [r for _, r in best.values()]
+
+
+def measure_runs(runs: list[dict[str, Any]], *, batch_sizes: Sequence[int] = (1, 16), repeats: int = 5,
+                 warmup: int = 2, threads: int | None = None, target_mac_ratio: float = 0.0) -> list[dict]:
+    """One row per (run, runtime, batch size): speedup, mac_ratio, speedup_over_mac_ratio, the
+    medians in ms and the variant's ONNX round trip (max |Δ logits| vs PyTorch)."""
+    base, chosen = pick_runs(runs, target_mac_ratio)
+    baseline = models.load_checkpoint(checkpoint_of(base))
+    rows = []
+    for run in chosen:
+        m = run["metrics"]
+        res = runtime_bench.compare(baseline, models.load_checkpoint(checkpoint_of(run)),
+                                    batch_sizes=batch_sizes, runtimes=RUNTIMES, warmup=warmup,
+                                    repeats=repeats, threads=threads, img_size=m.get("img_size"),
+                                    macs=(int(base["metrics"]["macs"]), int(m["macs"])))
+        for r in res["rows"]:
+            rows.append({"run": run["run"], "label": m.get("label", run["run"]), "method": m.get("method"),
+                         "runtime": r["runtime"], "batch_size": r["batch_size"],
+                         "baseline_ms": r["baseline_ms"], "variant_ms": r["variant_ms"],
+                         "speedup": r["speedup"], "mac_ratio": res["mac_ratio"],
+                         "speedup_over_mac_ratio": r["speedup_over_mac_ratio"],
+                         "onnx_max_abs_diff": res["onnx_check"]["variant"]["max_abs_diff"]})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table, torch and onnxruntime side by side per run and batch."""
+    keyed: dict[tuple, dict] = {}
+    for r in rows:
+        keyed.setdefault((r["label"], r["batch_size"]), {"mac_ratio": r["mac_ratio"],
+                                                         "diff": r["onnx_max_abs_diff"]})[r["runtime"]] = r["speedup"]
+    lines = ["| model | batch | MAC ratio | torch speedup | onnxruntime speedup | ORT max abs diff logits |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for (label, batch), v in keyed.items():
+        lines.append(f"| {label} | {batch} | {v['mac_ratio']:.2f}x | {v.get('torch', float('nan')):.2f}x | "
+                     f"{v.get('onnxruntime', float('nan')):.2f}x | {v['diff']:.1e} |")
+    return "\n".join(lines) + "\n"
