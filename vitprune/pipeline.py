@@ -152,6 +152,25 @@ def environment() -> dict[str, Any]:
             "device": device, "torch_threads": threads, "git_sha": git_sha()}
 
 
+def error_line(exc: BaseException, limit: int = 500) -> str:
+    """One console line for a failed notebook: the notebook's own error, not papermill's wrapper.
+
+    A `PapermillExecutionError` carries the kernel's exception name and value: a UserError
+    gives its message as it is (it already says what is wrong and how to fix it), any other
+    exception `Name: message` (the last line of its traceback). Multi-line messages keep their
+    first non-empty line."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename is None:  # raised here, not inside the kernel
+        ename, evalue = type(exc).__name__, str(exc)
+    lines = [line.strip() for line in str(evalue or "").splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if ename == UserError.__name__ and message:
+        text = message
+    else:
+        text = f"{ename}: {message}" if message else str(ename)
+    return text[:limit]
+
+
 def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     """Execute one run with papermill; the manifest says `running` until it ends."""
     import papermill
@@ -170,12 +189,11 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
                                    parameters=run.params, cwd=str(config.project_root()),
                                    kernel_name="python3", progress_bar=False)
     except BaseException as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
-                        wall_time_s=round(time.perf_counter() - start, 2))
+        manifest.update(status="failed", error=error_line(exc), wall_time_s=round(time.perf_counter() - start, 2))
         write_manifest(run.run_dir, manifest)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise UserError(f"{run.name} failed ({manifest['error']}); the partial notebook is at {output}") from exc
+        raise UserError(f"{run.name} failed: {manifest['error']} (the partial notebook is at {output})") from exc
     manifest.update(status="ok", wall_time_s=round(time.perf_counter() - start, 2))
     if not (run.run_dir / "metrics.json").exists():
         manifest.update(status="failed", error="notebook finished without writing metrics.json")
