@@ -46,7 +46,7 @@ def test_plan_validates_and_reads_accelerate_config(tmp_path):
     with pytest.raises(UserError, match="mixed_precision must be one of no, bf16, fp16"):
         launch.plan(2, "fp8")
     with pytest.raises(UserError, match="does not exist"):
-        launch.plan(1, config_file=str(tmp_path / "none.yaml"))
+        launch.plan(1, launch_config=str(tmp_path / "none.yaml"))
     cfg = tmp_path / "two_nodes.yaml"  # what `accelerate config` writes on the second of two 8-GPU machines
     cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmachine_rank: 1\n"
                    "main_process_ip: 10.0.0.1\nmain_process_port: 29555\nmixed_precision: bf16\n"

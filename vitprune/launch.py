@@ -61,21 +61,21 @@ class Plan:
                 "num_machines": self.num_machines, "launch_config": self.config_file or None}
 
 
-def plan(num_processes: int = 1, mixed_precision: str = "no", config_file: str = "") -> Plan:
+def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str = "") -> Plan:
     """Validate the notebook parameters (and read accelerate's config file when one is given).
 
-    With `config_file`, the file decides; `num_processes` / `mixed_precision` may then only
+    With `launch_config` (an accelerate config file), the file decides; `num_processes` / `mixed_precision` may then only
     repeat what it says (or stay at their defaults 1 / "no")."""
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise UserError(f"num_processes must be an integer >= 1, got {num_processes!r}")
     if mixed_precision not in MIXED_PRECISION:
         raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
-    if not config_file:
+    if not launch_config:
         return Plan(num_processes=num_processes, mixed_precision=mixed_precision)
-    path = Path(config_file).expanduser()
+    path = Path(launch_config).expanduser()
     if not path.is_file():
-        raise UserError(f"launch_config {config_file!r} does not exist; write one with `accelerate config "
-                        f"--config_file {config_file}` or leave launch_config empty")
+        raise UserError(f"launch_config {launch_config!r} does not exist; write one with `accelerate config "
+                        f"--config_file {launch_config}` or leave launch_config empty")
     from accelerate.commands.config.config_args import load_config_from_file
 
     try:
