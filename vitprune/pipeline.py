@@ -181,6 +181,9 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     manifest = {"notebook": run.notebook, "variant": run.variant, "profile": run.params["profile"],
                 "params": run.params, "params_hash": config.params_hash(run.params), "key": run.key,
                 "upstream_keys": run.upstream, "seed": run.params.get("seed"), "output": str(output),
+                "num_processes": run.params.get("num_processes", 1),
+                "mixed_precision": run.params.get("mixed_precision", "no"),
+                "launch_config": run.params.get("launch_config") or None,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", **env}
     write_manifest(run.run_dir, manifest)
     start = time.perf_counter()
