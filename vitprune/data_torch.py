@@ -55,7 +55,32 @@ def transforms_for(model, train: bool, crop_pct: float | None = None, **override
         if not 0 < crop_pct <= 1:
             raise UserError(f"crop_pct must be in (0, 1], got {crop_pct}")
         config["crop_pct"] = crop_pct
-    return create_transform(**config, is_training=train, **overrides)
+    transform = create_transform(**config, is_training=train, **overrides)
+    if overrides.get("auto_augment"):
+        _zero_bit_posterize(transform)
+    return transform
+
+
+def _posterize_keeping_zero_bits(img, bits_to_keep, **_):
+    """timm's posterize, with 0 bits kept meaning what it meant before Pillow 13 (every pixel
+    value masked to 0: a black image) instead of Pillow 13's ValueError. timm's increasing
+    posterize (RandAugment 'inc1', DeiT's recipe) asks for 0 bits at magnitude 10."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, int(bits_to_keep))
+
+
+def _zero_bit_posterize(transform) -> None:
+    """Point the posterize ops of a timm RandAugment / AutoAugment inside `transform` at
+    `_posterize_keeping_zero_bits` (same op, same levels; only the 0-bit case changes)."""
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = _posterize_keeping_zero_bits
 
 
 
