@@ -15,7 +15,9 @@ from vitprune import pipeline, results
 pytestmark = pytest.mark.rehearsal
 
 IMG = 32  # DeiT-Tiny at 32x32: 4 patches + CLS, so 1000 classes train in seconds
-SMALL = {"epochs": 1, "batch_size": 32, "eval_batch_size": 250, "num_workers": 0, "threads": 2,
+# one torch thread: on a loaded 2-core machine two threads per process measured 3-15 s per DynamicViT
+# step against 0.4-0.65 s with one (OpenMP spin-waiting when oversubscribed)
+SMALL = {"epochs": 1, "batch_size": 32, "eval_batch_size": 250, "num_workers": 0, "threads": 1,
          "mixed_precision": "no", "frozen_epochs": 0.5, "update_every": 5, "bench_batch_size": 4,
          "bench_repeats": 2, "audit_models": False, "num_viz": 2, "samples_per_class": 1,
          "max_grid_classes": 4, "figures_in_run_dir": True}
