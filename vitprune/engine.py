@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -255,7 +256,7 @@ def _train_worker(model, train_set, eval_set, options: dict[str, Any]) -> dict[s
     history = _train(model, train_set, eval_set, **options)
     hook = options.get("on_step")
     hook_state = None
-    if hook is not None and not callable(getattr(hook, "__code__", None)) and hasattr(hook, "__dict__"):
+    if hook is not None and not isinstance(hook, types.FunctionType) and hasattr(hook, "__dict__"):
         hook_state = {k: v for k, v in vars(hook).items() if _plain(v)}
     return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "history": history, "on_step": hook_state}
