@@ -10,8 +10,7 @@ import json
 import pytest
 
 import imagenet_rehearsal
-from vitprune import config, models, pipeline, results
-from vitprune import token_pruning as tp
+from vitprune import config, dynamicvit_io, models, pipeline, results
 
 pytestmark = pytest.mark.rehearsal
 
@@ -97,7 +96,7 @@ def test_released_dynamicvit_checkpoint_is_evaluated_and_block_pruned(inputs, pr
     runs, _ = profile_run
     base = runs / "imagenet"
     before = results.read_metrics(base / "02_token_pruning")
-    official = tp.save_official_checkpoint(models.load_checkpoint(base / "02_token_pruning" / "model.pt"),
+    official = dynamicvit_io.save_official_checkpoint(models.load_checkpoint(base / "02_token_pruning" / "model.pt"),
                                            root / "dynamicvit_official.pth")
     again = pipeline.run_profile("imagenet", only="02_token_pruning", runs_root=str(runs),
                                  overrides={**declared_only(overrides, "02_token_pruning"),
