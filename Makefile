@@ -8,7 +8,7 @@ STAMP := $(VENV)/.vitprune-installed
 PROFILE ?= fmnist
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup reproduce test figures lab clean distclean data-package
+.PHONY: setup reproduce test test-full figures lab clean distclean data-package
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ reproduce: setup data-package
 
 test: setup
 	$(BIN)/python -m pytest
+
+# the ImageNet profile rehearsed on CPU (all six notebooks, 1 vs 2 processes); CI runs it too
+test-full: setup
+	$(BIN)/python -m pytest -m rehearsal
 
 figures: setup
 	$(BIN)/python -m vitprune run --profile $(PROFILE) --only 05_analysis --force

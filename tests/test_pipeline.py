@@ -14,6 +14,9 @@ BODY = '''
 import json, pathlib
 if fail:
     raise RuntimeError("asked to fail")
+if globals().get("user_error"):
+    from vitprune.errors import UserError
+    raise UserError(user_error + chr(10) + "second line")
 pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
 pathlib.Path(run_dir, "metrics.json").write_text(json.dumps({"top1": value * 10, "value": value}))
 '''
@@ -33,7 +36,7 @@ def toy(tmp_path, monkeypatch):
     """A project with notebooks 00 and 02 (02 swept over base_rate) and a `toy` profile."""
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks/00_data_cache.ipynb").write_text(
-        json.dumps(notebook("value: int = 1\nfail: bool = False\n")))
+        json.dumps(notebook("value: int = 1\nfail: bool = False\nuser_error: str = ''\n")))
     (tmp_path / "notebooks/02_token_pruning.ipynb").write_text(
         json.dumps(notebook("value: float = 0.5\nbase_rate: float = 0.7\nfail: bool = False\n")))
     prof = tmp_path / "params/toy"
@@ -79,10 +82,11 @@ def test_upstream_change_reruns_downstream(toy):
 
 def test_failed_run_keeps_partial_notebook_and_is_not_done(toy):
     runs = toy / "runs"
-    with pytest.raises(UserError, match="00_data_cache failed"):
+    with pytest.raises(UserError, match="00_data_cache failed: RuntimeError: asked to fail "):
         pipeline.run_profile("toy", only="00_data_cache", overrides={"fail": True}, runs_root=str(runs))
     rdir = runs / "toy/00_data_cache"
     assert manifest(rdir)["status"] == "failed"
+    assert manifest(rdir)["error"] == "RuntimeError: asked to fail"
     assert "asked to fail" in (rdir / "00_data_cache.ipynb").read_text()
     assert not (rdir / "metrics.json").exists()
     ok = pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
@@ -135,3 +139,18 @@ def test_kernel_runs_over_ipc_without_the_tcp_warning(toy, capfd):
     assert "without encryption" not in err
     assert pipeline._ipc_kernel_manager()().transport == "ipc"
     assert {p.name for p in set(toy.iterdir()) - before} == {"runs"}
+
+
+def test_cli_prints_the_notebooks_own_error_line(toy):
+    """A UserError inside a notebook reaches the console as its own text (first line), a
+    plain exception as `Name: message`; never papermill's empty `PapermillExecutionError: `."""
+    cmd = [sys.executable, "-m", "vitprune", "run", "--profile", "toy", "--only", "00_data_cache"]
+    proc = subprocess.run(cmd + ["-p", "user_error=no folder /data/x, set imagefolder_dir"],
+                          capture_output=True, text=True, cwd=toy)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 00_data_cache failed: no folder /data/x, set imagefolder_dir (the partial")
+    assert "PapermillExecutionError" not in proc.stderr and "second line" not in last
+    proc = subprocess.run(cmd + ["-p", "fail=true"], capture_output=True, text=True, cwd=toy)
+    assert proc.returncode == 2
+    assert "error: 00_data_cache failed: RuntimeError: asked to fail (the partial" in proc.stderr

@@ -260,3 +260,21 @@ def training_settings(notebook: str, values: dict[str, Any], exclude: Sequence[s
     if stray:
         raise ValueError(f"{notebook}: exclude names parameters it does not declare: {stray}")
     return {name: values[name] for name in declared if name not in INJECTED and name not in exclude}
+
+
+def token_run_dir(runs_root: str | os.PathLike | None, profile: str, base_rate: float) -> Path:
+    """Notebook 02's run at `base_rate`, wherever the profile put it: the sweep's
+    `02_token_pruning/base_rate_<r>/` (fmnist, smoke) or, for a profile without a sweep of 02
+    (imagenet), `02_token_pruning/` itself when its metrics say that base rate. When neither
+    holds a model, the sweep's folder (for the error message)."""
+    swept = run_dir(runs_root, profile, "02_token_pruning", variant_name({"base_rate": base_rate}))
+    single = run_dir(runs_root, profile, "02_token_pruning")
+    if (swept / "model.pt").is_file():
+        return swept
+    try:
+        rate = json.loads((single / "metrics.json").read_text()).get("base_rate")
+    except (FileNotFoundError, json.JSONDecodeError):
+        rate = None
+    if (single / "model.pt").is_file() and rate is not None and abs(float(rate) - float(base_rate)) < 1e-9:
+        return single
+    return swept

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vitprune.data_folders import export_folder_name, imagefolder_dataset, scan_imagefolder
+from vitprune.data_folders import export_folder_name, imagefolder_dataset, imagefolder_splits, scan_imagefolder
 from vitprune.data_format import (TRAIN_SPLIT, BadImageError, class_names, column, features, labels_of,
                                   rgb_image_bytes, short_list)
 from vitprune.data_sources import FASHION_MNIST_IDX_DIR, hf_imagenet_dataset, load_fashion, resolve_fashion_source
@@ -96,9 +96,9 @@ def _count_labels(split) -> dict[str, int]:
     return {name: int(n) for name, n in zip(names, counts)}
 
 
-def verify_labels(dsd) -> dict[str, dict[str, int]]:
-    """Check every split: ClassLabel names shared, labels in range, every class present.
-    Returns per-split per-class counts."""
+def verify_labels(dsd, allow_absent: bool = False) -> dict[str, dict[str, int]]:
+    """Check every split: ClassLabel names shared, labels in range, every class present
+    (`allow_absent`: a class subset, absent classes count 0). Returns per-split per-class counts."""
     names = class_names(dsd)
     counts = {}
     for split, ds in dsd.items():
@@ -107,7 +107,7 @@ def verify_labels(dsd) -> dict[str, dict[str, int]]:
             raise UserError(f"split {split!r}: labels outside 0..{len(names) - 1}; rebuild the cache")
         counts[split] = _count_labels(ds)
         empty = [n for n, c in counts[split].items() if c == 0]
-        if empty:
+        if empty and not allow_absent:
             raise UserError(f"split {split!r} has no examples of classes {short_list(empty)}; the source "
                             "or its class list is wrong")
     return counts
@@ -164,6 +164,16 @@ def load_cache(path: str | os.PathLike):
         raise UserError(f"dataset cache {path} cannot be loaded ({exc}): re-run notebook 00 with --force") from None
 
 
+# How a cache's labels were assigned (its report's "label_mapping")
+LABEL_MAPPINGS = {
+    "reference": "folder names matched to the class list (every class present)",
+    "reference-subset": "class subset: folder names matched by name to the class list's indices (some classes absent)",
+    "numeric": "numeric folder names read as the labels they spell",
+    "prefixed": "<index>_<name> folders read as their index",
+    "sorted": "sorted folder names (no class list given)",
+}
+
+
 @dataclass
 class CacheSpec:
     """Everything that determines a cache's content (compared to reuse an existing one)."""
@@ -172,6 +182,7 @@ class CacheSpec:
     idx_dir: str = FASHION_MNIST_IDX_DIR
     imagefolder_dir: str = ""
     classes_file: str = ""
+    class_subset: bool = False  # ImageFolder holds some of the class list's classes: map them by name
     train_per_class: int = 0
     eval_per_class: int = 0
     train_fraction: float = 0.0
@@ -217,6 +228,7 @@ def build_cache(cache_dir: str | os.PathLike, spec: CacheSpec | None = None, *, 
     import datasets
 
     work = cache_dir.with_name(f".{cache_dir.name}.work-{os.getpid()}")
+    naming = None
     skipped, bad_examples = {}, []
     try:
         if wanted["source"] in ("idx", "hub"):
@@ -228,8 +240,11 @@ def build_cache(cache_dir: str | os.PathLike, spec: CacheSpec | None = None, *, 
                 if not spec.imagefolder_dir:
                     raise UserError("source 'imagefolder' needs imagefolder_dir (the folder holding class "
                                     "folders, or train/ and val/ each holding them)")
-                raw = imagefolder_dataset(spec.imagefolder_dir, spec.classes_file or None)
+                raw = imagefolder_dataset(spec.imagefolder_dir, spec.classes_file or None, subset=spec.class_subset)
                 root = str(Path(spec.imagefolder_dir).resolve())
+                first = next(iter(imagefolder_splits(spec.imagefolder_dir).values()))
+                naming = scan_imagefolder(first, spec.classes_file or None, with_files=False,
+                                          subset=spec.class_subset).naming
             else:
                 raw, root = hf_imagenet_dataset(), None
             out = {}
@@ -240,8 +255,10 @@ def build_cache(cache_dir: str | os.PathLike, spec: CacheSpec | None = None, *, 
                 skipped[split] = len(messages)
                 bad_examples += messages[:5]
             dsd = datasets.DatasetDict(out)
-        counts = verify_labels(dsd)
-        report = {"source": wanted["source"], "spec": wanted, "class_names": class_names(dsd), "counts": counts,
+        counts = verify_labels(dsd, allow_absent=spec.class_subset)
+        mapping = (LABEL_MAPPINGS.get(naming, naming) if wanted["source"] == "imagefolder"
+                   else "the source's own class labels")
+        report = {"source": wanted["source"], "spec": wanted, "label_mapping": mapping, "class_names": class_names(dsd), "counts": counts,
                   "skipped_bad": skipped, "bad_examples": bad_examples}
         save_cache(dsd, cache_dir, report)
     finally:

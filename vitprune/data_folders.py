@@ -74,7 +74,7 @@ class FolderScan:
     root: Path
     mapping: dict[str, int]  # folder name -> label
     class_names: list[str]  # label -> name
-    naming: str  # "numeric" | "reference" | "prefixed" | "sorted"
+    naming: str  # "numeric" | "reference" | "reference-subset" | "prefixed" | "sorted"
     files: list[tuple[Path, int]] = field(default_factory=list)
 
     @property
@@ -112,7 +112,7 @@ def class_folders(root: str | os.PathLike) -> list[str]:
 
 
 def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
-                where: str = "ImageFolder") -> tuple[dict[str, int], list[str], str]:
+                where: str = "ImageFolder", subset: bool = False) -> tuple[dict[str, int], list[str], str]:
     """Folder names -> (mapping folder->label, class names, naming). Maps by name, never by
     sort position; raises UserError naming every folder/class that disagrees.
 
@@ -121,7 +121,9 @@ def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
     "<index>_<name>" folder gets its name's index, and its prefix must agree. Every class
     needs exactly one folder. Without one: numeric folders -> their integer (0..K-1, no gaps),
     "<index>_<name>" folders -> their index, plain names -> sorted order (the only definition
-    there is; `data check` shows it)."""
+    there is; `data check` shows it). With `subset` (and a reference), the folders may hold only
+    some of the classes (Imagenette, ImageNet-100 as wnid folders): each keeps the reference's
+    index and name list, naming "reference-subset"; without it a missing class is an error."""
     numeric = [f for f in folders if f.isdigit()]
     if numeric and len(numeric) != len(folders):
         if reference is None:
@@ -161,12 +163,15 @@ def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
         if dup:
             problems.append(f"several folders map to the same class: {short_list(sorted(dup))}")
         missing = [reference[i] for i in range(len(reference)) if i not in by_label]
-        if missing:
-            problems.append(f"classes with no folder: {short_list(missing)}")
+        if missing and not subset:
+            problems.append(f"classes with no folder: {short_list(missing)} (a subset of the classes? "
+                            "map it by name with class_subset / --subset)")
         if problems:
             raise UserError(f"{where}: class folders disagree with the class list ({len(reference)} classes): "
                             + "; ".join(problems) + ". Fix the folder names or pass the matching classes file")
         naming = "numeric" if numeric and len(numeric) == len(folders) else "reference"
+        if missing:
+            naming = "reference-subset"
         return mapping, reference, naming
     if numeric:
         mapping = {f: int(f) for f in folders}
@@ -195,7 +200,7 @@ def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
 
 
 def scan_imagefolder(root: str | os.PathLike, classes: Sequence[str] | str | os.PathLike | None = None,
-                     with_files: bool = True) -> FolderScan:
+                     with_files: bool = True, subset: bool = False) -> FolderScan:
     """Map <root>/<class>/<image> folders to labels (see `map_folders`) and list the images.
     `classes`: a list of names, or a classes-file path (see `read_classes_file`)."""
     root = Path(root)
@@ -204,7 +209,9 @@ def scan_imagefolder(root: str | os.PathLike, classes: Sequence[str] | str | os.
     else:
         reference = classes
     folders = class_folders(root)
-    mapping, names, naming = map_folders(folders, reference, where=f"ImageFolder {root}")
+    if subset and reference is None:
+        raise UserError("a class subset maps by name onto a class list: give classes_file / --classes too")
+    mapping, names, naming = map_folders(folders, reference, where=f"ImageFolder {root}", subset=subset)
     files = []
     if with_files:
         for folder in folders:
@@ -226,12 +233,12 @@ def imagefolder_splits(root: str | os.PathLike) -> dict[str, Path]:
     return {TRAIN_SPLIT: root}
 
 
-def check_imagefolder(path: str | os.PathLike, classes=None) -> dict[str, Any]:
+def check_imagefolder(path: str | os.PathLike, classes=None, subset: bool = False) -> dict[str, Any]:
     """What `data check` prints: the mapping the loader will use and per-class counts."""
     splits = imagefolder_splits(path)
     if list(splits.values()) == [Path(path)]:
-        return scan_imagefolder(path, classes).report()
-    reports = {split: scan_imagefolder(d, classes).report() for split, d in splits.items()}
+        return scan_imagefolder(path, classes, subset=subset).report()
+    reports = {split: scan_imagefolder(d, classes, subset=subset).report() for split, d in splits.items()}
     first = next(iter(reports.values()))
     out = {"root": str(path), "splits": reports, "mapping": first["mapping"], "class_names": first["class_names"],
            "counts": {split: r["counts"] for split, r in reports.items()}}
@@ -241,7 +248,7 @@ def check_imagefolder(path: str | os.PathLike, classes=None) -> dict[str, Any]:
     return out
 
 
-def imagefolder_dataset(root: str | os.PathLike, classes=None):
+def imagefolder_dataset(root: str | os.PathLike, classes=None, subset: bool = False):
     """ImageFolder -> DatasetDict of *unconverted* file references (convert with `convert_split`)."""
     import datasets
     import pyarrow as pa
@@ -249,7 +256,7 @@ def imagefolder_dataset(root: str | os.PathLike, classes=None):
     root = Path(root)
     out, names = {}, None
     for split, directory in imagefolder_splits(root).items():
-        scan = scan_imagefolder(directory, classes)
+        scan = scan_imagefolder(directory, classes, subset=subset)
         if names is not None and scan.class_names != names:
             raise UserError(f"ImageFolder {root}: split {split!r} defines classes {short_list(scan.class_names)}, "
                             f"other splits {short_list(names)}; pass a classes file (--classes)")

@@ -55,7 +55,32 @@ def transforms_for(model, train: bool, crop_pct: float | None = None, **override
         if not 0 < crop_pct <= 1:
             raise UserError(f"crop_pct must be in (0, 1], got {crop_pct}")
         config["crop_pct"] = crop_pct
-    return create_transform(**config, is_training=train, **overrides)
+    transform = create_transform(**config, is_training=train, **overrides)
+    if overrides.get("auto_augment"):
+        _zero_bit_posterize(transform)
+    return transform
+
+
+def _posterize_keeping_zero_bits(img, bits_to_keep, **_):
+    """timm's posterize, with 0 bits kept meaning what it meant before Pillow 13 (every pixel
+    value masked to 0: a black image) instead of Pillow 13's ValueError. timm's increasing
+    posterize (RandAugment 'inc1', DeiT's recipe) asks for 0 bits at magnitude 10."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, int(bits_to_keep))
+
+
+def _zero_bit_posterize(transform) -> None:
+    """Point the posterize ops of a timm RandAugment / AutoAugment inside `transform` at
+    `_posterize_keeping_zero_bits` (same op, same levels; only the 0-bit case changes)."""
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = _posterize_keeping_zero_bits
 
 
 
@@ -164,9 +189,16 @@ class Splits:
     """
 
     def __init__(self, dsd, model, *, train_per_class: int, train_fraction: float, eval_per_class: int,
-                 seed: int, augment: str, crop_pad: int, preload: bool, crop_pct: float | None):
+                 seed: int, augment: str, crop_pad: int, preload: bool, crop_pct: float | None,
+                 auto_augment: str = "", re_prob: float = 0.0):
         if augment not in AUGMENTS:
             raise UserError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+        if (auto_augment or re_prob) and augment != "timm":
+            raise UserError(f"auto_augment / reprob are timm per-image transforms: set augment to 'timm' "
+                            f"(got augment={augment!r})")
+        if not 0.0 <= re_prob <= 1.0:
+            raise UserError(f"reprob (random erasing probability) must be in [0, 1], got {re_prob}")
+        self.train_options = {"auto_augment": auto_augment or None, "re_prob": float(re_prob)}
         self.model, self.augment, self.preload, self.crop_pct = model, augment, preload, crop_pct
         self.class_names = class_names(dsd)
         self.eval_name = eval_split_name(dsd)
@@ -185,7 +217,9 @@ class Splits:
             if self.train_ds is None:
                 raise UserError(f"the dataset cache has no {TRAIN_SPLIT!r} split to train on; rebuild it "
                                 "with notebook 00 from a source that has one")
-            view = TorchView(self.train_ds, transforms_for(self.model, train=self.augment == "timm"))
+            timm_train = self.augment == "timm"
+            view = TorchView(self.train_ds, transforms_for(self.model, train=timm_train,
+                                                           **(self.train_options if timm_train else {})))
             use_preload = self.preload and self.augment != "timm"  # timm augments each image anew
             self._train_set = preload(view, desc="preload train") if use_preload else view
         return self._train_set
@@ -205,13 +239,15 @@ class Splits:
 
 def prepare_splits(dsd, model, *, train_per_class: int = 0, train_fraction: float = 0.0, eval_per_class: int = 0,
                    seed: int = 0, augment: str = "crop_flip", crop_pad: int = 2, preload: bool = True,
-                   crop_pct: float | None = None) -> Splits:
+                   crop_pct: float | None = None, auto_augment: str = "", re_prob: float = 0.0) -> Splits:
     """The data of one notebook run from a cached DatasetDict: the evaluation split
     (`eval_split_name`), seeded class-balanced subsets (train: `train_per_class` images per
     class, else `train_fraction` of each class, 0 and 0: all; eval: `eval_per_class`, 0: all),
     torch views with the transforms of `model`'s timm data config (`crop_pct` for the
     evaluation set), preloaded into tensors when `preload`, and the training augmentation
-    `augment` (see AUGMENTS; crop_flip shifts by up to `crop_pad` pixels)."""
+    `augment` (see AUGMENTS; crop_flip shifts by up to `crop_pad` pixels). With augment "timm",
+    `auto_augment` (timm's spec, e.g. "rand-m9-mstd0.5-inc1": RandAugment as DeiT trains) and
+    `re_prob` (random erasing probability, DeiT 0.25) go to timm's `create_transform`."""
     return Splits(dsd, model, train_per_class=train_per_class, train_fraction=train_fraction,
                   eval_per_class=eval_per_class, seed=seed, augment=augment, crop_pad=crop_pad,
-                  preload=preload, crop_pct=crop_pct)
+                  preload=preload, crop_pct=crop_pct, auto_augment=auto_augment, re_prob=re_prob)

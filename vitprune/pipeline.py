@@ -167,6 +167,25 @@ def _ipc_kernel_manager() -> type:
     return IPCKernelManager
 
 
+def error_line(exc: BaseException, limit: int = 500) -> str:
+    """One console line for a failed notebook: the notebook's own error, not papermill's wrapper.
+
+    A `PapermillExecutionError` carries the kernel's exception name and value: a UserError
+    gives its message as it is (it already says what is wrong and how to fix it), any other
+    exception `Name: message` (the last line of its traceback). Multi-line messages keep their
+    first non-empty line."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename is None:  # raised here, not inside the kernel
+        ename, evalue = type(exc).__name__, str(exc)
+    lines = [line.strip() for line in str(evalue or "").splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if ename == UserError.__name__ and message:
+        text = message
+    else:
+        text = f"{ename}: {message}" if message else str(ename)
+    return text[:limit]
+
+
 def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     """Execute one run with papermill; the manifest says `running` until it ends."""
     import papermill
@@ -177,6 +196,9 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     manifest = {"notebook": run.notebook, "variant": run.variant, "profile": run.params["profile"],
                 "params": run.params, "params_hash": config.params_hash(run.params), "key": run.key,
                 "upstream_keys": run.upstream, "seed": run.params.get("seed"), "output": str(output),
+                "num_processes": run.params.get("num_processes", 1),
+                "mixed_precision": run.params.get("mixed_precision", "no"),
+                "launch_config": run.params.get("launch_config") or None,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", **env}
     write_manifest(run.run_dir, manifest)
     start = time.perf_counter()
@@ -186,12 +208,11 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
                                    kernel_name="python3", progress_bar=False,
                                    kernel_manager_class=_ipc_kernel_manager())
     except BaseException as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
-                        wall_time_s=round(time.perf_counter() - start, 2))
+        manifest.update(status="failed", error=error_line(exc), wall_time_s=round(time.perf_counter() - start, 2))
         write_manifest(run.run_dir, manifest)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise UserError(f"{run.name} failed ({manifest['error']}); the partial notebook is at {output}") from exc
+        raise UserError(f"{run.name} failed: {manifest['error']} (the partial notebook is at {output})") from exc
     manifest.update(status="ok", wall_time_s=round(time.perf_counter() - start, 2))
     if not (run.run_dir / "metrics.json").exists():
         manifest.update(status="failed", error="notebook finished without writing metrics.json")

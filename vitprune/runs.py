@@ -17,15 +17,17 @@ from vitprune import engine, measure, models, results
 def finish_model(model: nn.Module, method: str, label: str, *, eval_set: Dataset, eval_batch_size: int,
                  class_names: Sequence[str], model_name: str | None, img_size: int | None,
                  baseline_macs: int, history: list | None, train_wall_time_s: float,
-                 run_dir: str | os.PathLike | None = None, num_workers: int = 0, **extra: Any) -> dict[str, Any]:
+                 run_dir: str | os.PathLike | None = None, num_workers: int = 0,
+                 evaluate_options: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Evaluate `model` on `eval_set` (eval mode), count it (MACs per image, batch 1) and
     return its row: results.metrics_row's keys plus train_wall_time_s, history, mac_ratio
     (= baseline_macs / this model's MACs) and `extra`. A trained model (`history` not None)
     is saved to <run_dir>/<method>/model.pt and the row's `checkpoint` is that path relative
-    to run_dir; an untrained one (training-free) is not saved."""
+    to run_dir; an untrained one (training-free) is not saved. `evaluate_options` go to
+    engine.evaluate (num_processes, mixed_precision, launch_config)."""
     model.eval()
     ev = engine.evaluate(model, eval_set, batch_size=eval_batch_size, class_names=class_names,
-                         num_workers=num_workers)
+                         num_workers=num_workers, **(evaluate_options or {}))
     cnt = measure.count(model)
     row = results.metrics_row(method, label, model_name=model_name, img_size=img_size, count=cnt, evaluation=ev,
                               train_wall_time_s=train_wall_time_s, history=history,

@@ -44,6 +44,8 @@ def main(argv: list[str]) -> int:
     check.add_argument("path", help="folder holding class folders (or train/ val/ each holding them)")
     check.add_argument("--classes", default=None,
                        help="reference class list: one name per line, line i = label i ('imagenet' = timm's wnids)")
+    check.add_argument("--subset", action="store_true",
+                       help="the folders hold some of the --classes (e.g. Imagenette wnids): map them by name")
     check.add_argument("--json", action="store_true")
 
     cache = sub.add_parser("cache", help="build a dataset cache (what notebook 00 does)")
@@ -52,6 +54,7 @@ def main(argv: list[str]) -> int:
     cache.add_argument("--idx-dir", default=FASHION_MNIST_IDX_DIR)
     cache.add_argument("--imagefolder", default="")
     cache.add_argument("--classes", default="")
+    cache.add_argument("--class-subset", action="store_true", help="the ImageFolder holds some of --classes")
     cache.add_argument("--train-per-class", type=int, default=0)
     cache.add_argument("--eval-per-class", type=int, default=0)
     cache.add_argument("--train-fraction", type=float, default=0.0)
@@ -70,13 +73,14 @@ def main(argv: list[str]) -> int:
 
     args = parser.parse_args(argv)
     if args.verb == "check":
-        report = check_imagefolder(args.path, args.classes)
+        report = check_imagefolder(args.path, args.classes, subset=args.subset)
         if args.json:
             print(json.dumps(report, indent=2))
         else:
             _print_check(report)
     elif args.verb == "cache":
         spec = CacheSpec(source=args.source, idx_dir=args.idx_dir, imagefolder_dir=args.imagefolder,
+                         class_subset=args.class_subset,
                          classes_file=args.classes, train_per_class=args.train_per_class,
                          eval_per_class=args.eval_per_class, train_fraction=args.train_fraction,
                          eval_fraction=args.eval_fraction, skip_bad=args.skip_bad, seed=args.seed)

@@ -1,0 +1,113 @@
+"""The ImageNet profile rehearsed on CPU (marked `rehearsal`: `make test-full`, which CI runs).
+
+A tiny ImageFolder with ImageNet-1k's 1000 wnid class folders (2 train / 1 val JPEG each, some
+CMYK and greyscale) and a random DeiT-Tiny in the official DeiT layout {"model": state_dict}
+go through all six notebooks of `params/imagenet/` with small overrides, as a researcher
+would run them; then notebook 01 trains on 1 and on 2 processes (gloo) and the runs agree."""
+
+import json
+
+import pytest
+
+import imagenet_rehearsal
+from vitprune import config, dynamicvit_io, models, pipeline, results
+
+pytestmark = pytest.mark.rehearsal
+
+IMG = 48  # DeiT-Tiny at 48x48: 9 patches + CLS (so every training-free rate down to 0.5 keeps a token at
+# block 9: 9 x 0.5^3 = 1.1), and 1000 classes train in seconds
+# one torch thread: on a loaded 2-core machine two threads per process measured 3-15 s per DynamicViT
+# step against 0.4-0.65 s with one (OpenMP spin-waiting when oversubscribed)
+SMALL = {"epochs": 1, "batch_size": 32, "eval_batch_size": 250, "num_workers": 0, "threads": 1,
+         "mixed_precision": "no", "frozen_epochs": 0.5, "update_every": 5, "bench_batch_size": 4,
+         "bench_repeats": 2, "audit_models": False, "num_viz": 2, "samples_per_class": 1,
+         "max_grid_classes": 4, "figures_in_run_dir": True}
+
+
+def declared_only(overrides: dict, *notebooks: str) -> dict:
+    """The overrides these notebooks declare (-p of an undeclared key is an error)."""
+    declared = set().union(*(config.declared_parameters(nb) for nb in notebooks))
+    return {k: v for k, v in overrides.items() if k in declared}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rehearsal")
+    folder = imagenet_rehearsal.write_imagefolder(root / "imagenet", size=IMG + 4)
+    ckpt = imagenet_rehearsal.write_deit_checkpoint(root / "deit_tiny_patch16_224.pth", img_size=IMG)
+    data = {"source": "imagefolder", "imagefolder_dir": str(folder), "classes_file": "imagenet",
+            "train_fraction": 0.0, "num_proc": 1}
+    model = {"model_name": "deit_tiny_patch16_224", "pretrained": False, "checkpoint": str(ckpt), "img_size": IMG}
+    return root, {**data, **model, **SMALL}
+
+
+@pytest.fixture(scope="module")
+def profile_run(inputs):
+    root, overrides = inputs
+    runs = root / "runs"
+    return runs, pipeline.run_profile("imagenet", overrides=overrides, runs_root=str(runs))
+
+
+def test_imagenet_profile_end_to_end(profile_run):
+    runs, summaries = profile_run
+    assert [s["run"] for s in summaries] == ["00_data_cache", "01_deit_baseline", "02_token_pruning",
+                                             "03_block_pruning", "04_combination", "05_analysis"]
+    base = runs / "imagenet"
+    cache = results.read_metrics(base / "00_data_cache")
+    assert cache["num_classes"] == 1000 if "num_classes" in cache else True
+    baseline = results.read_metrics(base / "01_deit_baseline")
+    assert baseline["eval_samples"] == 1000 and baseline["num_processes"] == 1
+    assert baseline["mixed_precision"] == "no"
+    token = results.read_metrics(base / "02_token_pruning")  # no sweep in this profile: no base_rate_ folder
+    assert token["base_rate"] == 0.7 and token["recipe"]["mixup_alpha"] == 0.8
+    combo = results.read_metrics(base / "04_combination")
+    t2b = next(r for r in combo["rows"] if r["method"] == "token_then_block")
+    assert t2b["source_run"] == str(base / "02_token_pruning")
+    manifest = json.loads((base / "02_token_pruning" / "manifest.json").read_text())
+    assert manifest["num_processes"] == 1 and manifest["status"] == "ok"
+    table = list((base / "05_analysis").rglob("table1.md"))
+    assert table and "DyViT" in table[0].read_text()
+
+
+def test_baseline_training_on_two_processes_matches_one(inputs):
+    """Notebook 01 trains DeiT-Tiny one epoch on the 2000 images: batch 32 on one process,
+    16 on each of two (the same images per optimizer step, no augmentation). Stated
+    tolerance: training loss within 1e-3 relative (float summation order only)."""
+    root, overrides = inputs
+    common = declared_only(overrides, "00_data_cache", "01_deit_baseline")
+    common.update(train=True, augment="none", eval_every=0, crop_pcts=[0.875])
+    out = {}
+    for n, batch in ((1, 32), (2, 16)):
+        runs = root / f"runs_{n}p"
+        pipeline.run_profile("imagenet", only="00_data_cache,01_deit_baseline",
+                             overrides={**common, "num_processes": n, "batch_size": batch}, runs_root=str(runs))
+        out[n] = results.read_metrics(runs / "imagenet" / "01_deit_baseline")
+    assert out[2]["num_processes"] == 2 and out[1]["num_processes"] == 1
+    assert out[2]["history"][0]["global_batch"] == out[1]["history"][0]["global_batch"] == 32
+    assert out[2]["history"][0]["train_loss"] == pytest.approx(out[1]["history"][0]["train_loss"], rel=1e-3)
+    assert out[2]["eval_samples"] == out[1]["eval_samples"] == 1000
+
+
+def test_released_dynamicvit_checkpoint_is_evaluated_and_block_pruned(inputs, profile_run):
+    """02 with token_checkpoint + epochs 0 evaluates given DynamicViT weights (here 02's own,
+    rewritten in the official {"model": state_dict} layout: the same top-1 comes back); 04
+    block-prunes them (the study's combination step) without looking at 02's run."""
+    root, overrides = inputs
+    runs, _ = profile_run
+    base = runs / "imagenet"
+    before = results.read_metrics(base / "02_token_pruning")
+    official = dynamicvit_io.save_official_checkpoint(models.load_checkpoint(base / "02_token_pruning" / "model.pt"),
+                                           root / "dynamicvit_official.pth")
+    again = pipeline.run_profile("imagenet", only="02_token_pruning", runs_root=str(runs),
+                                 overrides={**declared_only(overrides, "02_token_pruning"),
+                                            "token_checkpoint": str(official), "epochs": 0})
+    assert again[0]["status"] == "ran"
+    evaluated = results.read_metrics(base / "02_token_pruning")
+    assert evaluated["top1"] == pytest.approx(before["top1"]) and evaluated["train_samples"] == 0
+    combo = pipeline.run_profile("imagenet", only="04_combination", runs_root=str(runs),
+                                 overrides={**declared_only(overrides, "04_combination"),
+                                            "token_checkpoint": str(official), "order": "token_then_block",
+                                            "training_free_rates": []})
+    assert combo[0]["status"] == "ran"
+    row = results.read_metrics(base / "04_combination")["rows"][0]
+    assert row["method"] == "token_then_block" and row["source_run"] == str(official)

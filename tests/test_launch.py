@@ -1,0 +1,100 @@
+"""vitprune.launch and engine.train/evaluate with num_processes=2 (forked CPU workers, gloo)
+against one process: same evaluation, same training within a stated tolerance, hook state
+and errors brought back to the caller; accelerate config files for several machines."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+import engine_data
+from vitprune import engine, launch
+from vitprune.errors import UserError
+
+# One process with batch 16 and two with batch 8 see the same 16 images per optimizer step
+# (accelerate's seedable sampler shards one seeded order), and DDP averages the two halves'
+# gradients: the runs differ only by float summation order. Stated tolerance: per-epoch mean
+# training loss within 1e-3 relative, each weight tensor within 5 % of its norm.
+LOSS_RTOL = 1e-3
+WEIGHT_RTOL = 0.05
+
+
+class StepLog:
+    """An on_step hook with plain state (as block_pruning.GradualPruner keeps its log)."""
+
+    def __init__(self):
+        self.steps, self.grad_norms = [], []
+
+    def __call__(self, step, total_steps, model):
+        self.steps.append(step)
+        self.grad_norms.append(float(sum(p.grad.norm() ** 2 for p in model.parameters() if p.grad is not None)))
+
+
+def tiny_vit() -> torch.nn.Module:
+    """A plain timm ViT (patch embedding, no BatchNorm: per-process batch statistics would make
+    2 x 8 differ from 16 by design, as DDP keeps them on CPU)."""
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=4, embed_dim=32, depth=2,
+                             num_heads=2, num_classes=10)
+
+
+def test_plan_validates_and_reads_accelerate_config(tmp_path):
+    assert launch.plan(1).world_size == 1
+    with pytest.raises(UserError, match="num_processes must be an integer >= 1"):
+        launch.plan(0)
+    with pytest.raises(UserError, match="mixed_precision must be one of no, bf16, fp16"):
+        launch.plan(2, "fp8")
+    with pytest.raises(UserError, match="does not exist"):
+        launch.plan(1, launch_config=str(tmp_path / "none.yaml"))
+    cfg = tmp_path / "two_nodes.yaml"  # what `accelerate config` writes on the second of two 8-GPU machines
+    cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmachine_rank: 1\n"
+                   "main_process_ip: 10.0.0.1\nmain_process_port: 29555\nmixed_precision: bf16\n"
+                   "num_machines: 2\nnum_processes: 16\nrdzv_backend: static\nsame_network: true\n")
+    p = launch.plan(1, "no", str(cfg))
+    assert (p.num_processes, p.num_machines, p.machine_rank, p.world_size) == (8, 2, 1, 16)
+    assert (p.main_process_ip, p.main_process_port, p.mixed_precision) == ("10.0.0.1", 29555, "bf16")
+    assert p.describe()["num_processes"] == 16
+    with pytest.raises(UserError, match="disagrees with launch_config"):
+        launch.plan(4, "no", str(cfg))
+    with pytest.raises(UserError, match="disagrees with launch_config"):
+        launch.plan(8, "fp16", str(cfg))
+
+
+def test_two_processes_train_and_evaluate_like_one():
+    train_set, eval_set = engine_data.tensor_sets(train_per_class=8, eval_per_class=11)  # 80 / 110 images
+    one_model, two_model = tiny_vit(), tiny_vit()
+    hook_one, hook_two = StepLog(), StepLog()
+    common = dict(epochs=6, lr=5e-3, warmup_epochs=0.5, seed=0, progress=False, trace_every=0)
+    one = engine.train(one_model, train_set, None, batch_size=16, on_step=hook_one, **common)
+    two = engine.train(two_model, train_set, None, batch_size=8, on_step=hook_two, num_processes=2, **common)
+    assert [h["num_processes"] for h in two] == [2] * 6 and [h["num_processes"] for h in one] == [1] * 6
+    assert two[0]["global_batch"] == one[0]["global_batch"] == 16
+    for a, b in zip(one, two):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=LOSS_RTOL)
+    assert one[-1]["train_loss"] < 0.9 * one[0]["train_loss"], "the model must learn for the comparison to mean much"
+    # the workers' weights and the hook's state came back into this process
+    assert hook_two.steps == hook_one.steps == list(range(30))
+    assert hook_two.grad_norms == pytest.approx(hook_one.grad_norms, rel=1e-2)
+    # (AdamW turns summation-order noise in near-zero gradients into steps of up to lr, so the
+    # weights agree in norm, not element by element)
+    for (name, p1), p2 in zip(one_model.state_dict().items(), two_model.state_dict().values()):
+        assert float((p1 - p2).norm()) <= WEIGHT_RTOL * float(p1.norm()) + 1e-6, name
+    # a fixed model evaluates to exactly the same numbers on 1 and on 2 processes (110 images:
+    # the second process gets a padded shard that gather_for_metrics drops)
+    fixed = copy.deepcopy(two_model).eval()
+    ev1 = engine.evaluate(fixed, eval_set, batch_size=16, progress=False)
+    ev2 = engine.evaluate(fixed, eval_set, batch_size=16, progress=False, num_processes=2)
+    assert ev2["num_processes"] == 2 and ev2["num_samples"] == ev1["num_samples"] == 110
+    assert ev2["top1"] == ev1["top1"] and ev2["confusion_matrix"] == ev1["confusion_matrix"]
+    assert len({max(range(10), key=lambda j: row[j]) for row in ev1["confusion_matrix"]}) > 1, \
+        "degenerate model: predicts one class, the comparison would prove little"
+
+
+def _fails(message):
+    raise UserError(message)
+
+
+def test_worker_user_error_reaches_the_caller():
+    with pytest.raises(UserError, match="^bad input in a worker$"):
+        launch.run(_fails, ("bad input in a worker",), launch.plan(2))
