@@ -104,3 +104,13 @@ def test_training_settings_are_every_declared_parameter_but_the_excluded(tmp_pat
     assert config.train_state_dir(tmp_path, key) != config.train_state_dir(tmp_path, settings)
     with pytest.raises(ValueError, match="thread"):
         config.training_settings(str(nb), values, exclude=["thread"])
+
+
+def test_yaml_values_read_booleans_as_yaml_1_2_does():
+    """Only true/false are booleans: `-p mixed_precision=no` (and `mixed_precision: no` in a
+    profile) is accelerate's word "no", not False."""
+    assert config.parse_override("mixed_precision=no") == ("mixed_precision", "no")
+    assert config.parse_override("flag=true") == ("flag", True)
+    assert config.parse_override("flag=False") == ("flag", False)
+    assert config.parse_override("mode=off") == ("mode", "off")
+    assert config.parse_override("rate=0.6") == ("rate", 0.6)

@@ -16,6 +16,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +33,24 @@ NOTEBOOKS = (
     "05_analysis",
 )
 PROFILES_DIR = "params"
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false (any case) are bools, so a
+    bare `no`, `yes`, `on`, `off` stays a string (`mixed_precision: no` is the word accelerate
+    takes, not False), as YAML 1.2 and papermill's own parameter parsing read them."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def read_yaml(text: str) -> Any:
+    """YAML text -> Python values, with YAML 1.2 booleans (see _Yaml12Loader)."""
+    return yaml.load(text, Loader=_Yaml12Loader)
 SWEEP_FILE = "sweep.yaml"
 # Injected by the pipeline into every notebook; every notebook declares them.
 INJECTED = ("profile", "runs_root", "run_dir")
@@ -182,7 +201,7 @@ def profile_dir(profile: str) -> Path:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({exc}); fix the file") from exc
     if not isinstance(data, dict):
@@ -205,7 +224,7 @@ def profile_sweep(profile: str) -> dict[str, dict[str, list]]:
     path = profile_dir(profile) / SWEEP_FILE
     if not path.exists():
         return {}
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path.read_text()) or {}
     for notebook, axes in data.items():
         if notebook not in NOTEBOOKS or not isinstance(axes, dict):
             raise UserError(f"{path}: keys must be notebook names mapping to {{param: [values]}}, got {notebook!r}")
@@ -224,7 +243,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = read_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise UserError(f"override {text!r}: value is not valid YAML ({exc})") from exc
     return key.strip(), value

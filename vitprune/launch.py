@@ -61,15 +61,13 @@ class Plan:
                 "num_machines": self.num_machines, "launch_config": self.config_file or None}
 
 
-def plan(num_processes: int = 1, mixed_precision: str | bool = "no", launch_config: str = "") -> Plan:
+def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str = "") -> Plan:
     """Validate the notebook parameters (and read accelerate's config file when one is given).
 
     With `launch_config` (an accelerate config file), the file decides; `num_processes` / `mixed_precision` may then only
     repeat what it says (or stay at their defaults 1 / "no")."""
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise UserError(f"num_processes must be an integer >= 1, got {num_processes!r}")
-    if mixed_precision is False:  # YAML and `-p mixed_precision=no` read a bare no as false
-        mixed_precision = "no"
     if mixed_precision not in MIXED_PRECISION:
         raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
     if not launch_config:
