@@ -40,3 +40,11 @@ def test_markdown_puts_both_runtimes_on_one_line():
              "runtime": rt, "speedup": s} for rt, s in (("torch", 1.4), ("onnxruntime", 1.6))]
     lines = edge_latency.markdown(rows).splitlines()
     assert len(lines) == 3 and lines[2] == "| DyViT/0.7 | 16 | 1.50x | 1.40x | 1.60x | 1.0e-06 |"
+
+
+def test_a_runs_source_checkpoint_is_not_its_saved_model(tmp_path):
+    """01 on ImageNet records the official DeiT file it started from as `checkpoint`; the model
+    to time is the run's own model.pt."""
+    run = _run(tmp_path, "01", "baseline", 300)
+    run["metrics"]["checkpoint"] = str(tmp_path / "deit_base_official.pth")
+    assert edge_latency.checkpoint_of(run) == tmp_path / "01" / "model.pt"

@@ -20,13 +20,15 @@ RUNTIMES = ("torch", "onnxruntime")
 
 
 def checkpoint_of(run: dict[str, Any]) -> Path | None:
-    """The saved model of a run: its metrics' `checkpoint` (relative to the run folder), else the
-    run folder's model.pt. A table row of a run ("<run>#<i>") has a model only if it names one."""
-    rel = run["metrics"].get("checkpoint")
-    if not rel and "#" in run["run"]:
-        return None
-    path = Path(run["run_dir"]) / (rel or "model.pt")
-    return path if path.is_file() else None
+    """The saved model of a run: the run folder's model.pt. A table row of a run ("<run>#<i>")
+    has a model only if its metrics name one (`checkpoint`, relative to the run folder); a run's
+    own `checkpoint` key is the weights it started from (e.g. official DeiT), not its result."""
+    if "#" in run["run"]:
+        rel = run["metrics"].get("checkpoint")
+        path = Path(run["run_dir"]) / rel if rel else None
+    else:
+        path = Path(run["run_dir"]) / "model.pt"
+    return path if path is not None and path.is_file() else None
 
 
 def pick_runs(runs: list[dict[str, Any]], target_mac_ratio: float = 0.0) -> tuple[dict, list[dict]]:
