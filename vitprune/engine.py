@@ -51,7 +51,7 @@ def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumu
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
 
-    mixed_precision = launch.plan(1, mixed_precision).mixed_precision  # validated; a YAML false is "no"
+    mixed_precision = launch.plan(1, mixed_precision).mixed_precision  # validated (no | bf16 | fp16)
     if gradient_accumulation_steps < 1:
         raise UserError(f"grad_accum_steps must be >= 1, got {gradient_accumulation_steps}")
     state = AcceleratorState._shared_state
