@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +140,16 @@ def test_kernel_runs_over_ipc_without_the_tcp_warning(toy, capfd):
     assert "without encryption" not in err
     assert pipeline._ipc_kernel_manager()().transport == "ipc"
     assert {p.name for p in set(toy.iterdir()) - before} == {"runs"}
+
+
+def test_concurrent_kernels_get_their_own_ipc_sockets():
+    """jupyter_client's default IPC prefix is "kernel-ipc" in the working directory, so two runs
+    started at once from one folder shared socket files and each kernel got the other's messages
+    ("Invalid Signature", then "Kernel didn't respond"); each manager now has its own prefix."""
+    manager = pipeline._ipc_kernel_manager()
+    first, second = manager().ip, manager().ip
+    assert first != second
+    assert all(Path(ip).is_absolute() and Path(ip).parent.is_dir() for ip in (first, second))
 
 
 def test_cli_prints_the_notebooks_own_error_line(toy):

@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -157,12 +158,22 @@ def _ipc_kernel_manager() -> type:
     localhost: the kernel then does not warn "running over TCP without encryption" on every
     run (its sockets are files in the jupyter runtime dir, removed when the kernel stops)."""
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import default
 
     class IPCKernelManager(AsyncKernelManager):
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            # jupyter_client's default socket prefix is "kernel-ipc" in the working directory:
+            # two runs started at once from the same folder then pick the same socket files and
+            # each kernel gets the other's messages ("Invalid Signature"); one prefix per kernel.
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            return str(runtime / f"vitprune-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
     return IPCKernelManager
 
