@@ -59,6 +59,17 @@ def test_plan_validates_and_reads_accelerate_config(tmp_path):
         launch.plan(4, "no", str(cfg))
     with pytest.raises(UserError, match="disagrees with launch_config"):
         launch.plan(8, "fp16", str(cfg))
+    assert launch.plan(8, "auto", str(cfg)).mixed_precision == "bf16"  # the file decides
+
+
+def test_auto_precision_is_bf16_only_on_bf16_hardware(monkeypatch):
+    """auto: bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU computes bf16, fp32 ("no")
+    where bf16 would be emulated (and slower than fp32)."""
+    monkeypatch.setattr(launch, "native_bf16", lambda: True)
+    assert launch.plan(1, "auto").mixed_precision == "bf16"
+    monkeypatch.setattr(launch, "native_bf16", lambda: False)
+    assert launch.plan(1, "auto").mixed_precision == "no"
+    assert launch.plan(1, "auto").describe()["mixed_precision"] == "no"
 
 
 def test_two_processes_train_and_evaluate_like_one():

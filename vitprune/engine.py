@@ -47,11 +47,11 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, "nn.Module | None"],
 def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
                      **kwargs: Any):
     """An `accelerate.Accelerator` whose prepared loaders shuffle reproducibly (seed + epoch),
-    with autocast at `mixed_precision` (no | bf16 | fp16) and accelerate's gradient accumulation."""
+    with autocast at `mixed_precision` (no | bf16 | fp16 | auto) and accelerate's gradient accumulation."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
 
-    mixed_precision = launch.plan(1, mixed_precision).mixed_precision  # validated (no | bf16 | fp16)
+    mixed_precision = launch.plan(1, mixed_precision).mixed_precision  # validated, auto resolved (no | bf16 | fp16)
     if gradient_accumulation_steps < 1:
         raise UserError(f"grad_accum_steps must be >= 1, got {gradient_accumulation_steps}")
     state = AcceleratorState._shared_state

@@ -36,6 +36,7 @@ from typing import Any, Callable
 from vitprune.errors import UserError
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+AUTO_PRECISION = "auto"  # bf16 where the hardware computes it natively, else no (see native_bf16)
 RESULT_FILE = "result.pt"
 
 
@@ -65,12 +66,16 @@ def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str
     """Validate the notebook parameters (and read accelerate's config file when one is given).
 
     With `launch_config` (an accelerate config file), the file decides; `num_processes` / `mixed_precision` may then only
-    repeat what it says (or stay at their defaults 1 / "no")."""
+    repeat what it says (or stay at their defaults 1 / "no", or "auto"). Without one, `mixed_precision` "auto" becomes
+    bf16 where `native_bf16()`, else "no"."""
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise UserError(f"num_processes must be an integer >= 1, got {num_processes!r}")
-    if mixed_precision not in MIXED_PRECISION:
-        raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
+    if mixed_precision not in (*MIXED_PRECISION, AUTO_PRECISION):
+        raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} or {AUTO_PRECISION}, "
+                        f"got {mixed_precision!r}")
     if not launch_config:
+        if mixed_precision == AUTO_PRECISION:
+            mixed_precision = "bf16" if native_bf16() else "no"
         return Plan(num_processes=num_processes, mixed_precision=mixed_precision)
     path = Path(launch_config).expanduser()
     if not path.is_file():
@@ -95,7 +100,7 @@ def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str
     if num_processes not in (1, total // machines):
         raise UserError(f"num_processes {num_processes} disagrees with launch_config {path} "
                         f"({total // machines} per machine); set one of them")
-    if mixed_precision not in ("no", precision):
+    if mixed_precision not in ("no", AUTO_PRECISION, precision):
         raise UserError(f"mixed_precision {mixed_precision!r} disagrees with launch_config {path} ({precision!r})")
     rank = int(getattr(cfg, "machine_rank", 0) or 0)
     if not 0 <= rank < machines:
@@ -107,6 +112,18 @@ def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str
     return Plan(num_processes=total // machines, mixed_precision=precision, num_machines=machines,
                 machine_rank=rank, main_process_ip=str(ip), main_process_port=int(port) if port else None,
                 config_file=str(path))
+
+
+def native_bf16() -> bool:
+    """Whether bf16 autocast runs on bf16 hardware here: a CUDA GPU that supports it, else a CPU
+    with AVX512-BF16 or AMX. Elsewhere the CPU emulates bf16 and autocast is slower than fp32."""
+    import torch  # here, not at import time: the plan of a 1-process fp32 run needs no torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def free_port() -> int:
