@@ -109,3 +109,22 @@ def _fails(message):
 def test_worker_user_error_reaches_the_caller():
     with pytest.raises(UserError, match="^bad input in a worker$"):
         launch.run(_fails, ("bad input in a worker",), launch.plan(2))
+
+
+def test_two_processes_fine_tune_dynamicvit_on_topk_masks():
+    """Once the backbone trains on top-k masks the predictors get no gradient: DDP must be told
+    to expect unused parameters, or the second step fails ("Expected to have finished reduction")."""
+    from vitprune import token_pruning as tp
+
+    train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)  # 80 images: 5 steps of 2 x 8
+    teacher = tiny_vit().eval()
+    student = tp.attach(copy.deepcopy(teacher), 0.7, locations=[1])
+    predictors = [p.detach().clone() for p in tp.predictor_parameters(student)]
+    backbone = [p.detach().clone() for p in tp.backbone_parameters(student)]
+    history = engine.train(
+        student, train_set, None, epochs=2, batch_size=8, lr=5e-3, warmup_epochs=0.0, seed=0, progress=False,
+        trace_every=0, teacher=teacher, loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
+        on_step=tp.frozen_backbone_hook(student, 2, then_decisions="topk"), num_processes=2)
+    assert len(history) == 2 and all(h["num_processes"] == 2 for h in history)
+    assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))
+    assert any(not torch.equal(a, b) for a, b in zip(backbone, tp.backbone_parameters(student)))

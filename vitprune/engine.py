@@ -50,6 +50,7 @@ def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumu
     with autocast at `mixed_precision` (no | bf16 | fp16 | auto) and accelerate's gradient accumulation."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     mixed_precision = launch.plan(1, mixed_precision).mixed_precision  # validated, auto resolved (no | bf16 | fp16)
     if gradient_accumulation_steps < 1:
@@ -60,8 +61,12 @@ def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumu
         AcceleratorState._reset_state()
     config = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=int(seed))
     try:
+        # with > 1 process: DynamicViT's predictors get no gradient once the backbone trains on
+        # top-k masks, so DDP must look for parameters a step did not use (one graph walk per step)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
         return Accelerator(dataloader_config=config, mixed_precision=mixed_precision,
-                           gradient_accumulation_steps=int(gradient_accumulation_steps), **kwargs)
+                           gradient_accumulation_steps=int(gradient_accumulation_steps),
+                           kwargs_handlers=[ddp], **kwargs)
     except ValueError as exc:  # e.g. fp16 without a GPU
         raise UserError(f"accelerate refused mixed_precision={mixed_precision!r}: {exc}") from exc
 
