@@ -45,9 +45,11 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, "nn.Module | None"],
 
 
 def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
-                     **kwargs: Any):
+                     find_unused_parameters: bool = False, **kwargs: Any):
     """An `accelerate.Accelerator` whose prepared loaders shuffle reproducibly (seed + epoch),
-    with autocast at `mixed_precision` (no | bf16 | fp16 | auto) and accelerate's gradient accumulation."""
+    with autocast at `mixed_precision` (no | bf16 | fp16 | auto) and accelerate's gradient accumulation.
+    `find_unused_parameters`: DDP (> 1 process) expects steps in which some parameters get no
+    gradient (it then walks the autograd graph once per step, so it is off unless asked for)."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
@@ -61,9 +63,7 @@ def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumu
         AcceleratorState._reset_state()
     config = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=int(seed))
     try:
-        # with > 1 process: DynamicViT's predictors get no gradient once the backbone trains on
-        # top-k masks, so DDP must look for parameters a step did not use (one graph walk per step)
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(find_unused_parameters))
         return Accelerator(dataloader_config=config, mixed_precision=mixed_precision,
                            gradient_accumulation_steps=int(gradient_accumulation_steps),
                            kwargs_handlers=[ddp], **kwargs)
@@ -215,7 +215,8 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
     Hooks (this docstring is their contract; tests/test_engine.py exercises each): `loss_fn(model, images, targets, teacher) -> (loss, logits,
     logs)` replaces CE + distillation (targets are (N, classes) soft targets when Mixup/CutMix
     is on); `on_step(step, total_steps, model)` runs after backward, before each optimizer
-    step; `param_groups=[{"params", "lr_scale"}]`. `batch_transform(images)` augments each
+    step (an `on_step.leaves_unused_parameters = True` attribute tells DDP that some steps leave
+    parameters without gradients); `param_groups=[{"params", "lr_scale"}]`. `batch_transform(images)` augments each
     training batch on the device. A NaN/inf loss raises UserError naming the step.
 
     Scale: `num_processes` workers per machine (or accelerate's config file `launch_config`)
@@ -297,7 +298,9 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
         raise UserError("the training set is empty")
     if not 0.0 <= model_ema_decay < 1.0:
         raise UserError(f"model_ema_decay must be in [0, 1), got {model_ema_decay}")
-    accelerator = accelerator or make_accelerator(seed, mixed_precision, grad_accum_steps)
+    # an on_step hook that leaves parameters without gradients says so (token_pruning.frozen_backbone_hook)
+    accelerator = accelerator or make_accelerator(seed, mixed_precision, grad_accum_steps,
+                                                  getattr(on_step, "leaves_unused_parameters", False))
     from accelerate.utils import set_seed
 
     set_seed(seed)

@@ -599,5 +599,7 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: st
         # from the next forward on (idempotent, so a resumed run lands in the right phase)
         set_decision_mode(model_, "gumbel" if step + 1 < frozen_steps else then_decisions)
 
+    # under top-k decisions the predictors get no gradient: with > 1 process DDP must expect that
+    on_step.leaves_unused_parameters = then_decisions == "topk"
     return on_step
 
