@@ -9,6 +9,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from conftest import smoke_run
 from vitprune import block_pruning as bp
 from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
@@ -411,7 +412,7 @@ def test_taylor_on_token_pruned_model_uses_tokens_per_block():
 def test_notebook_03_smoke(smoke_runs):
     from vitprune import measure, models, results
 
-    run = smoke_runs / "03_block_pruning"
+    run = smoke_run(smoke_runs, "03_block_pruning")
     m = results.read_metrics(run)
     for key in ("method", "label", "model_name", "img_size", "params", "macs", "flops", "top1", "top5",
                 "eval_samples", "train_wall_time_s", "history", "block_spec", "keep_heads", "keep_mlp",

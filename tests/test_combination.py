@@ -2,11 +2,12 @@
 
 import torch
 
+from conftest import smoke_run
 from vitprune import config, models, results
 
 
 def _metrics(smoke_runs):
-    return results.read_metrics(smoke_runs / "04_combination")
+    return results.read_metrics(smoke_run(smoke_runs, "04_combination"))
 
 
 def test_rows_for_both_orders_and_training_free(smoke_runs):
@@ -38,8 +39,8 @@ def test_merging_rows_at_the_training_free_macs(smoke_runs):
 def test_combined_rows_cost_less_than_baseline_and_single_methods(smoke_runs):
     m = _metrics(smoke_runs)
     base = results.read_metrics(smoke_runs / "01_deit_baseline")
-    token = results.read_metrics(smoke_runs / "02_token_pruning" / config.variant_name({"base_rate": m["base_rate"]}))
-    block = results.read_metrics(smoke_runs / "03_block_pruning")
+    token = results.read_metrics(smoke_run(smoke_runs, "02_token_pruning", base_rate=m["base_rate"]))
+    block = results.read_metrics(smoke_run(smoke_runs, "03_block_pruning"))
     rows = {r["method"]: r for r in m["rows"] if r["method"] not in ("training_free", "merging")}
     for r in rows.values():
         assert r["macs"] < base["macs"]
@@ -50,7 +51,7 @@ def test_combined_rows_cost_less_than_baseline_and_single_methods(smoke_runs):
 
 def test_combined_models_reload(smoke_runs):
     m = _metrics(smoke_runs)
-    run = smoke_runs / "04_combination"
+    run = smoke_run(smoke_runs, "04_combination")
     x = torch.randn(2, 3, m["img_size"], m["img_size"])
     for r in m["rows"]:
         if r["method"] in ("training_free", "merging"):  # untrained: nothing saved

@@ -39,7 +39,10 @@ def test_markdown_puts_both_runtimes_on_one_line():
     rows = [{"label": "DyViT/0.7", "batch_size": 16, "mac_ratio": 1.5, "onnx_max_abs_diff": 1e-6,
              "runtime": rt, "speedup": s} for rt, s in (("torch", 1.4), ("onnxruntime", 1.6))]
     lines = edge_latency.markdown(rows).splitlines()
-    assert len(lines) == 3 and lines[2] == "| DyViT/0.7 | 16 | 1.50x | 1.40x | 1.60x | 1.0e-06 |"
+    assert lines[2] == "| DyViT/0.7 | 16 | 1.50x | 1.40x | 1.60x | 1.0e-06 |"
+    assert "at one precision (fp32)" in lines[-1]
+    rows[1]["speedup"] = 1.7  # above 1.1 x the MAC ratio: marked, not reported as a result
+    assert edge_latency.markdown(rows).splitlines()[2] == "| DyViT/0.7 | 16 | 1.50x | 1.40x | 1.70x (suspect) | 1.0e-06 |"
 
 
 def test_a_runs_source_checkpoint_is_not_its_saved_model(tmp_path):

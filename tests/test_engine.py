@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import engine_data
-from vitprune import engine, models
+from vitprune import engine, measure, models
 from vitprune.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -103,6 +103,51 @@ def test_hooks_and_lr_scale_zero_freezes():
     assert not all(torch.equal(a, b) for a, b in zip(before_head, head))
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(math.isfinite(h["train_loss"]) for h in history)
+
+
+@pytest.mark.parametrize("mixed_precision", ["bf16", "no"])
+def test_train_and_evaluate_hand_the_model_back_bare(mixed_precision):
+    """accelerate's prepare wraps the caller's model.forward in autocast (one process); the
+    engine removes it, so a model timed after training runs at the precision the timing says."""
+    train_set, eval_set = engine_data.tensor_sets(train_per_class=4)
+    model, teacher = tiny_model(), tiny_model(1)
+    run(model, train_set, epochs=1, mixed_precision=mixed_precision, teacher=teacher, distill_weight=0.5)
+    assert not measure.autocast_wrapped(model) and "_is_accelerate_prepared" not in vars(model)
+    assert all(p.requires_grad for p in teacher.parameters())  # frozen while it taught, not after
+    assert model.forward.__func__ is type(model).forward
+    with torch.no_grad():
+        assert model(eval_set.tensors[0][:2]).dtype == torch.float32
+    engine.evaluate(model, eval_set, batch_size=8, progress=False, mixed_precision=mixed_precision)
+    assert not measure.autocast_wrapped(model)
+    # a second training of the same object is prepared again (accelerate skips "prepared" models)
+    run(model, train_set, epochs=1, mixed_precision=mixed_precision)
+    assert not measure.autocast_wrapped(model)
+
+
+def test_handed_back_restores_device_and_own_attributes():
+    model = tiny_model()
+    model.__dict__["_original_forward"] = "the caller's"
+    with engine.handed_back(model):
+        model.forward = lambda x: x
+        model._is_accelerate_prepared = True
+    assert vars(model)["_original_forward"] == "the caller's"
+    assert "forward" not in vars(model) and "_is_accelerate_prepared" not in vars(model)
+
+
+def test_snapshot_saves_the_model_after_a_fraction_of_the_steps(tmp_path):
+    train_set, _ = engine_data.tensor_sets(train_per_class=4)  # 40 images: 2 steps per epoch at batch 16
+    assert [engine.handoff_step(f, 4) for f in (0.01, 0.25, 0.6, 1.0)] == [1, 1, 2, 4]
+    model = tiny_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    run(model, train_set, snapshot=(0.25, tmp_path / "one.pt"))  # after 1 of 2 x 2 steps
+    after_one = torch.load(tmp_path / "one.pt")
+    moved = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert moved(after_one, start) and moved(after_one, model.state_dict())
+    last = tiny_model()
+    run(last, train_set, snapshot=(1.0, tmp_path / "last.pt"))  # the end of training
+    assert not moved(torch.load(tmp_path / "last.pt"), last.state_dict())
+    with pytest.raises(UserError, match="hand-off fraction must be in"):
+        run(tiny_model(), train_set, snapshot=(1.5, tmp_path / "never.pt"))
 
 
 def test_custom_loss_fn_and_distillation():

@@ -50,20 +50,20 @@ def profile_run(inputs):
 
 def test_imagenet_profile_end_to_end(profile_run):
     runs, summaries = profile_run
-    assert [s["run"] for s in summaries] == ["00_data_cache", "01_deit_baseline", "02_token_pruning",
-                                             "03_block_pruning", "04_combination", "05_analysis"]
+    assert [s["run"] for s in summaries] == ["00_data_cache", "01_deit_baseline", "02_token_pruning/seed_0",
+                                             "03_block_pruning/seed_0", "04_combination/seed_0", "05_analysis"]
     base = runs / "imagenet"
     cache = results.read_metrics(base / "00_data_cache")
     assert cache["num_classes"] == 1000 if "num_classes" in cache else True
     baseline = results.read_metrics(base / "01_deit_baseline")
     assert baseline["eval_samples"] == 1000 and baseline["num_processes"] == 1
     assert baseline["mixed_precision"] == "no"
-    token = results.read_metrics(base / "02_token_pruning")  # no sweep in this profile: no base_rate_ folder
+    token = results.read_metrics(base / "02_token_pruning/seed_0")  # no sweep in this profile: no base_rate_ folder
     assert token["base_rate"] == 0.7 and token["recipe"]["mixup_alpha"] == 0.8
-    combo = results.read_metrics(base / "04_combination")
+    combo = results.read_metrics(base / "04_combination/seed_0")
     t2b = next(r for r in combo["rows"] if r["method"] == "token_then_block")
-    assert t2b["source_run"] == str(base / "02_token_pruning")
-    manifest = json.loads((base / "02_token_pruning" / "manifest.json").read_text())
+    assert t2b["source_run"] == str(base / "02_token_pruning/seed_0/model.pt")  # no hand-off in this profile
+    manifest = json.loads((base / "02_token_pruning/seed_0" / "manifest.json").read_text())
     assert manifest["num_processes"] == 1 and manifest["status"] == "ok"
     table = list((base / "05_analysis").rglob("table1.md"))
     assert table and "DyViT" in table[0].read_text()
@@ -95,19 +95,19 @@ def test_released_dynamicvit_checkpoint_is_evaluated_and_block_pruned(inputs, pr
     root, overrides = inputs
     runs, _ = profile_run
     base = runs / "imagenet"
-    before = results.read_metrics(base / "02_token_pruning")
-    official = dynamicvit_io.save_official_checkpoint(models.load_checkpoint(base / "02_token_pruning" / "model.pt"),
+    before = results.read_metrics(base / "02_token_pruning/seed_0")
+    official = dynamicvit_io.save_official_checkpoint(models.load_checkpoint(base / "02_token_pruning/seed_0/model.pt"),
                                            root / "dynamicvit_official.pth")
     again = pipeline.run_profile("imagenet", only="02_token_pruning", runs_root=str(runs),
                                  overrides={**declared_only(overrides, "02_token_pruning"),
                                             "token_checkpoint": str(official), "epochs": 0})
     assert again[0]["status"] == "ran"
-    evaluated = results.read_metrics(base / "02_token_pruning")
+    evaluated = results.read_metrics(base / "02_token_pruning/seed_0")
     assert evaluated["top1"] == pytest.approx(before["top1"]) and evaluated["train_samples"] == 0
     combo = pipeline.run_profile("imagenet", only="04_combination", runs_root=str(runs),
                                  overrides={**declared_only(overrides, "04_combination"),
                                             "token_checkpoint": str(official), "order": "token_then_block",
                                             "training_free_rates": [], "merging_rates": []})
     assert combo[0]["status"] == "ran"
-    row = results.read_metrics(base / "04_combination")["rows"][0]
+    row = results.read_metrics(base / "04_combination/seed_0")["rows"][0]
     assert row["method"] == "token_then_block" and row["source_run"] == str(official)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitprune import measure
+from vitprune.errors import UserError
 from vitprune.__main__ import main as cli
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -201,6 +202,40 @@ def test_benchmark_function_keys():
     assert res["mac_ratio"] == 8.0
     assert res["speedup_over_mac_ratio"] == pytest.approx(res["speedup"] / 8.0)
     assert res["batch_size"] == 4 and res["threads"] == 1 and res["repeats"] == 3
+
+
+class _DtypeProbe(nn.Linear):
+    """A linear layer that records the dtype its output was computed in."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        self.seen = out.dtype
+        return out
+
+
+def test_benchmark_times_both_models_at_one_precision():
+    base, variant = _DtypeProbe(16, 16), _DtypeProbe(16, 4)
+    res = measure.benchmark(base, variant, (2, 16), warmup=0, repeats=1)
+    assert res["precision"] == "fp32" and base.seen == variant.seen == torch.float32
+    res = measure.benchmark(base, variant, (2, 16), warmup=0, repeats=1, precision="bf16")
+    assert res["precision"] == "bf16" and base.seen == variant.seen == torch.bfloat16
+    with pytest.raises(UserError, match="precision"):
+        measure.benchmark(base, variant, (2, 16), precision="fp16")
+
+
+def test_benchmark_refuses_a_model_left_wrapped_in_autocast():
+    """What a one-process bf16 Accelerator.prepare leaves on the caller's model."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    base, variant = nn.Linear(16, 16), nn.Linear(16, 4)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        Accelerator(cpu=True, mixed_precision="bf16").prepare(variant)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(UserError, match="variant model's forward is wrapped"):
+        measure.benchmark(base, variant, (2, 16), warmup=0, repeats=1)
 
 
 def test_bench_cli_needs_a_variant(capsys):

@@ -123,12 +123,39 @@ def test_cli_prints_one_error_line(toy):
 def test_only_a_downstream_notebook_after_a_full_run_is_up_to_date(toy):
     """Its upstream keys are the same set whether the swept notebook ran in this invocation or
     earlier, and a hand-pinned extra run of that notebook does not make it stale."""
-    (toy / "notebooks/03_block_pruning.ipynb").write_text(json.dumps(notebook("value: int = 0\nfail: bool = False\n")))
+    (toy / "notebooks/04_combination.ipynb").write_text(json.dumps(notebook("value: int = 0\nfail: bool = False\n")))
     runs = str(toy / "runs")
     pipeline.run_profile("toy", runs_root=runs)
     pipeline.run_profile("toy", only="02_token_pruning", overrides={"base_rate": 0.6}, runs_root=runs)
-    again = pipeline.run_profile("toy", only="03_block_pruning", runs_root=runs)
-    assert [(s["run"], s["status"]) for s in again] == [("03_block_pruning", "up to date")]
+    again = pipeline.run_profile("toy", only="04_combination", runs_root=runs)
+    assert [(s["run"], s["status"]) for s in again] == [("04_combination", "up to date")]
+
+
+def test_seeds_repeat_the_fine_tunes_and_pair_them_by_seed(toy):
+    """--seeds N: every seeded notebook once per seed (a run folder each); a seed's run reads only the
+    same seed's upstream runs, so a one-seed run after the seeded study is up to date; 05 is told the seeds."""
+    seeded = "value: float = 0.5\nbase_rate: float = 0.7\nfail: bool = False\nseed: int = 0\n"
+    (toy / "notebooks/02_token_pruning.ipynb").write_text(json.dumps(notebook(seeded)))
+    (toy / "notebooks/04_combination.ipynb").write_text(json.dumps(notebook("value: int = 0\nfail: bool = False\nseed: int = 0\n")))
+    (toy / "notebooks/05_analysis.ipynb").write_text(json.dumps(notebook("value: int = 0\nfail: bool = False\nseeds: list[int] = [0]\n")))
+    runs = toy / "runs"
+    study = pipeline.run_profile("toy", runs_root=str(runs), seeds=2)
+    assert [s["run"] for s in study] == [
+        "00_data_cache", "02_token_pruning/base_rate_0.9__seed_0", "02_token_pruning/base_rate_0.9__seed_1",
+        "02_token_pruning/base_rate_0.5__seed_0", "02_token_pruning/base_rate_0.5__seed_1",
+        "04_combination/seed_0", "04_combination/seed_1", "05_analysis"]
+    keys = {s: manifest(runs / "toy/02_token_pruning" / f"base_rate_{r}__seed_{s}")["key"] for s in (0, 1) for r in (0.9,)}
+    upstream = manifest(runs / "toy/04_combination/seed_1")["upstream_keys"]
+    assert keys[1] in upstream and keys[0] not in upstream
+    assert manifest(runs / "toy/05_analysis")["params"]["seeds"] == [0, 1]
+    one = pipeline.run_profile("toy", runs_root=str(runs), only="02_token_pruning,04_combination")
+    assert all(s["status"] == "up to date" for s in one) and len(one) == 3
+    shifted = pipeline.plan("toy", ["04_combination"], {"seed": 5}, runs, seeds=2)
+    assert [r.run_dir.name for r in shifted] == ["seed_5", "seed_6"]
+    with pytest.raises(UserError, match="--seeds must be an integer >= 1"):
+        pipeline.plan("toy", ["04_combination"], {}, runs, seeds=0)
+    with pytest.raises(UserError, match="set by the pipeline"):
+        pipeline.plan("toy", ["05_analysis"], {"seeds": [3]}, runs)
 
 
 def test_kernel_runs_over_ipc_without_the_tcp_warning(toy, capfd):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import smoke_run
 from vitprune import results
 from vitprune.errors import UserError
 
@@ -230,8 +231,11 @@ def test_smoke_pipeline_draws_every_figure(smoke_runs):
     assert all(r["onnx_max_abs_diff"] < 1e-3 and r["speedup"] > 0 for r in edge)
     assert (Path(metrics["figures_dir"]) / "edge_latency.png").stat().st_size > 0
     rows = {row["run"]: row for row in metrics["table1_rows"]}
-    for run in ("01_deit_baseline", "02_token_pruning/base_rate_0.7", "03_block_pruning"):
-        assert rows[run]["top1"] == pytest.approx(results.read_metrics(smoke_runs / run)["top1"])
+    for run, folder in (("01_deit_baseline", smoke_runs / "01_deit_baseline"),
+                        ("02_token_pruning/base_rate_0.7", smoke_run(smoke_runs, "02_token_pruning", base_rate=0.7)),
+                        ("03_block_pruning", smoke_run(smoke_runs, "03_block_pruning"))):
+        assert rows[run]["top1"] == pytest.approx(results.read_metrics(folder)["top1"])
+    assert metrics["suspect_speedups"] == [] and metrics["seeds"] == [0]
 
 
 def test_interpolate_top1_is_linear_inside_the_sweep_and_none_outside():
@@ -265,5 +269,44 @@ def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
     # a single-method row is compared with the other method only
     assert rows["dyvit 0.5"]["margin"] == pytest.approx(85.0 - 85.6)
     text = results.equal_mac_markdown(list(rows.values()))
-    assert "t->b (85.00 % at 0.00 M MACs) is 1.00 points above the best single method" in text
-    assert "1 of 2 orders beat both methods" in text
+    assert "t->b (85.00 % at 0.00 M MACs, 1 seed(s)): +1.00 points against block pruning (one seed, no interval)" in text
+    assert "Pareto-dominates here: no (0 of 2 orders" in text  # one seed: no interval, so no verdict
+
+
+def test_seeded_comparisons_pair_runs_by_seed_with_t_intervals(tmp_path):
+    """Three seeds: Table 1 folds them (mean, std, n), comparisons are paired per seed with a t interval."""
+    def row(method, label, macs, top1, seed, **extra):
+        return {"method": method, "label": label, "macs": macs, "flops": 2 * macs, "params": 1, "top1": top1,
+                "seed": seed, **extra}
+
+    _write_run(tmp_path / "fmnist/01_deit_baseline", row("baseline", "base", 30, 90.0, 0))
+    block = {0: (88.0, 80.0), 1: (87.0, 81.0), 2: (89.0, 79.0)}  # seed: top-1 at 20 and at 10 M MACs
+    combo = {0: 85.0, 1: 86.0, 2: 85.5}  # at 15 M MACs: block interpolates to 84, 84, 84 -> +1, +2, +1.5
+    for seed in (0, 1, 2):
+        for ratio, macs, top1 in ((1.5, 20, block[seed][0]), (3.0, 10, block[seed][1])):
+            _write_run(tmp_path / f"fmnist/03_block_pruning/target_mac_ratio_{ratio}__seed_{seed}",
+                       row("block", f"block {ratio}", macs, top1, seed))
+        t2b = row("token_then_block", "t->b", 15, combo[seed], seed)
+        free = row("training_free", "free", 15, 83.0, seed)
+        _write_run(tmp_path / f"fmnist/04_combination/seed_{seed}", {**t2b, "rows": [t2b, free]})
+    runs = results.collect_runs(tmp_path, "fmnist")
+    assert len(results.collect_runs(tmp_path, "fmnist", seeds=[0, 2])) == 1 + 2 * 4
+    table = results.table1(runs, include_reference=False).set_index("run")
+    assert table.loc["04_combination#0", "top1"] == pytest.approx(85.5)
+    assert table.loc["04_combination#0", "top1_std"] == pytest.approx(0.5)
+    assert table.loc["04_combination#0", "n_seeds"] == 3 and table.loc["04_combination#1", "n_seeds"] == 0
+    assert table.loc["03_block_pruning/target_mac_ratio_1.5", "top1"] == pytest.approx(88.0)
+    rows = {r["label"]: r for r in results.equal_mac_comparison(runs)}
+    vs = rows["t->b"]["vs"]["block"]
+    half = 4.302653 * 0.5 / 3 ** 0.5  # t(0.975, 2) x std / sqrt(n) of the differences +1, +2, +1.5
+    assert (vs["n"], vs["mean"], vs["at_macs"]) == (3, pytest.approx(1.5), pytest.approx(84.0))
+    assert (vs["low"], vs["high"]) == (pytest.approx(1.5 - half, abs=1e-4), pytest.approx(1.5 + half, abs=1e-4))
+    assert vs["verdict"] == "better"
+    # the training-free row is the same at every seed, the block sweep at its MACs too here: -1 at every seed
+    assert rows["free"]["vs"]["block"]["mean"] == pytest.approx(-1.0)
+    assert rows["free"]["vs"]["block"]["verdict"] == "worse"
+    drops = {d["label"]: d for d in results.baseline_drops(runs)}
+    assert "free" not in drops and drops["t->b"]["mean"] == pytest.approx(-4.5) and drops["t->b"]["n"] == 3
+    text = results.equal_mac_markdown(list(rows.values()), list(drops.values()))
+    assert "t->b (85.50 % at 0.00 M MACs, 3 seed(s)): 1.50 points above block pruning (+1.50 [+0.26, +2.74])" in text
+    assert "Pareto-dominates here: yes (1 of 1 orders" in text

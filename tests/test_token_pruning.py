@@ -10,6 +10,7 @@ import torch.nn as nn
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
+from conftest import smoke_run
 from vitprune import dynamicvit_io
 from vitprune import token_pruning as tp
 from vitprune.errors import UserError
@@ -423,7 +424,7 @@ def test_official_checkpoint_mismatch_is_a_clear_error(tmp_path):
 def test_notebook_02_smoke_sweep(smoke_runs):
     from vitprune import models, results
 
-    runs = {rate: results.read_metrics(smoke_runs / "02_token_pruning" / f"base_rate_{rate}") for rate in (0.7, 0.5)}
+    runs = {rate: results.read_metrics(smoke_run(smoke_runs, "02_token_pruning", base_rate=rate)) for rate in (0.7, 0.5)}
     for rate, m in runs.items():
         assert m["method"] == "dynamicvit" and m["base_rate"] == rate and m["schedule"] == "geometric"
         assert m["keep_counts"] == tp.keep_counts(49, rate)  # vit_fmnist: 7 x 7 patches
@@ -432,12 +433,12 @@ def test_notebook_02_smoke_sweep(smoke_runs):
         assert 0.0 <= m["top1"] <= 100.0 and m["eval_samples"] == 60
     assert runs[0.5]["macs"] < runs[0.7]["macs"]
     # the kept-token arrays notebook 05 draws: one cumulative mask per stage over the 7 x 7 grid
-    with np.load(smoke_runs / "02_token_pruning" / "base_rate_0.5" / "kept_tokens.npz") as kept:
+    with np.load(smoke_run(smoke_runs, "02_token_pruning", base_rate=0.5) / "kept_tokens.npz") as kept:
         assert kept["images"].shape == (2, 28, 28, 3) and kept["masks"].shape == (3, 2, 49)
         assert kept["masks"].sum(axis=2).tolist() == [[k, k] for k in runs[0.5]["keep_counts"]]
         assert (kept["masks"][1:] <= kept["masks"][:-1]).all()
     # the saved model re-attaches its pruning from the checkpoint and runs gathered
-    model = models.load_checkpoint(smoke_runs / "02_token_pruning" / "base_rate_0.5" / "model.pt")
+    model = models.load_checkpoint(smoke_run(smoke_runs, "02_token_pruning", base_rate=0.5) / "model.pt")
     assert model.vitprune_token_pruning["base_rate"] == 0.5
     assert tp.tokens_per_block(model) == runs[0.5]["tokens_per_block"]
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """Developer tool: build a notebook from a percent-format script, or strip one.
 
     python tools/nbtool.py build SRC.py notebooks/NN_name.ipynb
+    python tools/nbtool.py script notebooks/NN_name.ipynb SRC.py   # the reverse, to edit as text
     python tools/nbtool.py strip notebooks/*.ipynb
 
 SRC.py uses `# %%` for code cells and `# %% [markdown]` for markdown cells (lines of a
@@ -47,6 +48,19 @@ def build(src: Path, out: Path) -> None:
     out.write_text(nbformat.writes(nb) + "\n")
 
 
+def script(path: Path, out: Path) -> None:
+    """Write a notebook as the percent-format source `build` reads (build(script(nb)) == nb)."""
+    nb = nbformat.read(path, as_version=4)
+    parts = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            body = "\n".join(f"# {line}" if line else "#" for line in cell.source.splitlines())
+            parts.append(f"# %% [markdown]\n{body}\n")
+        else:
+            parts.append(f"# %%\n{cell.source}\n")
+    out.write_text("\n".join(parts))
+
+
 def strip(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
@@ -62,6 +76,8 @@ if __name__ == "__main__":
     verb, *args = sys.argv[1:]
     if verb == "build":
         build(Path(args[0]), Path(args[1]))
+    elif verb == "script":
+        script(Path(args[0]), Path(args[1]))
     elif verb == "strip":
         for arg in args:
             strip(Path(arg))

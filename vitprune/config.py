@@ -54,6 +54,22 @@ def read_yaml(text: str) -> Any:
 SWEEP_FILE = "sweep.yaml"
 # Injected by the pipeline into every notebook; every notebook declares them.
 INJECTED = ("profile", "runs_root", "run_dir")
+# Set by the pipeline where declared (notebook 05: the fine-tune seeds it gathers; `run --seeds N`).
+PIPELINE_SET = ("seeds",)
+# Fine-tunes repeated over seeds (`run --seeds N`, from the same baseline): every seed is a run
+# folder of its own (`..._seed_<s>`), and a seed's run reads the same seed's upstream runs, so
+# methods compare seed by seed (paired).
+SEEDED = ("02_token_pruning", "03_block_pruning", "04_combination")
+# What each notebook's runs read: a run is out of date when one of these changed (from a SEEDED
+# upstream, only the same seed's runs count for a SEEDED run).
+UPSTREAM = {
+    "00_data_cache": (),
+    "01_deit_baseline": ("00_data_cache",),
+    "02_token_pruning": ("00_data_cache", "01_deit_baseline"),
+    "03_block_pruning": ("00_data_cache", "01_deit_baseline"),
+    "04_combination": ("00_data_cache", "01_deit_baseline", "02_token_pruning", "03_block_pruning"),
+    "05_analysis": ("00_data_cache", "01_deit_baseline", "02_token_pruning", "03_block_pruning", "04_combination"),
+}
 
 
 def project_root() -> Path:
@@ -75,8 +91,35 @@ def runs_root_or_default(runs_root: str | os.PathLike | None) -> Path:
 
 
 def variant_name(values: dict[str, Any]) -> str:
-    """Directory name of a sweep point, e.g. {"base_rate": 0.7} -> "base_rate_0.7"."""
-    return "__".join(f"{key}_{values[key]}" for key in sorted(values))
+    """Directory name of a sweep point, e.g. {"base_rate": 0.7, "seed": 1} -> "base_rate_0.7__seed_1"
+    (keys sorted, the seed last)."""
+    return "__".join(f"{key}_{values[key]}" for key in sorted(values, key=lambda k: (k == "seed", k)))
+
+
+def point_axes(profile: str, notebook: str) -> list[str]:
+    """The parameters that name a run folder of `notebook` in `profile`: its sweep axes, and
+    `seed` for a SEEDED notebook (one that declares it)."""
+    axes = list(profile_sweep(profile).get(notebook, {}))
+    return axes + ["seed"] if is_seeded(notebook) else axes
+
+
+def is_seeded(notebook: str) -> bool:
+    """Whether the pipeline repeats `notebook` over fine-tune seeds (SEEDED, and it declares `seed`)."""
+    return notebook in SEEDED and "seed" in declared_parameters(notebook)
+
+
+def point_run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
+                  values: dict[str, Any]) -> Path:
+    """The run folder of `notebook` at the parameter `values` (at least its `point_axes`), as the
+    pipeline names it: `02_token_pruning/base_rate_0.7__seed_0` in fmnist, `02_token_pruning/seed_0`
+    in a profile that does not sweep 02. Notebooks use it for their own default run folder and for
+    the upstream runs they read."""
+    axes = point_axes(profile, notebook)
+    missing = [k for k in axes if k not in values]
+    if missing:
+        raise UserError(f"{notebook}'s runs in profile {profile!r} are named by {axes}; no value for {missing}")
+    point = {k: values[k] for k in axes}
+    return run_dir(runs_root, profile, notebook, variant_name(point) if point else None)
 
 
 def run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
@@ -84,6 +127,13 @@ def run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
     """Where a notebook's executed copy, metrics.json and manifest live."""
     path = runs_root_or_default(runs_root) / profile / notebook
     return path / variant if variant else path
+
+
+def figures_dir(profile: str, n_seeds: int = 1) -> Path:
+    """Where notebook 05 writes Table 1 and the figures by default: `figures/<profile>/` for a
+    one-seed run (`make reproduce`), `figures/<profile>-<n>seeds/` for the seeded study, so the
+    two never overwrite each other."""
+    return project_root() / "figures" / (profile if n_seeds == 1 else f"{profile}-{n_seeds}seeds")
 
 
 def notebook_path(notebook: str) -> Path:
@@ -279,21 +329,3 @@ def training_settings(notebook: str, values: dict[str, Any], exclude: Sequence[s
     if stray:
         raise ValueError(f"{notebook}: exclude names parameters it does not declare: {stray}")
     return {name: values[name] for name in declared if name not in INJECTED and name not in exclude}
-
-
-def token_run_dir(runs_root: str | os.PathLike | None, profile: str, base_rate: float) -> Path:
-    """Notebook 02's run at `base_rate`, wherever the profile put it: the sweep's
-    `02_token_pruning/base_rate_<r>/` (fmnist, smoke) or, for a profile without a sweep of 02
-    (imagenet), `02_token_pruning/` itself when its metrics say that base rate. When neither
-    holds a model, the sweep's folder (for the error message)."""
-    swept = run_dir(runs_root, profile, "02_token_pruning", variant_name({"base_rate": base_rate}))
-    single = run_dir(runs_root, profile, "02_token_pruning")
-    if (swept / "model.pt").is_file():
-        return swept
-    try:
-        rate = json.loads((single / "metrics.json").read_text()).get("base_rate")
-    except (FileNotFoundError, json.JSONDecodeError):
-        rate = None
-    if (single / "model.pt").is_file() and rate is not None and abs(float(rate) - float(base_rate)) < 1e-9:
-        return single
-    return swept

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from vitprune import models, runtime_bench
+from vitprune import models, results, runtime_bench
 from vitprune.errors import UserError
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -66,7 +66,7 @@ def measure_runs(runs: list[dict[str, Any]], *, batch_sizes: Sequence[int] = (1,
                                     macs=(int(base["metrics"]["macs"]), int(m["macs"])))
         for r in res["rows"]:
             rows.append({"run": run["run"], "label": m.get("label", run["run"]), "method": m.get("method"),
-                         "runtime": r["runtime"], "batch_size": r["batch_size"],
+                         "runtime": r["runtime"], "precision": r["precision"], "batch_size": r["batch_size"],
                          "baseline_ms": r["baseline_ms"], "variant_ms": r["variant_ms"],
                          "speedup": r["speedup"], "mac_ratio": res["mac_ratio"],
                          "speedup_over_mac_ratio": r["speedup_over_mac_ratio"],
@@ -75,14 +75,25 @@ def measure_runs(runs: list[dict[str, Any]], *, batch_sizes: Sequence[int] = (1,
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table, torch and onnxruntime side by side per run and batch."""
+    """The rows as a Markdown table, torch and onnxruntime side by side per run and batch; a
+    speedup above results.SUSPECT_SPEEDUP x the MAC ratio is marked (suspect) rather than reported as a result."""
     keyed: dict[tuple, dict] = {}
     for r in rows:
         keyed.setdefault((r["label"], r["batch_size"]), {"mac_ratio": r["mac_ratio"],
                                                          "diff": r["onnx_max_abs_diff"]})[r["runtime"]] = r["speedup"]
-    lines = ["| model | batch | MAC ratio | torch speedup | onnxruntime speedup | ORT max abs diff logits |",
+
+    def cell(v, ratio):
+        if v is None:
+            return "—"
+        return f"{v:.2f}x" + (" (suspect)" if v > results.SUSPECT_SPEEDUP * ratio else "")
+
+    precisions = sorted({str(r.get("precision", "fp32")) for r in rows}) or ["fp32"]
+    lines = [f"| model | batch | MAC ratio | torch speedup | onnxruntime speedup | ORT max abs diff logits |",
              "|---|---:|---:|---:|---:|---:|"]
     for (label, batch), v in keyed.items():
-        lines.append(f"| {label} | {batch} | {v['mac_ratio']:.2f}x | {v.get('torch', float('nan')):.2f}x | "
-                     f"{v.get('onnxruntime', float('nan')):.2f}x | {v['diff']:.1e} |")
+        lines.append(f"| {label} | {batch} | {v['mac_ratio']:.2f}x | {cell(v.get('torch'), v['mac_ratio'])} | "
+                     f"{cell(v.get('onnxruntime'), v['mac_ratio'])} | {v['diff']:.1e} |")
+    lines.append("")
+    lines.append(f"Both models of a row at one precision ({', '.join(precisions)}), timed interleaved; "
+                 f"(suspect): above {results.SUSPECT_SPEEDUP:g} x the MAC ratio, a measurement to explain, not a result.")
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ import math
 import os
 import time
 import types
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -115,6 +116,11 @@ def default_loss_fn(label_smoothing: float = 0.1, distill_weight: float = 0.0,
     return loss_fn
 
 
+def handoff_step(fraction: float, total_steps: int) -> int:
+    """The optimizer step after which a `snapshot` at `fraction` of a `total_steps` run is taken."""
+    return min(total_steps, max(1, round(fraction * total_steps)))
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0) -> float:
     """LR multiplier at `step` (0-based): linear warm-up to 1, then cosine to `min_lr_ratio`."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -206,7 +212,8 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
           num_processes: int = 1, mixed_precision: str = "no", launch_config: str = "",
           grad_accum_steps: int = 1, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
           mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5, model_ema_decay: float = 0.0,
-          compile_model: bool = False, desc: str = "train") -> list[dict[str, Any]]:
+          compile_model: bool = False, snapshot: tuple[float, str | os.PathLike] | None = None,
+          desc: str = "train") -> list[dict[str, Any]]:
     """Train `model` in place; return the per-epoch history (train_loss, train_acc, lr,
     epoch_time_s, img_per_s, eval_top1/eval_top5 when `eval_set` is given, loss_fn logs,
     num_processes, mixed_precision, and `trace`: [global step, running mean loss of this
@@ -229,12 +236,18 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
     partial batch dropped); `grad_accum_steps` sums that many batches per optimizer step;
     `model_ema_decay` > 0 keeps `timm.utils.ModelEmaV3` of the weights (buffers copied) and
     leaves the EMA weights in `model` at the end; `compile_model` runs `nn.Module.compile()`.
+
+    `snapshot=(fraction, path)` also saves the model's state dict (CPU tensors) to `path` once
+    `handoff_step(fraction, total optimizer steps)` steps are done: a hand-off point (notebook 04
+    continues the model as it was then with another pruning method, so that both stages together
+    cost one fine-tune).
     """
     options = {k: v for k, v in locals().items()
                if k not in ("model", "train_set", "eval_set", "num_processes", "launch_config")}
     where = launch.plan(num_processes, mixed_precision, launch_config)
     if where.world_size == 1:
-        return _train(model, train_set, eval_set, **options)
+        with handed_back(model), handed_back(teacher):
+            return _train(model, train_set, eval_set, **options)
     if accelerator is not None:
         raise UserError("pass either an accelerator or num_processes > 1 / launch_config, not both")
     out = launch.run(_train_worker, (model, train_set, eval_set, options), where)
@@ -243,6 +256,42 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
         vars(on_step).update(out["on_step"])
     model.eval()
     return out["history"]
+
+
+# attributes `Accelerator.prepare` sets on the model object itself (accelerate 1.16 `prepare_model`):
+# the autocast-wrapped `forward`, the forward it wrapped, and the "already prepared" flag
+_ACCELERATE_ATTRS = ("forward", "_original_forward", "_is_accelerate_prepared")
+
+
+@contextmanager
+def handed_back(model: nn.Module | None):
+    """Give `model` back as it came: on its device, with its class's own `forward` and its
+    parameters' `requires_grad` (None: nothing to do).
+
+    With one process `Accelerator.prepare` works on the caller's model object: it moves it to
+    the accelerator's device and, under bf16 / fp16, replaces `model.forward` by an autocast
+    wrapper that stays after training. A model timed or evaluated afterwards would then run in
+    bf16 without saying so (a bf16 student against an fp32 teacher looked 1.5x faster than its
+    MACs allow), and a second `prepare` would skip it as "already prepared". Training also
+    freezes the teacher (a later copy of it would not train). On leaving (also on error), the
+    instance attributes accelerate set are removed (any the caller had are restored), the
+    `requires_grad` flags restored and the model moved back to its device."""
+    if model is None:
+        yield model
+        return
+    saved = {name: model.__dict__[name] for name in _ACCELERATE_ATTRS if name in model.__dict__}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    device = flags[0][0].device if flags else None
+    try:
+        yield model
+    finally:
+        for name in _ACCELERATE_ATTRS:
+            model.__dict__.pop(name, None)
+        model.__dict__.update(saved)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        if device is not None:
+            model.to(device)
 
 
 def _plain(value: Any) -> bool:
@@ -290,7 +339,7 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
            eval_every: int, num_workers: int, class_names, trace_every: int, accelerator, progress: bool,
            mixed_precision: str, grad_accum_steps: int, mixup_alpha: float, cutmix_alpha: float,
            mixup_prob: float, mixup_switch_prob: float, model_ema_decay: float, compile_model: bool,
-           desc: str) -> list[dict[str, Any]]:
+           snapshot, desc: str) -> list[dict[str, Any]]:
     """The training loop of this process (see `train`)."""
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise UserError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
@@ -298,6 +347,8 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
         raise UserError("the training set is empty")
     if not 0.0 <= model_ema_decay < 1.0:
         raise UserError(f"model_ema_decay must be in [0, 1), got {model_ema_decay}")
+    if snapshot and not 0.0 < snapshot[0] <= 1.0:
+        raise UserError(f"the hand-off fraction must be in (0, 1], got {snapshot[0]}")
     # an on_step hook that leaves parameters without gradients says so (token_pruning.frozen_backbone_hook)
     accelerator = accelerator or make_accelerator(seed, mixed_precision, grad_accum_steps,
                                                   getattr(on_step, "leaves_unused_parameters", False))
@@ -344,8 +395,11 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
         ema = ModelEmaV3(bare, decay=model_ema_decay, exclude_buffers=True)
     loss_fn = loss_fn or default_loss_fn(label_smoothing, distill_weight, distill_temperature)
     fingerprint = _fingerprint(epochs, batch_size, lr, len(train_set), world, accum, ema is not None)
+    snapshot_step = handoff_step(snapshot[0], total_steps) if snapshot else None
     scale = {"num_processes": world, "mixed_precision": str(accelerator.mixed_precision),
              "grad_accum_steps": accum, "global_batch": batch_size * world * accum}
+    if snapshot_step is not None:
+        scale["snapshot_step"] = snapshot_step
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -400,6 +454,8 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
                     if ema is not None:
                         ema.update(bare, step=step)
                     step += 1
+                    if step == snapshot_step and accelerator.is_main_process:
+                        _save_state(Path(snapshot[1]), {k: v.detach().cpu().clone() for k, v in bare.state_dict().items()})
             n = labels.shape[0]
             sums["loss"] += float(loss.detach()) * n
             sums["correct"] += float((logits_of(logits).argmax(-1) == hard_labels(targets)).sum())
@@ -462,7 +518,8 @@ def evaluate(model: nn.Module, eval_set: Dataset, batch_size: int, class_names: 
     options = dict(class_names=class_names, num_workers=num_workers, progress=progress, desc=desc)
     if where.world_size == 1:
         accelerator = accelerator or make_accelerator(mixed_precision=mixed_precision)
-        return _evaluate(model, eval_set, batch_size, accelerator=accelerator, **options)
+        with handed_back(model):
+            return _evaluate(model, eval_set, batch_size, accelerator=accelerator, **options)
     if accelerator is not None:
         raise UserError("pass either an accelerator or num_processes > 1 / launch_config, not both")
     return launch.run(_evaluate_worker, (model, eval_set, batch_size, mixed_precision, options), where)

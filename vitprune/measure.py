@@ -30,6 +30,7 @@ gathered shapes) are counted as they actually run, and it reports per-module tot
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import sys
@@ -193,22 +194,41 @@ def count(model: nn.Module, img_size: int | Sequence[int] | None = None,
 # latency
 # --------------------------------------------------------------------------------------
 
+BENCH_PRECISIONS = ("fp32", "bf16")  # both models of a comparison run at the one precision asked for
+
+
+def autocast_wrapped(model: nn.Module) -> bool:
+    """Whether a module of `model` carries an instance-level forward, as the autocast wrapper
+    `Accelerator.prepare` leaves on a model it did not hand back (see engine.handed_back)."""
+    return any("_original_forward" in m.__dict__ or "forward" in m.__dict__ for m in model.modules())
+
+
 def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int], *,
               warmup: int = 2, repeats: int = 10, threads: int | None = None,
               baseline_macs: int | None = None, variant_macs: int | None = None,
-              progress: bool = False) -> dict[str, Any]:
+              precision: str = "fp32", progress: bool = False) -> dict[str, Any]:
     """Median latency of ``baseline`` vs ``variant``, timed interleaved in this process.
 
     Both run in eval mode under ``torch.inference_mode`` on the same random input of
-    ``input_shape`` (batch first). After ``warmup`` runs of each, ``repeats`` rounds time
-    one forward of each, alternating which goes first (ABBA...) so drift in machine load
-    hits both alike. Reports medians in milliseconds, ``speedup`` = baseline/variant
-    median and, when MACs are given, ``mac_ratio`` = baseline/variant MACs and
-    ``speedup_over_mac_ratio`` (1.0 = the speedup the arithmetic promises). Threads are
-    set to ``threads`` (default: current) for the run and restored afterwards.
+    ``input_shape`` (batch first), on the baseline's device and at one ``precision``: fp32, or
+    bf16 autocast around both (the model weights stay as they are). A model whose forward still
+    carries a hidden autocast wrapper (a model `Accelerator.prepare`d in bf16 and not handed
+    back) is refused: it would be timed at another precision than the one recorded. After
+    ``warmup`` runs of each, ``repeats`` rounds time one forward of each, alternating which goes
+    first (ABBA...) so drift in machine load hits both alike. Reports medians in milliseconds,
+    ``speedup`` = baseline/variant median and, when MACs are given, ``mac_ratio`` =
+    baseline/variant MACs and ``speedup_over_mac_ratio`` (1.0 = the speedup the arithmetic
+    promises; well above 1 is a measurement to explain, not a result). Threads are set to
+    ``threads`` (default: current) for the run and restored afterwards.
     """
     if repeats < 1 or warmup < 0:
         raise UserError(f"need --repeats >= 1 and --warmup >= 0 (got {repeats}, {warmup})")
+    if precision not in BENCH_PRECISIONS:
+        raise UserError(f"benchmark precision must be one of {', '.join(BENCH_PRECISIONS)}, got {precision!r}")
+    for name, model in (("baseline", baseline), ("variant", variant)):
+        if autocast_wrapped(model):
+            raise UserError(f"the {name} model's forward is wrapped (accelerate autocast left on it), so it would "
+                            f"not run at {precision}; train it through vitprune.engine, which hands models back bare")
     old_threads = torch.get_num_threads()
     threads = int(threads or old_threads)
     modes = (baseline.training, variant.training)
@@ -217,10 +237,13 @@ def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int
     x = torch.randn(tuple(input_shape), device=device)
     times: dict[str, list[float]] = {"baseline": [], "variant": []}
     models = {"baseline": baseline.eval(), "variant": variant.eval()}
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
 
     def run(name: str) -> float:
         start = time.perf_counter()
-        models[name](x)
+        with autocast:
+            models[name](x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return (time.perf_counter() - start) * 1e3
@@ -258,6 +281,7 @@ def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int
         "warmup": warmup,
         "repeats": repeats,
         "device": str(device),
+        "precision": precision,
         "torch_version": torch.__version__,
     }
     if baseline_macs and variant_macs:

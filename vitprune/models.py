@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from functools import partial
 from pathlib import Path
@@ -267,6 +268,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def checkpoint_from_state(template: nn.Module, state_path: str | os.PathLike, path: str | os.PathLike,
+                          **extra: Any) -> Path:
+    """Save, as a checkpoint at `path`, a model of `template`'s architecture and pruning state
+    holding the weights an `engine.train` snapshot wrote to `state_path` (a bare state dict, gate
+    values included); the state file is removed once the checkpoint is written."""
+    model = copy.deepcopy(unwrap(template))
+    model.load_state_dict(torch_load(state_path))
+    out = save_checkpoint(path, model, **extra)
+    Path(state_path).unlink()
+    return out
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -64,17 +64,24 @@ def select_notebooks(only: str | None) -> list[str]:
     return [nb for nb in available if nb in chosen]
 
 
-def plan(profile: str, notebooks: list[str], overrides: dict[str, Any], runs_root: Path) -> list[Run]:
-    """Expand profiles, sweeps and overrides into the ordered list of runs (validated)."""
+def plan(profile: str, notebooks: list[str], overrides: dict[str, Any], runs_root: Path, seeds: int = 1) -> list[Run]:
+    """Expand profiles, sweeps, seeds and overrides into the ordered list of runs (validated).
+
+    `seeds` > 1 repeats every SEEDED notebook (the fine-tunes 02-04) over that many seeds, from
+    the notebook's own `seed` on, each seed a run of its own; notebook 05 is told which seeds to
+    gather (its `seeds` parameter)."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be an integer >= 1, got {seeds!r}")
     declared = {nb: config.declared_parameters(nb) for nb in notebooks}
     unused = [key for key in overrides if not any(key in d for d in declared.values())]
     if unused:
         raise UserError(f"-p {unused}: no selected notebook ({', '.join(notebooks)}) declares "
                         f"{'this parameter' if len(unused) == 1 else 'these parameters'}")
-    injected_overrides = [key for key in overrides if key in config.INJECTED]
+    injected_overrides = [key for key in overrides if key in config.INJECTED + config.PIPELINE_SET]
     if injected_overrides:
-        raise UserError(f"-p {injected_overrides}: set by the pipeline; use --profile / --runs-root instead")
+        raise UserError(f"-p {injected_overrides}: set by the pipeline; use --profile / --runs-root / --seeds instead")
     sweeps = config.profile_sweep(profile)
+    seed_list = _seed_list(profile, overrides, seeds)
     runs = []
     for nb in notebooks:
         base = config.profile_params(profile, nb)
@@ -82,14 +89,34 @@ def plan(profile: str, notebooks: list[str], overrides: dict[str, Any], runs_roo
         base.update(config.validate(declared[nb], own, "-p override"))
         # An override of a swept parameter pins the sweep to that single value.
         axes = {k: [base[k]] if k in own else v for k, v in sweeps.get(nb, {}).items()}
+        if config.is_seeded(nb):
+            axes["seed"] = seed_list
         points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] or [{}]
         for point in points:
             params = {**base, **config.validate(declared[nb], point, f"sweep of {nb}")}
-            variant = config.variant_name(point) if point else None
-            rdir = config.run_dir(runs_root, profile, nb, variant)
+            rdir = config.point_run_dir(runs_root, profile, nb, params)
+            variant = rdir.name if rdir.parent.name == nb else None
+            if "seeds" in declared[nb]:
+                params["seeds"] = seed_list
             params.update(profile=profile, runs_root=str(runs_root), run_dir=str(rdir))
             runs.append(Run(nb, variant, params, rdir))
     return runs
+
+
+def _seed_list(profile: str, overrides: dict[str, Any], seeds: int) -> list[int]:
+    """The fine-tune seeds: `seeds` of them from the SEEDED notebooks' own `seed` (the profile's,
+    or `-p seed=S`), which must agree."""
+    first = set()
+    available = available_notebooks()
+    for nb in config.SEEDED:
+        if nb in available and config.is_seeded(nb):
+            value = overrides.get("seed", config.profile_params(profile, nb).get("seed", 0))
+            first.add(int(value))
+    if len(first) > 1:
+        raise UserError(f"params/{profile}: the fine-tune notebooks {', '.join(config.SEEDED)} start from different "
+                        f"seeds {sorted(first)}; give them one `seed` (or pass -p seed=S)")
+    start = first.pop() if first else 0
+    return [start + i for i in range(seeds)]
 
 
 def _file_hash(path: Path) -> str:
@@ -252,21 +279,22 @@ def headline(run_dir: Path) -> str:
 
 
 def run_profile(profile: str, only: str | None = None, force: bool = False,
-                overrides: dict[str, Any] | None = None, runs_root: str | None = None) -> list[dict[str, Any]]:
+                overrides: dict[str, Any] | None = None, runs_root: str | None = None,
+                seeds: int = 1) -> list[dict[str, Any]]:
     """Plan, then execute every run that is not up to date. Returns one summary per run."""
     root = config.runs_root_or_default(runs_root)
-    runs = plan(profile, select_notebooks(only), overrides or {}, root)
+    runs = plan(profile, select_notebooks(only), overrides or {}, root, seeds)
     env = environment()
-    keys_by_notebook: dict[str, list[str]] = {}  # runs of this invocation, then upstream read from disk
+    done: dict[str, list[Run]] = {}  # runs of this invocation by notebook; the others are read from disk
     available = available_notebooks()
     summaries = []
     for run in runs:
         upstream = []
-        for nb in available[:available.index(run.notebook)]:
-            if nb not in keys_by_notebook:  # not part of this invocation: what the profile's runs left on disk
-                keys_by_notebook[nb] = _keys_on_disk(root, profile, nb)
+        for nb in config.UPSTREAM.get(run.notebook, ()):
+            if nb not in done and nb in available:
+                done[nb] = _runs_on_disk(root, profile, nb, seeds)
             # sorted: the same set of keys whether the upstream ran in this invocation or earlier
-            upstream += sorted(keys_by_notebook[nb])
+            upstream += sorted(r.key for r in done.get(nb, []) if _same_seed(run, r))
         run.upstream = upstream
         run.key = run_key(run, upstream)
         if not force and is_up_to_date(run):
@@ -278,13 +306,27 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
         summary = headline(run.run_dir)
         when = f"up to date, skipped (took {wall} s)" if status == "up to date" else f"ran in {wall} s"
         print(f"[{run.name}] {when}" + (f": {summary}" if summary else ""), flush=True)
-        keys_by_notebook.setdefault(run.notebook, []).append(run.key)
+        done.setdefault(run.notebook, []).append(run)
         summaries.append({"run": run.name, "status": status, "wall_time_s": wall, "run_dir": str(run.run_dir)})
     return summaries
 
 
-def _keys_on_disk(runs_root: Path, profile: str, notebook: str) -> list[str]:
-    """Keys of the notebook's runs the profile plans (its sweep points) that are on disk; runs
-    pinned by hand (`-p base_rate=0.65`) are not part of the profile and do not count."""
-    dirs = [run.run_dir for run in plan(profile, [notebook], {}, runs_root)]
-    return [str(m.get("key")) for m in map(read_manifest, dirs) if m]
+def _same_seed(run: Run, upstream: Run) -> bool:
+    """Whether `upstream` feeds `run`: always, except that a seeded run reads only its own seed's
+    runs of a seeded notebook."""
+    both = "seed" in run.params and "seed" in upstream.params and \
+        run.notebook in config.SEEDED and upstream.notebook in config.SEEDED
+    return not both or run.params["seed"] == upstream.params["seed"]
+
+
+def _runs_on_disk(runs_root: Path, profile: str, notebook: str, seeds: int) -> list[Run]:
+    """The notebook's runs the profile plans (its sweep points and seeds), with the keys their
+    manifests on disk record; runs pinned by hand (`-p base_rate=0.65`) are not part of the
+    profile and do not count."""
+    out = []
+    for run in plan(profile, [notebook], {}, runs_root, seeds):
+        manifest = read_manifest(run.run_dir)
+        if manifest:
+            run.key = str(manifest.get("key"))
+            out.append(run)
+    return out

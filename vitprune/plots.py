@@ -2,7 +2,8 @@
 
 Each function takes the list of runs (dicts with "run", "notebook", "run_dir", "metrics") and
 returns a `matplotlib.figure.Figure`, or None when the runs hold nothing to draw (e.g. no
-speedup was measured); `make_all` draws and saves whatever is available. Figures are built
+speedup was measured); `make_all` folds the seeds of each configuration (`results.fold_seeds`:
+mean top-1 with `top1_std`, drawn as error bars) and draws and saves whatever is available. Figures are built
 with `Figure()` directly rather than pyplot: no global figure registry, no GUI backend
 needed (saving uses Agg), and a notebook shows a returned Figure exactly once.
 
@@ -119,6 +120,9 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
         ys = [_metric(r, "top1") for r in group]
         ax.scatter(xs, ys, s=90 if method == "baseline" else 45, marker=METHOD_MARKERS.get(method, "o"),
                    color=colors.get(method), label=METHOD_LABELS.get(method, method), zorder=3)
+        spread = [_metric(r, "top1_std") if _is_number(_metric(r, "top1_std")) else 0.0 for r in group]
+        if any(spread):  # seeds: mean ± one standard deviation
+            ax.errorbar(xs, ys, yerr=spread, fmt="none", ecolor=colors.get(method), elinewidth=1, capsize=3, zorder=3)
         if len(group) >= 2 and method != "baseline":  # a sweep: its points joined in MAC order
             line = sorted(zip(xs, ys))
             ax.plot([x for x, _ in line], [y for _, y in line], "-", lw=1, alpha=0.6, color=colors.get(method), zorder=2)
@@ -128,7 +132,8 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
     ax.plot([coords[i][0] for i in front], [coords[i][1] for i in front], "--", color="0.4",
             lw=1.2, zorder=2, label="Pareto frontier")
     ax.set_xlabel(f"{unit} per image (multiply-accumulates)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" + (", mean ± std over seeds" if any(
+        _is_number(_metric(r, "top1_std")) for r in pts) else ""))
     ax.set_title("Accuracy vs compute, every method")
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -196,25 +201,36 @@ def tokens_per_block(runs: list[dict]) -> Figure | None:
 
 def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
     """Measured CPU speedup against the MAC ratio (baseline MACs / variant MACs); y = x is
-    the speedup the MAC count promises."""
+    the speedup the MAC count promises. A point above results.SUSPECT_SPEEDUP x its MAC ratio is drawn
+    hollow in red and labelled suspect: it is not plotted as a finding."""
     pts = [r for r in runs if _is_number(_metric(r, "speedup")) and _is_number(_metric(r, "mac_ratio"))]
     if not pts:
         return None
+    suspect = {id(r) for r in results.suspect_speedups(pts)}
     colors = _palette()
     fig, axes = _new_figure(size=(5.5, 4.5))
     ax = axes[0, 0]
     for r in pts:
         method = str(_metric(r, "method"))
-        ax.scatter(_metric(r, "mac_ratio"), _metric(r, "speedup"), color=colors.get(method),
-                   marker=METHOD_MARKERS.get(method, "o"), s=45, zorder=3)
-    _annotate_all(ax, [(_metric(r, "mac_ratio"), _metric(r, "speedup"), _label(r)) for r in pts])
+        x, y = _metric(r, "mac_ratio"), _metric(r, "speedup")
+        if id(r) in suspect:
+            ax.scatter(x, y, facecolors="none", edgecolors="red", marker=METHOD_MARKERS.get(method, "o"), s=60, zorder=3)
+            continue
+        ax.scatter(x, y, color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"), s=45, zorder=3)
+        if _is_number(_metric(r, "speedup_std")):
+            ax.errorbar(x, y, yerr=_metric(r, "speedup_std"), fmt="none", ecolor=colors.get(method), capsize=3)
+    _annotate_all(ax, [(_metric(r, "mac_ratio"), _metric(r, "speedup"),
+                        _label(r) + (" (suspect)" if id(r) in suspect else "")) for r in pts])
     hi = max(max(_metric(r, "mac_ratio"), _metric(r, "speedup")) for r in pts) * 1.1
     ax.plot([1, hi], [1, hi], ":", color="0.4", label="speedup = MAC ratio")
+    ax.plot([1, hi], [results.SUSPECT_SPEEDUP, results.SUSPECT_SPEEDUP * hi], "-", lw=0.8, color="red", alpha=0.4,
+            label=f"{results.SUSPECT_SPEEDUP:g} x MAC ratio: above is suspect")
     for method in dict.fromkeys(str(_metric(r, "method")) for r in pts):
         ax.scatter([], [], color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"),
                    label=METHOD_LABELS.get(method, method))
+    precisions = sorted({str(_metric(r, "bench_precision") or "fp32") for r in pts})
     ax.set_xlabel("MAC ratio (baseline / variant)")
-    ax.set_ylabel("measured CPU speedup (median latency ratio)")
+    ax.set_ylabel(f"measured CPU speedup (median latency ratio, {', '.join(precisions)} both sides)")
     ax.set_title("Does fewer MACs mean faster?")
     ax.legend(fontsize=8)
     return fig
@@ -504,7 +520,9 @@ def edge_latency(rows: list[dict]) -> Figure | None:
 def make_all(runs: list[dict], out_dir: str | os.PathLike, max_kept_images: int = 3) -> dict[str, Figure]:
     """Draw every figure the runs support, save each as PNG+PDF; returns {name: Figure}.
     Figures with nothing to draw are skipped, and a stale file of that name is removed so
-    the folder never shows a figure from older runs."""
+    the folder never shows a figure from older runs. The seeds of a configuration are folded
+    (`results.fold_seeds`): means, with their standard deviation where a figure shows spread."""
+    runs = results.fold_seeds(runs)
     drawn = {}
     for name, func in FIGURES.items():
         fig = func(runs, max_images=max_kept_images) if func is kept_tokens_grid else func(runs)

@@ -12,9 +12,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from vitprune import config
+from vitprune import config, stats
 from vitprune.errors import UserError
 
 METRICS_FILE = "metrics.json"
@@ -152,7 +152,8 @@ REFERENCE_ROWS: tuple[dict[str, Any], ...] = (
 # fmt: on
 
 TABLE1_COLUMNS = ("model", "source", "method", "dataset", "img_size", "params_M", "gmacs", "gflops",
-                  "top1", "top5", "d_params_M", "d_gmacs", "d_gflops", "d_top1", "printed_G",
+                  "top1", "top1_std", "n_seeds", "top5", "d_params_M", "d_gmacs", "d_gflops", "d_top1",
+                  "train_steps", "train_images", "train_wall_s", "train_stages", "printed_G",
                   "printed_unit", "reference", "note", "run", "command")
 
 
@@ -167,8 +168,10 @@ def _run_command(profile: str, notebook: str, variant: str | None, manifest: dic
     return cmd
 
 
-def collect_runs(runs_root: str | os.PathLike | None, profile: str) -> list[dict[str, Any]]:
-    """Every model run (notebooks 01-04) of a profile that wrote metrics.json.
+def collect_runs(runs_root: str | os.PathLike | None, profile: str,
+                 seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Every model run (notebooks 01-04) of a profile that wrote metrics.json; with `seeds`,
+    only those fine-tune seeds of the SEEDED notebooks (02-04) (other seeds on disk are left out).
 
     Returns one dict per run: {"run" ("02_token_pruning/base_rate_0.7"), "notebook",
     "variant", "profile", "run_dir", "command", "metrics"}. Runs whose manifest says they
@@ -196,6 +199,9 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str) -> list[dict
                 raise UserError(f"{path} is not valid JSON ({exc}); re-run the notebook "
                                 f"(python -m vitprune run --profile {profile} --only {notebook} --force)") from exc
             variant = None if run_dir == base else run_dir.name
+            seed = metrics.get("seed")
+            if seeds is not None and notebook in config.SEEDED and isinstance(seed, int) and seed not in seeds:
+                continue
             name = f"{notebook}/{variant}" if variant else notebook
             entry = {"run": name, "notebook": notebook, "variant": variant, "profile": profile,
                      "run_dir": str(run_dir), "command": _run_command(profile, notebook, variant, manifest)}
@@ -203,7 +209,7 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str) -> list[dict
             # A run's own summary that repeats one of its rows (same method) is not added twice.
             if not any(row.get("method") == metrics.get("method") for row in extra):
                 runs.append({**entry, "metrics": metrics})
-            inherit = {k: v for k, v in metrics.items() if k in ("model_name", "img_size", "eval_samples", "dataset")}
+            inherit = {k: v for k, v in metrics.items() if k in ("model_name", "img_size", "eval_samples", "dataset", "seed")}
             for i, row in enumerate(extra):
                 runs.append({**entry, "run": f"{name}#{i}", "metrics": {**inherit, **row}})
     return runs
@@ -214,6 +220,93 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+# ================================================================ seeds
+
+UNTRAINED_METHODS = ("training_free", "merging")  # evaluated as they are: the same at every seed
+
+
+def seed_of(run: dict[str, Any]) -> int | None:
+    """The fine-tune seed of a SEEDED notebook's run (None for the baseline and the data)."""
+    seed = run["metrics"].get("seed")
+    return int(seed) if run.get("notebook") in config.SEEDED and isinstance(seed, int) else None
+
+
+def point_of(run: dict[str, Any]) -> str:
+    """The run's name without its seed: the runs of one configuration at several seeds share
+    it ("02_token_pruning/base_rate_0.7__seed_1" -> "02_token_pruning/base_rate_0.7"; a row
+    index "#i" of notebook 04 stays)."""
+    name, _, row = run["run"].partition("#")
+    parts = name.split("/")
+    kept = [p for p in parts[-1].split("__") if not p.startswith("seed_")] if len(parts) > 1 else []
+    base = "/".join(parts[:-1] + ["__".join(kept)] if kept else parts[:1])
+    return base + (f"#{row}" if row else "")
+
+
+def fine_tune_budget(history: list[dict[str, Any]] | None, wall_s: float | None) -> dict[str, Any] | None:
+    """A fine-tune's budget from engine.train's history: optimizer steps, images seen (steps x
+    global batch) and wall time in seconds; None for a model that was not trained. A run with a
+    hand-off snapshot (engine.train's `snapshot`) also gets `handoff`: the steps and images spent
+    up to it (what a combination that continues from there has used of this budget)."""
+    if not history:
+        return None
+    steps = sum(int(h["steps_per_epoch"]) for h in history)
+    batch = int(history[0].get("global_batch", 0))
+    out = {"steps": steps, "images": steps * batch, "wall_s": float(wall_s) if wall_s is not None else None}
+    k = history[0].get("snapshot_step")
+    if k:
+        out["handoff"] = {"steps": int(k), "images": int(k) * batch}
+    return out
+
+
+def _budget_total(m: dict[str, Any]) -> dict[str, Any] | None:
+    """Every fine-tuning stage a row's model went through since the baseline, summed."""
+    stages = [b for b in (m.get("stage_budgets") or [m.get("budget")]) if b]
+    if not stages:
+        return None
+    wall = [b.get("wall_s") for b in stages]
+    return {"steps": sum(int(b["steps"]) for b in stages), "images": sum(int(b["images"]) for b in stages),
+            "wall_s": sum(wall) if all(w is not None for w in wall) else None, "stages": len(stages)}
+
+
+def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per configuration: its seeds' runs folded into one run-like dict whose metrics
+    are the first seed's with `top1`, `top5`, `speedup` replaced by their means over the seeds,
+    and `top1_std` (None for one run), `n_seeds`, `seeds`, `top1_by_seed`, `trained` (False for
+    the training-free rows, identical at every seed) and `budget` (every stage summed) added.
+    `seed_runs` holds the runs themselves (paired comparisons need them)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(point_of(run), []).append(run)
+    out = []
+    for point, members in groups.items():
+        members = sorted(members, key=lambda r: (seed_of(r) is None, seed_of(r) or 0))
+        first = members[0]["metrics"]
+        trained = first.get("method") not in UNTRAINED_METHODS
+        folded = dict(first)
+        for key in ("top1", "top5", "speedup"):
+            values = [r["metrics"][key] for r in members if isinstance(r["metrics"].get(key), (int, float))]
+            if values:
+                summ = stats.summary(values)
+                folded[key] = summ["mean"]
+                folded[f"{key}_std"] = summ["std"]
+        folded.update(n_seeds=len(members), seeds=[seed_of(r) for r in members], trained=trained,
+                      top1_by_seed={str(seed_of(r)): r["metrics"].get("top1") for r in members},
+                      budget=_budget_total(first))
+        budgets = [_budget_total(r["metrics"]) for r in members]
+        walls = [b["wall_s"] for b in budgets if b and b.get("wall_s") is not None]
+        if folded["budget"] and walls:
+            folded["budget"] = {**folded["budget"], "wall_s": stats.summary(walls)["mean"]}
+        variant = members[0].get("variant")
+        kept = "__".join(p for p in (variant or "").split("__") if p and not p.startswith("seed_")) or None
+        head, *pins = members[0].get("command", "").split(" -p ")  # a configuration's command pins no seed
+        command = " -p ".join([head] + [pin for pin in pins if not pin.startswith("seed=")])
+        if len(members) > 1:
+            command += f" --seeds {len(members)}"
+        out.append({**members[0], "run": point, "variant": kept, "command": command, "metrics": folded,
+                    "seed_runs": members})
+    return out
 
 
 def _num(value: Any, scale: float = 1.0) -> float:
@@ -227,7 +320,12 @@ def _num(value: Any, scale: float = 1.0) -> float:
 
 
 def _measured_row(run: dict[str, Any]) -> dict[str, Any]:
+    """One Table 1 row of a folded configuration (`fold_seeds`): top-1 is the mean over its
+    seeds, `top1_std` their sample std (NaN for one run), `n_seeds` how many (0: not trained,
+    the same at every seed); `train_*` its training budget, every stage since the baseline summed
+    (the baseline's own training for the baseline)."""
     m = run["metrics"]
+    budget = m.get("budget") or {}
     macs = _num(m.get("macs"))
     flops = _num(m.get("flops")) if m.get("flops") is not None else 2 * macs
     return {
@@ -235,6 +333,9 @@ def _measured_row(run: dict[str, Any]) -> dict[str, Any]:
         "dataset": m.get("dataset") or DATASET_NAMES.get(run.get("profile", ""), run.get("profile", "")),
         "img_size": m.get("img_size"), "params_M": _num(m.get("params"), 1e6),
         "gmacs": macs / 1e9, "gflops": flops / 1e9, "top1": _num(m.get("top1")), "top5": _num(m.get("top5")),
+        "top1_std": _num(m.get("top1_std")), "n_seeds": int(m.get("n_seeds", 1)) if m.get("trained", True) else 0,
+        "train_steps": _num(budget.get("steps")), "train_images": _num(budget.get("images")),
+        "train_wall_s": _num(budget.get("wall_s")), "train_stages": _num(budget.get("stages")),
         "printed_G": math.nan, "printed_unit": "", "reference": f"this repo, {run.get('profile', '')} profile",
         "note": "counted by vitprune.measure (eval, batch 1, fused attention counted); GFLOPs = 2 x GMACs",
         "run": run["run"], "command": run.get("command", ""), "_base_rate": _num(m.get("base_rate")),
@@ -272,11 +373,12 @@ def table1(runs: list[dict[str, Any]], include_reference: bool = True):
     study rows: the study's DeiT-B row; paper rows: DeiT-B as published). `printed_G` and
     `printed_unit` record a reported row's number as printed and what unit it really is.
     Measured rows are ordered baseline, DynamicViT (rate high to low), training-free, block,
-    token->block, block->token.
+    token->block, block->token. `runs` are `collect_runs`'s; the seeds of one configuration are
+    folded into one row (`fold_seeds`: mean, std, n).
     """
     import pandas as pd
 
-    measured = sorted((_measured_row(r) for r in runs),
+    measured = sorted((_measured_row(r) for r in fold_seeds(runs)),
                       key=lambda row: (_method_rank(row["method"]),
                                        -row["_base_rate"] if not math.isnan(row["_base_rate"]) else 0.0,
                                        row["run"]))
@@ -346,6 +448,31 @@ def display_table1(df):
             out.append(_pair(v, d, s, places))
         return out
 
+    def top1_column():
+        out = []
+        for text, std, m in zip(column("top1", pct=True), df["top1_std"], measured):
+            if m and not _missing(std) and text:
+                value, _, delta = text.partition(" ")
+                text = f"{value} ± {std:.2f}" + (f" {delta}" if delta else "")
+            out.append(text)
+        return out
+
+    def seeds_column():
+        return [("" if not m else "no training" if n == 0 else f"{int(n)}")
+                for n, m in zip(df["n_seeds"], measured)]
+
+    def budget_column():
+        out = []
+        for steps, images, wall, stages, m in zip(df["train_steps"], df["train_images"], df["train_wall_s"],
+                                                   df["train_stages"], measured):
+            if not m or _missing(steps):
+                out.append("")
+                continue
+            text = f"{int(steps)} steps, {int(images):,} img"
+            text += f", {wall:.0f} s" if not _missing(wall) else ""
+            out.append(text + (f" ({int(stages)} stages)" if not _missing(stages) and stages > 1 else ""))
+        return out
+
     out = pd.DataFrame({
         "Model": df["model"],
         "Source": df["source"],
@@ -355,7 +482,9 @@ def display_table1(df):
         "Params (M)": column("params_M"),
         "GMACs": column("gmacs"),
         "GFLOPs": column("gflops"),
-        "Top-1 (%)": column("top1", pct=True),
+        "Top-1 (%)": top1_column(),
+        "Seeds": seeds_column(),
+        "Training (steps, images, wall)": budget_column(),
         "As printed": [f"{_fmt(p)} = {u}" if u and not math.isnan(p) else ("counted" if s == MEASURED else "")
                        for p, u, s in zip(df["printed_G"], df["printed_unit"], df["source"])],
     })
@@ -366,6 +495,10 @@ TABLE1_NOTES = (
     "GMACs: multiply-accumulates per image / 1e9; GFLOPs = 2 x GMACs. Changes in brackets are "
     "against the row's own baseline in the same unit (ours: our baseline run; study rows: the "
     "study's DeiT-B; paper rows: DeiT-B as published).",
+    "Measured top-1: mean ± sample standard deviation over the fine-tune seeds (Seeds: how many; "
+    "one baseline, trained once, is the start of every seed; 'no training' rows are the same at "
+    "every seed). Training: optimizer steps, images seen (steps x global batch) and wall time of "
+    "every fine-tuning stage since the baseline (the baseline's row: its own training).",
     "'As printed' gives the number in the study's or paper's FLOPs column and the unit it really "
     "is: DeiT/DynamicViT numbers are fvcore counts (= GMACs); the study doubled EfficientFormer's "
     "GMACs. Measured rows are counted by vitprune.measure.",
@@ -408,26 +541,93 @@ def interpolate_top1(points: list[tuple[float, float]], macs: float) -> float | 
     return pts[0][1]  # a single point exactly at macs
 
 
-def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every pruned row (not the baseline) against the swept single methods at its own MACs.
+def _seed_sweeps(runs: list[dict[str, Any]]) -> dict[Any, dict[str, list[tuple[float, float]]]]:
+    """{seed: {swept method: [(MACs, top-1), ...]}}: each seed's sweep of each single method."""
+    out: dict[Any, dict[str, list[tuple[float, float]]]] = {}
+    for r in runs:
+        m = r["metrics"]
+        if m.get("method") in SWEPT_METHODS and _is_row(m):
+            out.setdefault(seed_of(r), {}).setdefault(m["method"], []).append((float(m["macs"]), float(m["top1"])))
+    return out
 
-    For each row: its top-1 and MACs, and for DynamicViT and block pruning the top-1 their
-    sweep reaches at the same MACs (`interpolate_top1`; None outside the sweep). `margin` is
-    the row's top-1 minus the best interpolated single method (None when neither covers the
-    row's MACs); a combination with margin > 0 beats both methods at equal compute."""
-    rows = [r["metrics"] for r in runs if _is_row(r["metrics"])]
-    sweeps = {m: [(float(r["macs"]), float(r["top1"])) for r in rows if r.get("method") == m]
-              for m in SWEPT_METHODS}
+
+def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pruned configuration (not the baseline) against the swept single methods at its own
+    MACs, seed by seed.
+
+    For each configuration and each swept method other than its own, at every seed both have:
+    the top-1 that method's sweep of the same seed reaches at the configuration's MACs
+    (`interpolate_top1`, None outside the sweep), and the paired difference (configuration minus
+    method). The differences give `vs[method]`: {at_macs (mean), n, mean, std, low, high (95 %
+    t interval, `stats.paired_interval`), verdict}. `margin` is the same against the best method
+    at each seed. Keys `<method>_top1_at_macs` and `margin` (means) keep the one-seed reading."""
+    sweeps = _seed_sweeps(runs)
     out = []
-    for r in rows:
-        if r.get("method") == "baseline":
+    for point in fold_seeds([r for r in runs if _is_row(r["metrics"])]):
+        m = point["metrics"]
+        if m.get("method") == "baseline":
             continue
-        macs, top1 = float(r["macs"]), float(r["top1"])
-        at = {m: interpolate_top1(sweeps[m], macs) if len(sweeps[m]) >= 2 else None for m in SWEPT_METHODS}
-        others = [v for m, v in at.items() if v is not None and m != r.get("method")]
-        out.append({"label": r.get("label", ""), "method": r.get("method", ""), "macs": macs, "top1": top1,
-                    **{f"{m}_top1_at_macs": v for m, v in at.items()},
-                    "margin": top1 - max(others) if others else None})
+        entry = {"label": m.get("label", ""), "method": m.get("method", ""), "run": point["run"],
+                 "macs": float(m["macs"]), "top1": float(m["top1"]), "top1_std": m.get("top1_std"),
+                 "n_seeds": m.get("n_seeds", 1), "trained": m.get("trained", True), "vs": {}}
+        best: list[float] = []
+        for method in SWEPT_METHODS:
+            diffs, ats = [], []
+            for r in point["seed_runs"]:
+                pts = sweeps.get(seed_of(r), {}).get(method, [])
+                at = interpolate_top1(pts, float(r["metrics"]["macs"])) if len(pts) >= 2 else None
+                if at is not None:
+                    ats.append(at)
+                    diffs.append(float(r["metrics"]["top1"]) - at)
+            own = method == m.get("method")
+            entry[f"{method}_top1_at_macs"] = stats.summary(ats)["mean"] if ats else None
+            if diffs and not own:
+                interval = stats.paired_interval(diffs)
+                entry["vs"][method] = {**interval, "at_macs": stats.summary(ats)["mean"],
+                                       "verdict": stats.verdict(interval)}
+        for r in point["seed_runs"]:  # against the best single method at each seed
+            covered = [interpolate_top1(pts, float(r["metrics"]["macs"]))
+                       for method, pts in sweeps.get(seed_of(r), {}).items()
+                       if method != m.get("method") and len(pts) >= 2]
+            covered = [c for c in covered if c is not None]
+            if covered:
+                best.append(float(r["metrics"]["top1"]) - max(covered))
+        entry["margin_interval"] = stats.paired_interval(best) if best else None
+        entry["margin"] = entry["margin_interval"]["mean"] if best else None
+        out.append(entry)
+    return sorted(out, key=lambda row: (_method_rank(row["method"]), row["macs"]))
+
+
+def study_drop(base_rate: float = 0.7) -> float | None:
+    """The study's own small-scale DynamicViT drop: DyViT-Sub/<rate> minus its DeiT-B row (points)."""
+    rows = {r["model"]: r for r in REFERENCE_ROWS if r["source"] == STUDY}
+    sub, base = rows.get(f"DyViT-Sub/{base_rate:g}"), rows.get(STUDY_BASELINE)
+    return None if sub is None or base is None else sub["top1"] - base["top1"]
+
+
+def baseline_drops(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every trained pruned configuration's top-1 minus the baseline's, seed by seed, with the 95 %
+    t interval of the mean drop; DynamicViT rows at a rate the study ran also carry the study's
+    drop and whether our interval holds it. The baseline is one run (the start of every seed), so
+    the interval is the fine-tunes' spread only."""
+    base = [r["metrics"] for r in runs if r["metrics"].get("method") == "baseline" and _is_row(r["metrics"])]
+    if not base:
+        return []
+    base_top1 = float(base[0]["top1"])
+    out = []
+    for point in fold_seeds([r for r in runs if _is_row(r["metrics"])]):
+        m = point["metrics"]
+        if m.get("method") == "baseline" or not m.get("trained", True):
+            continue
+        interval = stats.paired_interval([float(r["metrics"]["top1"]) - base_top1 for r in point["seed_runs"]])
+        row = {"label": m.get("label", ""), "method": m.get("method"), "run": point["run"], "macs": float(m["macs"]),
+               "baseline_top1": base_top1, **interval}
+        rate = m.get("base_rate")
+        if m.get("method") == "dynamicvit" and (m.get("schedule") or "geometric") == "geometric" and rate is not None:
+            reported = study_drop(float(rate))
+            if reported is not None:
+                row.update(study_drop=reported, holds_study_drop=stats.contains(interval, reported))
+        out.append(row)
     return sorted(out, key=lambda row: (_method_rank(row["method"]), row["macs"]))
 
 
@@ -435,44 +635,98 @@ def _is_row(m: dict[str, Any]) -> bool:
     return isinstance(m.get("macs"), (int, float)) and isinstance(m.get("top1"), (int, float))
 
 
-def equal_mac_markdown(rows: list[dict[str, Any]]) -> str:
-    """The comparison as a Markdown table plus one sentence per combination row."""
+VERDICT_WORDS = {"better": "above", "worse": "below"}
+
+
+def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] | None = None) -> str:
+    """The comparisons as Markdown: drops against the baseline (with the study's), then every row
+    against both sweeps at equal MACs, each a paired difference with its 95 % interval and a
+    verdict that says 'not distinguishable' when the interval holds 0."""
     def pct(v):
         return "—" if v is None else f"{v:.2f}"
 
-    lines = ["| row | method | MACs (M) | top-1 % | DynamicViT at these MACs | block pruning at these MACs "
-             "| margin over the best other method |", "|---|---|---:|---:|---:|---:|---:|"]
+    def versus(r, method):
+        v = r["vs"].get(method)
+        if v is None:
+            return pct(r.get(f"{method}_top1_at_macs"))
+        verdict = "" if v["low"] is None else f" {v['verdict']}"
+        return f"{v['at_macs']:.2f}; {stats.format_interval(v)}{verdict}"
+
+    lines = []
+    if drops:
+        lines += ["## Against the baseline", "",
+                  "| row | MACs (M) | top-1 − baseline, mean [95 % interval] | seeds | the study's drop |",
+                  "|---|---:|---:|---:|---|"]
+        for d in drops:
+            study = "—"
+            if "study_drop" in d:
+                held = d["holds_study_drop"]
+                study = f"{d['study_drop']:+.2f}: " + ("one seed, no interval" if held is None else
+                                                       "inside our interval" if held else "outside our interval")
+            lines.append(f"| {d['label']} | {d['macs'] / 1e6:.2f} | {stats.format_interval(d)} | {d['n']} | {study} |")
+        lines += ["", "Baseline: one run (top-1 {:.2f} %); the interval is Student's t over the fine-tune seeds."
+                  .format(drops[0]["baseline_top1"]), ""]
+    lines += ["## At equal MACs", "",
+              "| row | method | MACs (M) | top-1 % | seeds | DynamicViT at these MACs; row − it | "
+              "block pruning at these MACs; row − it |", "|---|---|---:|---:|---:|---|---|"]
     for r in rows:
-        margin = "—" if r["margin"] is None else f"{r['margin']:+.2f}"
-        lines.append(f"| {r['label']} | {r['method']} | {r['macs'] / 1e6:.2f} | {r['top1']:.2f} | "
-                     f"{pct(r['dynamicvit_top1_at_macs'])} | {pct(r['block_top1_at_macs'])} | {margin} |")
+        spread = f"{r['top1']:.2f}" + (f" ± {r['top1_std']:.2f}" if r.get("top1_std") is not None else "")
+        seeds = str(r["n_seeds"]) if r.get("trained", True) else "no training"
+        lines.append(f"| {r['label']} | {r['method']} | {r['macs'] / 1e6:.2f} | {spread} | {seeds} | "
+                     f"{versus(r, 'dynamicvit')} | {versus(r, 'block')} |")
     lines.append("")
-    lines.append("Interpolated linearly in MACs between the two neighbouring runs of each sweep; "
-                 "— = outside that sweep's MAC range (not extrapolated).")
+    lines.append("Each sweep is interpolated linearly in MACs between its two neighbouring runs of the same seed "
+                 "(— = outside its MAC range, never extrapolated); a difference is the row's top-1 minus that, seed by "
+                 "seed, as mean [95 % Student t interval] over the seeds; better / worse only when the interval "
+                 "excludes 0.")
     combos = [r for r in rows if r["method"] in ("token_then_block", "block_then_token")]
     for r in combos:
-        if r["margin"] is None:
+        if not r["vs"]:
             lines.append(f"- {r['label']}: no single-method sweep reaches {r['macs'] / 1e6:.2f} M MACs, "
                          "so no equal-MAC comparison.")
-        else:
-            verdict = "above" if r["margin"] > 0 else "below"
-            lines.append(f"- {r['label']} ({r['top1']:.2f} % at {r['macs'] / 1e6:.2f} M MACs) is "
-                         f"{abs(r['margin']):.2f} points {verdict} the best single method at the same MACs.")
+            continue
+        parts = []
+        for method, v in r["vs"].items():
+            name = "DynamicViT" if method == "dynamicvit" else "block pruning"
+            if v["verdict"] in VERDICT_WORDS:
+                parts.append(f"{abs(v['mean']):.2f} points {VERDICT_WORDS[v['verdict']]} {name} "
+                             f"({stats.format_interval(v)})")
+            elif v["low"] is None:
+                parts.append(f"{v['mean']:+.2f} points against {name} (one seed, no interval)")
+            else:
+                parts.append(f"not distinguishable from {name} ({stats.format_interval(v)})")
+        lines.append(f"- {r['label']} ({r['top1']:.2f} % at {r['macs'] / 1e6:.2f} M MACs, {r['n_seeds']} seed(s)): "
+                     + "; ".join(parts) + ".")
     if combos:
-        wins = [r for r in combos if r["margin"] is not None and r["margin"] > 0]
+        wins = [r for r in combos if r["vs"] and all(v["verdict"] == "better" for v in r["vs"].values())]
         lines.append(f"- The combination Pareto-dominates here: {'yes' if wins and len(wins) == len(combos) else 'no'} "
-                     f"({len(wins)} of {len(combos)} orders beat both methods at equal MACs).")
+                     f"({len(wins)} of {len(combos)} orders beat every single method their MACs reach, by an interval "
+                     "that excludes 0).")
     return "\n".join(lines) + "\n"
 
 
-def write_equal_macs(rows: list[dict[str, Any]], out_dir: str | os.PathLike) -> Path:
+def write_equal_macs(rows: list[dict[str, Any]], out_dir: str | os.PathLike,
+                     drops: list[dict[str, Any]] | None = None) -> Path:
     """equal_macs.md in `out_dir` (atomic)."""
     path = Path(out_dir) / "equal_macs.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("# Equal-MAC comparison\n\n" + equal_mac_markdown(rows))
+    tmp.write_text("# Seeded comparisons: against the baseline and at equal MACs\n\n" + equal_mac_markdown(rows, drops))
     os.replace(tmp, path)
     return path
+
+
+SUSPECT_SPEEDUP = 1.1  # a measured speedup this far above the MAC ratio is a measurement to explain, not a finding
+
+
+def suspect_speedups(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs whose measured speedup exceeds SUSPECT_SPEEDUP x their MAC ratio: fewer MACs cannot
+    explain it (in vitprune's history: a bf16 model timed against an fp32 baseline)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    return [r for r in runs if number(r["metrics"].get("speedup")) and number(r["metrics"].get("mac_ratio"))
+            and r["metrics"]["speedup"] > SUSPECT_SPEEDUP * r["metrics"]["mac_ratio"]]
 
 
 def require_runs(runs: list[dict[str, Any]], runs_root: str | os.PathLike | None, profile: str) -> None:

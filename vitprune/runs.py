@@ -40,3 +40,24 @@ def finish_model(model: nn.Module, method: str, label: str, *, eval_set: Dataset
     print(f"{label}: top-1 {row['top1']:.2f} %, {row['params'] / 1e6:.3f} M params, "
           f"{row['macs'] / 1e6:.2f} M MACs (baseline / this = {row['mac_ratio']:.2f})")
     return row
+
+
+def first_stage(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Where a combination (notebook 04) starts from a single-method run (02 or 03).
+
+    When the run saved a hand-off (`handoff.pt`: the model after the first part of its
+    fine-tune), the combination continues that model, and `images_left` is what the run's budget
+    has left for the second stage: both stages together then see exactly the images the single
+    method saw (equal budgets by construction). Otherwise it continues the finished `model.pt`
+    and `images_left` is None (the second stage brings its own budget, reported beside it).
+    `budget` is what the first stage cost (the hand-off's wall time is the run's, pro rata)."""
+    run_dir = Path(run_dir)
+    budget = results.read_metrics(run_dir).get("budget") or {}
+    handoff = budget.get("handoff")
+    if handoff and (run_dir / "handoff.pt").is_file():
+        wall = budget.get("wall_s")
+        share = handoff["steps"] / budget["steps"]
+        return {"checkpoint": run_dir / "handoff.pt", "images_left": budget["images"] - handoff["images"],
+                "budget": {"steps": handoff["steps"], "images": handoff["images"],
+                           "wall_s": wall * share if wall is not None else None}}
+    return {"checkpoint": run_dir / "model.pt", "images_left": None, "budget": budget or None}

@@ -322,6 +322,8 @@ def bench_main(argv: list[str]) -> int:
                         help="time eager PyTorch (default) or both models exported to ONNX in onnxruntime")
     parser.add_argument("--int8", action="store_true",
                         help="onnxruntime only: time both models dynamically quantized to int8")
+    parser.add_argument("--precision", choices=measure.BENCH_PRECISIONS, default="fp32",
+                        help="torch only: both models in fp32 (default) or both under bf16 autocast")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each model")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs of each model")
     args = parser.parse_args(argv)
@@ -331,6 +333,9 @@ def bench_main(argv: list[str]) -> int:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.int8 and args.runtime != "onnxruntime":
         raise UserError("--int8 is onnxruntime's dynamic quantization: add --runtime onnxruntime")
+    if args.precision != "fp32" and args.runtime != "torch":
+        raise UserError(f"--precision {args.precision} is torch's autocast: drop it, or use --runtime torch "
+                        "(onnxruntime times fp32, or int8 with --int8)")
 
     model, opts, is_ckpt = _build(args)
     if is_ckpt:
@@ -358,7 +363,7 @@ def bench_main(argv: list[str]) -> int:
     else:
         res = measure.benchmark(baseline, variant, shape, warmup=args.warmup, repeats=args.repeats,
                                 threads=args.threads, baseline_macs=base_info["macs"],
-                                variant_macs=var_info["macs"], progress=not args.json)
+                                variant_macs=var_info["macs"], precision=args.precision, progress=not args.json)
     res.update({"model": var_info["model"], "checkpoint": var_info["checkpoint"],
                 "img_size": var_info["img_size"],
                 "baseline_params": base_info["params"], "variant_params": var_info["params"]})

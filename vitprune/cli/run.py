@@ -17,10 +17,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter of every selected notebook that declares it")
     parser.add_argument("--runs-root", help="where run folders go (default: <repo>/runs)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="repeat the fine-tunes (notebooks 02-04) over N seeds from the same baseline, each a run "
+                             "of its own; 05 then reports mean, std and paired intervals (default: 1)")
     args = parser.parse_args(argv)
     overrides = dict(config.parse_override(text) for text in args.param)
     start = time.perf_counter()
-    summaries = pipeline.run_profile(args.profile, args.only, args.force, overrides, args.runs_root)
+    summaries = pipeline.run_profile(args.profile, args.only, args.force, overrides, args.runs_root, args.seeds)
     ran = sum(s["status"] == "ran" for s in summaries)
     print(f"done: {ran} run(s) executed, {len(summaries) - ran} up to date, "
           f"{time.perf_counter() - start:.1f} s in all", flush=True)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from vitprune import config, results
+from vitprune.errors import UserError
 
 
 def main(argv: list[str]) -> int:
@@ -15,13 +16,19 @@ def main(argv: list[str]) -> int:
                                                  "table1.md/.csv/.tex")
     parser.add_argument("--profile", default="fmnist", help="profile whose runs to read (default: fmnist)")
     parser.add_argument("--runs-root", help="where run folders are (default: <repo>/runs)")
-    parser.add_argument("--out", help="output folder (default: <repo>/figures/<profile>)")
+    parser.add_argument("--out", help="output folder (default: <repo>/figures/<profile>, with --seeds N > 1 "
+                                      "<repo>/figures/<profile>-<N>seeds)")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="gather the fine-tune seeds 0..N-1 of notebooks 02-04 (default: every seed on disk)")
     parser.add_argument("--measured-only", action="store_true", help="leave out the reported reference rows")
     args = parser.parse_args(argv)
-    runs = results.collect_runs(args.runs_root, args.profile)
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    runs = results.collect_runs(args.runs_root, args.profile,
+                                seeds=list(range(args.seeds)) if args.seeds else None)
     results.require_runs(runs, args.runs_root, args.profile)
     df = results.table1(runs, include_reference=not args.measured_only)
-    out = Path(args.out) if args.out else config.project_root() / "figures" / args.profile
+    out = Path(args.out) if args.out else config.figures_dir(args.profile, args.seeds or 1)
     paths = results.write_table1(df, out)
     print(paths["table1.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
