@@ -138,18 +138,18 @@ def test_seeds_repeat_the_fine_tunes_and_pair_them_by_seed(toy):
     (toy / "notebooks/02_token_pruning.ipynb").write_text(json.dumps(notebook(seeded)))
     (toy / "notebooks/04_combination.ipynb").write_text(json.dumps(notebook("value: int = 0\nfail: bool = False\nseed: int = 0\n")))
     (toy / "notebooks/05_analysis.ipynb").write_text(json.dumps(notebook("value: int = 0\nfail: bool = False\nseeds: list[int] = [0]\n")))
+    (toy / "params/toy/sweep.yaml").write_text("02_token_pruning:\n  base_rate: [0.9]\n")
     runs = toy / "runs"
     study = pipeline.run_profile("toy", runs_root=str(runs), seeds=2)
     assert [s["run"] for s in study] == [
         "00_data_cache", "02_token_pruning/base_rate_0.9__seed_0", "02_token_pruning/base_rate_0.9__seed_1",
-        "02_token_pruning/base_rate_0.5__seed_0", "02_token_pruning/base_rate_0.5__seed_1",
         "04_combination/seed_0", "04_combination/seed_1", "05_analysis"]
-    keys = {s: manifest(runs / "toy/02_token_pruning" / f"base_rate_{r}__seed_{s}")["key"] for s in (0, 1) for r in (0.9,)}
+    keys = {s: manifest(runs / "toy/02_token_pruning" / f"base_rate_0.9__seed_{s}")["key"] for s in (0, 1)}
     upstream = manifest(runs / "toy/04_combination/seed_1")["upstream_keys"]
     assert keys[1] in upstream and keys[0] not in upstream
     assert manifest(runs / "toy/05_analysis")["params"]["seeds"] == [0, 1]
     one = pipeline.run_profile("toy", runs_root=str(runs), only="02_token_pruning,04_combination")
-    assert all(s["status"] == "up to date" for s in one) and len(one) == 3
+    assert all(s["status"] == "up to date" for s in one) and len(one) == 2
     shifted = pipeline.plan("toy", ["04_combination"], {"seed": 5}, runs, seeds=2)
     assert [r.run_dir.name for r in shifted] == ["seed_5", "seed_6"]
     with pytest.raises(UserError, match="--seeds must be an integer >= 1"):
