@@ -437,13 +437,10 @@ def test_cli_cache_and_export(tmp_path, tiny_idx_dir):
 
 
 @pytest.mark.notebook
-def test_notebook_00_runs_on_tiny_idx_data(tmp_path, tiny_idx_dir):
-    runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, "-m", "vitprune", "run", "--profile", "smoke", "--only",
-                           "00_data_cache", "--runs-root", str(runs), "-p", f"idx_dir={tiny_idx_dir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    run_dir = runs / "smoke" / "00_data_cache"
+@pytest.mark.notebook
+def test_notebook_00_runs_on_tiny_idx_data(smoke_runs):
+    """The smoke pipeline's notebook 00 on the tiny IDX files (the CLI route: test_pipeline)."""
+    run_dir = smoke_runs / "00_data_cache"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["source"] == "idx" and metrics["class_names"] == tinydata.FASHION_CLASSES
     assert metrics["counts"] == {"train": 120, "test": 60}

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import timm
@@ -202,6 +203,29 @@ def test_benchmark_function_keys():
     assert res["mac_ratio"] == 8.0
     assert res["speedup_over_mac_ratio"] == pytest.approx(res["speedup"] / 8.0)
     assert res["batch_size"] == 4 and res["threads"] == 1 and res["repeats"] == 3
+
+
+def test_interleaved_alternates_order_and_fills_short_rounds():
+    log = []
+
+    def runner(name, seconds):
+        def run():
+            log.append(name)
+            time.sleep(seconds)
+        return run
+
+    times, calls = measure.interleaved({"a": runner("a", 0.001), "b": runner("b", 0.0005)},
+                                       warmup=1, repeats=3, min_round_ms=8)
+    # ~1 ms per call: a round of 8 ms needs several calls, the same number for both.
+    assert 3 <= calls <= 8
+    timed = log[2:]
+    assert timed == ["a"] * calls + ["b"] * calls + ["b"] * calls + ["a"] * calls + ["a"] * calls + ["b"] * calls
+    assert len(times["a"]) == len(times["b"]) == 3
+    assert all(t >= 1.0 for t in times["a"]) and all(t >= 0.5 for t in times["b"])  # ms per call
+    # without a warm-up there is nothing to calibrate from: one call per round
+    assert measure.interleaved({"a": lambda: None}, warmup=0, repeats=2)[1] == 1
+    with pytest.raises(UserError, match="--repeats"):
+        measure.interleaved({"a": lambda: None}, warmup=0, repeats=0)
 
 
 class _DtypeProbe(nn.Linear):

@@ -185,29 +185,6 @@ def test_table_cli(runs_tree, tmp_path):
 
 
 @pytest.mark.notebook
-def test_analysis_notebook_on_a_synthetic_runs_tree(tmp_path):
-    """Notebook 05 on the smoke profile writes every table and figure file and lists them."""
-    from vitprune import pipeline, plots
-
-    root = tmp_path / "runs"
-    written = write_synthetic_runs(root, profile="smoke")
-    # synthetic runs have no saved models to time: edge latency off here (the chained smoke test has it on)
-    pipeline.run_profile("smoke", only="05_analysis", runs_root=str(root), overrides={"edge_latency": False})
-    metrics = results.read_metrics(root / "smoke" / "05_analysis")
-    fig_dir = Path(metrics["figures_dir"])
-    assert fig_dir == root / "smoke" / "05_analysis" / "figures"
-    expected = {"table1.md", "table1.csv", "table1.tex", "audit.md", "equal_macs.md"}
-    expected |= {f"{name}.{fmt}" for name in plots.FIGURES for fmt in plots.FORMATS}
-    assert {Path(f).name for f in metrics["files"]} == expected
-    assert all((fig_dir / name).stat().st_size > 0 for name in expected)
-    rows = {row["run"]: row for row in metrics["table1_rows"]}
-    assert rows["03_block_pruning"]["top1"] == pytest.approx(written["03_block_pruning"]["top1"])
-    assert [f["id"] for f in metrics["audit"]] == ["units", "schedule", "layer9", "resolution", "scramble"]
-    executed = json.loads((root / "smoke" / "05_analysis" / "05_analysis.ipynb").read_text())
-    images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == len(metrics["figures"])  # every figure shown inline
-
-
 def test_summary_repeating_one_of_its_rows_is_not_a_second_row(tmp_path):
     row = {"method": "token_then_block", "label": "t->b", "params": 1, "macs": 10, "flops": 20, "top1": 80.0}
     other = {**row, "method": "block_then_token", "label": "b->t"}
@@ -236,6 +213,17 @@ def test_smoke_pipeline_draws_every_figure(smoke_runs):
                         ("03_block_pruning", smoke_run(smoke_runs, "03_block_pruning"))):
         assert rows[run]["top1"] == pytest.approx(results.read_metrics(folder)["top1"])
     assert metrics["suspect_speedups"] == [] and metrics["seeds"] == [0]
+    # every table and figure file, inside the run folder on this profile (never the repo's figures/)
+    fig_dir = Path(metrics["figures_dir"])
+    assert fig_dir == smoke_runs / "05_analysis" / "figures"
+    expected = {"table1.md", "table1.csv", "table1.tex", "audit.md", "equal_macs.md", "edge_latency.md"}
+    expected |= {f"{name}.{fmt}" for name in [*plots.FIGURES, "edge_latency"] for fmt in plots.FORMATS}
+    assert {Path(f).name for f in metrics["files"]} == expected
+    assert all((fig_dir / name).stat().st_size > 0 for name in expected)
+    assert [f["id"] for f in metrics["audit"]] == ["units", "schedule", "layer9", "resolution", "scramble"]
+    executed = json.loads((smoke_runs / "05_analysis" / "05_analysis.ipynb").read_text())
+    images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == len(metrics["figures"])  # every figure shown inline
 
 
 def test_interpolate_top1_is_linear_inside_the_sweep_and_none_outside():
@@ -295,6 +283,10 @@ def test_seeded_comparisons_pair_runs_by_seed_with_t_intervals(tmp_path):
     assert table.loc["04_combination#0", "top1"] == pytest.approx(85.5)
     assert table.loc["04_combination#0", "top1_std"] == pytest.approx(0.5)
     assert table.loc["04_combination#0", "n_seeds"] == 3 and table.loc["04_combination#1", "n_seeds"] == 0
+    assert math.isnan(table.loc["04_combination#1", "top1_std"])  # training-free: no spread to show
+    shown = results.display_table1(table.reset_index()).set_index("Model")
+    assert shown.loc["free", "Top-1 (%)"].startswith("83.00") and "±" not in shown.loc["free", "Top-1 (%)"]
+    assert shown.loc["t->b", "Top-1 (%)"].startswith("85.50 ± 0.50")
     assert table.loc["03_block_pruning/target_mac_ratio_1.5", "top1"] == pytest.approx(88.0)
     rows = {r["label"]: r for r in results.equal_mac_comparison(runs)}
     vs = rows["t->b"]["vs"]["block"]

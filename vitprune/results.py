@@ -273,7 +273,7 @@ def _budget_total(m: dict[str, Any]) -> dict[str, Any] | None:
 def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per configuration: its seeds' runs folded into one run-like dict whose metrics
     are the first seed's with `top1`, `top5`, `speedup` replaced by their means over the seeds,
-    and `top1_std` (None for one run), `n_seeds`, `seeds`, `top1_by_seed`, `trained` (False for
+    and `top1_std` (None for one run or an untrained row), `n_seeds`, `seeds`, `top1_by_seed`, `trained` (False for
     the training-free rows, identical at every seed) and `budget` (every stage summed) added.
     `seed_runs` holds the runs themselves (paired comparisons need them)."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -290,7 +290,8 @@ def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if values:
                 summ = stats.summary(values)
                 folded[key] = summ["mean"]
-                folded[f"{key}_std"] = summ["std"]
+                # a training-free row is the same at every seed: no spread to report
+                folded[f"{key}_std"] = summ["std"] if trained else None
         folded.update(n_seeds=len(members), seeds=[seed_of(r) for r in members], trained=trained,
                       top1_by_seed={str(seed_of(r)): r["metrics"].get("top1") for r in members},
                       budget=_budget_total(first))

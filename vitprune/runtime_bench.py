@@ -1,10 +1,10 @@
 """Latency of baseline vs pruned variant in onnxruntime (fp32 or int8), beside PyTorch's.
 
 Same protocol as `measure.benchmark` (DESIGN.md, measurement conventions): both models get the
-same random input, `warmup` untimed runs each, then `repeats` rounds that time one run of each,
-alternating which goes first (ABBA...), so load drift on a shared machine hits both alike;
-medians in milliseconds and their ratio `speedup` = baseline / variant. `mac_ratio` =
-baseline / variant MACs per image (`measure.count`, fvcore + SDPA handle), so
+same random input and one timing loop (`measure.interleaved`: `warmup` untimed runs each, then
+`repeats` rounds alternating which goes first, ABBA..., so load drift on a shared machine hits
+both alike, each round long enough for the clock); medians in milliseconds per run and their
+ratio `speedup` = baseline / variant. `mac_ratio` = baseline / variant MACs per image (`measure.count`, fvcore + SDPA handle), so
 `speedup_over_mac_ratio` = 1 is the speedup the arithmetic promises.
 
 int8: onnxruntime dynamic quantization of both files (`export.quantize_int8`); the MAC counts
@@ -13,10 +13,10 @@ are those of the float model (the same multiply-accumulates, done in int8).
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +34,8 @@ PRECISIONS = ("fp32", "int8")
 def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.PathLike,
                    input_shape: Sequence[int], *, warmup: int = 2, repeats: int = 10,
                    threads: int | None = None, baseline_macs: int | None = None,
-                   variant_macs: int | None = None, seed: int = 0) -> dict[str, Any]:
+                   variant_macs: int | None = None, seed: int = 0,
+                   min_round_ms: float = measure.MIN_ROUND_MS) -> dict[str, Any]:
     """Median onnxruntime latency of two ONNX files (input "images", batch first), interleaved.
 
     Returns the keys of `measure.benchmark` ("baseline_ms", "variant_ms", "speedup", the runs,
@@ -43,33 +44,21 @@ def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.Path
     (default torch's current thread count, so both runtimes get the same cores)."""
     import onnxruntime as ort
 
-    if repeats < 1 or warmup < 0:
-        raise UserError(f"need repeats >= 1 and warmup >= 0 (got {repeats}, {warmup})")
     threads = int(threads or torch.get_num_threads())
     sessions = {"baseline": export.session(baseline_path, threads),
                 "variant": export.session(variant_path, threads)}
     x = np.random.default_rng(seed).standard_normal(tuple(input_shape), dtype=np.float32)
     feeds = {export.INPUT_NAME: x}
-    times: dict[str, list[float]] = {"baseline": [], "variant": []}
-
-    def run(name: str) -> float:
-        start = time.perf_counter()
-        sessions[name].run(None, feeds)
-        return (time.perf_counter() - start) * 1e3
-
-    for _ in range(warmup):
-        run("baseline")
-        run("variant")
-    for i in range(repeats):
-        for name in (("baseline", "variant") if i % 2 == 0 else ("variant", "baseline")):
-            times[name].append(run(name))
+    times, calls = measure.interleaved(
+        {name: functools.partial(session.run, None, feeds) for name, session in sessions.items()},
+        warmup=warmup, repeats=repeats, min_round_ms=min_round_ms)
     base_ms, var_ms = statistics.median(times["baseline"]), statistics.median(times["variant"])
     out: dict[str, Any] = {
         "runtime": "onnxruntime", "onnxruntime_version": ort.__version__,
         "baseline_ms": base_ms, "variant_ms": var_ms, "speedup": base_ms / var_ms,
         "baseline_ms_runs": times["baseline"], "variant_ms_runs": times["variant"],
         "batch_size": int(input_shape[0]), "input_shape": list(input_shape), "threads": threads,
-        "warmup": warmup, "repeats": repeats, "device": "cpu",
+        "warmup": warmup, "repeats": repeats, "calls_per_round": calls, "device": "cpu",
     }
     if baseline_macs and variant_macs:
         out.update(baseline_macs=int(baseline_macs), variant_macs=int(variant_macs),
