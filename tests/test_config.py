@@ -37,8 +37,8 @@ def test_defaults_are_parsed_with_types(declared):
 
 
 def test_valid_values_pass_and_ints_widen_to_float(declared):
-    out = config.validate(declared, {"lr": 1, "locations": [2, 4], "checkpoint": "a.pt", "distill": False}, "t")
-    assert out == {"lr": 1.0, "locations": [2, 4], "checkpoint": "a.pt", "distill": False}
+    out = config.validate(declared, {"lr": 1, "locations": [2, 4], "checkpoint": "pyproject.toml", "distill": False}, "t")
+    assert out == {"lr": 1.0, "locations": [2, 4], "checkpoint": "pyproject.toml", "distill": False}
     assert isinstance(out["lr"], float)
 
 

@@ -1,13 +1,17 @@
 """The papermill pipeline on a toy project: order, sweeps, skipping, failures, manifests."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from vitprune import config, pipeline
+from vitprune.__main__ import main as cli
 from vitprune.errors import UserError
 
 PARAMS = 'profile: str = "fmnist"\nruns_root: str = ""\nrun_dir: str = ""\n'
@@ -18,15 +22,18 @@ if fail:
 if globals().get("user_error"):
     from vitprune.errors import UserError
     raise UserError(user_error + chr(10) + "second line")
+if globals().get("sleep"):
+    pathlib.Path(run_dir, "started").write_text("")
+    import time; time.sleep(sleep)
 pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
-pathlib.Path(run_dir, "metrics.json").write_text(json.dumps({"top1": value * 10, "value": value}))
+pathlib.Path(run_dir, "metrics.json").write_text(json.dumps({"top1": value * 10, "value": value, "where": run_dir}))
 '''
 
 
-def notebook(params: str) -> dict:
+def notebook(params: str, extra: str = "") -> dict:
     cells = [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": PARAMS + params,
               "outputs": [], "execution_count": None, "id": "p"},
-             {"cell_type": "code", "metadata": {}, "source": BODY, "outputs": [], "execution_count": None,
+             {"cell_type": "code", "metadata": {}, "source": BODY + extra, "outputs": [], "execution_count": None,
               "id": "b"}]
     return {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
             "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
@@ -37,7 +44,7 @@ def toy(tmp_path, monkeypatch):
     """A project with notebooks 00 and 02 (02 swept over base_rate) and a `toy` profile."""
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks/00_data_cache.ipynb").write_text(
-        json.dumps(notebook("value: int = 1\nfail: bool = False\nuser_error: str = ''\n")))
+        json.dumps(notebook("value: int = 1\nfail: bool = False\nuser_error: str = ''\nsleep: float = 0.0\n")))
     (tmp_path / "notebooks/02_token_pruning.ipynb").write_text(
         json.dumps(notebook("value: float = 0.5\nbase_rate: float = 0.7\nfail: bool = False\n")))
     prof = tmp_path / "params/toy"
@@ -81,17 +88,108 @@ def test_upstream_change_reruns_downstream(toy):
     assert [s["run"] for s in pinned] == ["02_token_pruning/base_rate_0.6"]
 
 
-def test_failed_run_keeps_partial_notebook_and_is_not_done(toy):
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_run_leaves_the_last_good_run_byte_identical(toy):
     runs = toy / "runs"
-    with pytest.raises(UserError, match="00_data_cache failed: RuntimeError: asked to fail "):
+    rdir, partial = runs / "toy/00_data_cache", runs / "toy/00_data_cache.partial"
+    pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
+    good = _files(rdir)
+    # paths the notebook recorded name the run folder, not the staging folder it ran in
+    assert json.loads(good["metrics.json"])["where"] == str(rdir) and not partial.exists()
+    with pytest.raises(UserError, match="00_data_cache failed: RuntimeError: asked to fail .*is untouched"):
         pipeline.run_profile("toy", only="00_data_cache", overrides={"fail": True}, runs_root=str(runs))
-    rdir = runs / "toy/00_data_cache"
-    assert manifest(rdir)["status"] == "failed"
-    assert manifest(rdir)["error"] == "RuntimeError: asked to fail"
-    assert "asked to fail" in (rdir / "00_data_cache.ipynb").read_text()
-    assert not (rdir / "metrics.json").exists()
-    ok = pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
-    assert ok[0]["status"] == "ran"
+    assert _files(rdir) == good
+    assert manifest(partial)["status"] == "failed" and manifest(partial)["error"] == "RuntimeError: asked to fail"
+    assert "asked to fail" in (partial / "00_data_cache.ipynb").read_text()
+    assert not (partial / "metrics.json").exists()
+    assert [r["status"] for r in pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))] == ["up to date"]
+    again = pipeline.run_profile("toy", only="00_data_cache", overrides={"value": 3}, runs_root=str(runs))
+    assert again[0]["status"] == "ran" and not partial.exists()
+    assert json.loads((rdir / "metrics.json").read_text())["value"] == 3
+
+
+def test_a_failed_first_run_is_not_done_and_table_says_why(toy):
+    runs = toy / "runs"
+    with pytest.raises(UserError):
+        pipeline.run_profile("toy", only="02_token_pruning", overrides={"fail": True}, runs_root=str(runs))
+    assert not (runs / "toy/02_token_pruning/base_rate_0.9").exists()
+    missing = pipeline.missing_runs("toy", runs)
+    assert len(missing) == 2 and "failed: RuntimeError: asked to fail" in missing[0]
+    assert "base_rate_0.9.partial" in missing[0] and "--only 02_token_pruning" in missing[0]
+
+
+def test_ctrl_c_keeps_the_last_good_run(toy, monkeypatch, capsys):
+    import papermill
+
+    runs = toy / "runs"
+    pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
+    good = _files(runs / "toy/00_data_cache")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    monkeypatch.chdir(toy)
+    assert cli(["run", "--profile", "toy", "--only", "00_data_cache", "--force", "--runs-root", str(runs)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("interrupted: `run` stopped; finished runs and the last good run")
+    assert _files(runs / "toy/00_data_cache") == good
+    assert manifest(runs / "toy/00_data_cache.partial")["status"] == "interrupted"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_hang_up_stops_a_run_in_one_line_and_keeps_the_good_run(toy):
+    runs = toy / "runs"
+    pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
+    good = _files(runs / "toy/00_data_cache")
+    proc = subprocess.Popen([sys.executable, "-m", "vitprune", "run", "--profile", "toy", "--only", "00_data_cache",
+                             "--runs-root", str(runs), "-p", "sleep=60"], cwd=toy, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    started = runs / "toy/00_data_cache.partial/started"
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert started.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("interrupted: `run` stopped")
+    assert _files(runs / "toy/00_data_cache") == good
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("02_token_pruning: {base_rate: [0.9, 0.5]\n", "sweep.yaml: not valid YAML at line 2"),
+    ("- 02_token_pruning\n", "sweep.yaml: must be a mapping of notebook: {param: [values]}, found a list"),
+    ("02_token_pruning: {base_rate: [0.9, 1.5]}\n", "parameter 'base_rate' must be in (0, 1], got 1.5"),
+])
+def test_a_broken_sweep_file_is_one_line(toy, text, fragment, capsys):
+    (toy / "params/toy/sweep.yaml").write_text(text)
+    assert cli(["run", "--profile", "toy", "--runs-root", str(toy / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and fragment in err
+    assert not (toy / "runs/toy").exists()
+
+
+def test_a_runs_root_that_is_a_file_or_read_only_is_one_line(toy, capsys):
+    afile = toy / "afile"
+    afile.write_text("")
+    assert cli(["run", "--profile", "toy", "--runs-root", str(afile)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --runs-root {afile} is a file; give a folder (it is created if missing)"
+    if os.geteuid() != 0:  # root writes anywhere; the permission case needs a normal user
+        ro = toy / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        assert cli(["run", "--profile", "toy", "--runs-root", str(ro)]) == 2
+        assert "cannot write in the runs root" in capsys.readouterr().err
+
+
+def test_the_error_line_keeps_the_fix_at_the_end_of_a_long_message():
+    exc = UserError("checkpoint is deit_tiny, the notebook wants deit_small: " + "x" * 900 + " fix: set model_name")
+    line = pipeline.error_line(exc)
+    assert len(line) <= 505 and line.startswith("checkpoint is deit_tiny") and line.endswith("fix: set model_name")
 
 
 @pytest.mark.parametrize("overrides, fragment", [
@@ -156,6 +254,29 @@ def test_seeds_repeat_the_fine_tunes_and_pair_them_by_seed(toy):
         pipeline.plan("toy", ["04_combination"], {}, runs, seeds=0)
     with pytest.raises(UserError, match="set by the pipeline"):
         pipeline.plan("toy", ["05_analysis"], {"seeds": [3]}, runs)
+
+
+FIGURES = '''
+pathlib.Path(run_dir, "figures").mkdir()
+pathlib.Path(run_dir, "figures", "table1.md").write_text(str(value))
+'''
+
+
+def test_figures_reach_the_repo_only_from_the_repos_own_runs(toy, tmp_path_factory):
+    (toy / "notebooks/05_analysis.ipynb").write_text(
+        json.dumps(notebook("value: int = 0\nfail: bool = False\nseeds: list[int] = [0]\n", FIGURES)))
+    elsewhere = tmp_path_factory.mktemp("scratch")
+    pipeline.run_profile("toy", only="05_analysis", runs_root=str(elsewhere), overrides={"value": 7})
+    assert (elsewhere / "toy/05_analysis/figures/table1.md").read_text() == "7"
+    assert not (toy / "figures").exists()
+    pipeline.run_profile("toy", only="05_analysis", overrides={"value": 8})  # the default runs root: <repo>/runs
+    assert (toy / "figures/toy/table1.md").read_text() == "8"
+    with pytest.raises(UserError):
+        pipeline.run_profile("toy", only="05_analysis", overrides={"value": 9, "fail": True})
+    assert (toy / "figures/toy/table1.md").read_text() == "8"  # a failed 05 leaves the published figures alone
+    pipeline.run_profile("toy", only="05_analysis", seeds=3, overrides={"value": 10})
+    assert (toy / "figures/toy-3seeds/table1.md").read_text() == "10"
+    assert (toy / "figures/toy/table1.md").read_text() == "8"
 
 
 def test_kernel_runs_over_ipc_without_the_tcp_warning(toy, capfd):

@@ -47,6 +47,7 @@ from torch import nn
 from timm.layers import Mlp
 from timm.layers.attention import Attention
 
+from vitprune import param_rules
 from vitprune import measure, pruning_state, token_pruning
 from vitprune.block_removal import NoAttention, NoMlp, shrink_attention, shrink_mlp
 from vitprune.errors import UserError
@@ -54,8 +55,8 @@ from vitprune.torchutil import logits, unwrap
 
 MASK, ALIVE = pruning_state.MASK, pruning_state.ALIVE  # gate buffer names (pruning_state reads them)
 
-IMPORTANCE = ("magnitude", "taylor")
-SCOPES = ("layer", "global")
+IMPORTANCE = param_rules.CHOICES["importance"]
+SCOPES = param_rules.CHOICES["scope"]
 
 
 # --------------------------------------------------------------------------- geometry

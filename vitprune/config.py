@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from vitprune import param_rules
 from vitprune.errors import UserError
 
 NOTEBOOKS = (
@@ -129,10 +130,22 @@ def run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
     return path / variant if variant else path
 
 
+PARTIAL_SUFFIX = ".partial"
+"""A run executes in `<run_dir>.partial` beside its run folder and replaces the folder only when
+it succeeds (`pipeline.execute`); a failed or interrupted run stays there (partial notebook,
+manifest with the error, training state to resume from), and the last good run stays what
+everything reads. Readers of a runs tree skip these folders."""
+REPLACED_SUFFIX = ".replaced"  # the old run folder, for the moment between two renames
+NOT_RUN_FOLDERS = (PARTIAL_SUFFIX, REPLACED_SUFFIX, ".new")
+
+FIGURES_NOTEBOOK = "05_analysis"
+FIGURES_SUBDIR = "figures"  # notebook 05 writes Table 1, the figures and the audit here in its run folder
+
+
 def figures_dir(profile: str, n_seeds: int = 1) -> Path:
-    """Where notebook 05 writes Table 1 and the figures by default: `figures/<profile>/` for a
-    one-seed run (`make reproduce`), `figures/<profile>-<n>seeds/` for the seeded study, so the
-    two never overwrite each other."""
+    """Where the pipeline publishes notebook 05's figures when it runs under the repository's own
+    runs/: `figures/<profile>/` for a one-seed run (`make reproduce`), `figures/<profile>-<n>seeds/`
+    for the seeded study, so the two never overwrite each other."""
     return project_root() / "figures" / (profile if n_seeds == 1 else f"{profile}-{n_seeds}seeds")
 
 
@@ -230,12 +243,18 @@ def declared_parameters(notebook: str | os.PathLike) -> dict[str, Param]:
 
 
 def validate(declared: dict[str, Param], values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check every key and type; return the values with types normalised."""
+    """Check every key, type and range (`param_rules`); return the values with types normalised."""
     unknown = sorted(set(values) - set(declared))
     if unknown:
         raise UserError(
             f"{source}: unknown parameter(s) {unknown}; this notebook accepts: {', '.join(sorted(declared))}")
-    return {key: declared[key].check(value, source) for key, value in values.items()}
+    checked = {key: declared[key].check(value, source) for key, value in values.items()}
+    for key, value in checked.items():
+        param_rules.check(key, value, source)
+        if key in param_rules.PATHS and value and not (project_root() / Path(value).expanduser()).exists():
+            raise UserError(f"{source}: parameter {key!r} names {value}, which does not exist; "
+                            f"give an existing path (relative paths start at {project_root()}) or \"\" for none")
+    return checked
 
 
 # ---------------------------------------------------------------- profiles
@@ -249,13 +268,26 @@ def profile_dir(profile: str) -> Path:
     return path
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
+def _read_mapping(path: Path, shape: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, or one UserError line saying where it is broken."""
     try:
-        data = read_yaml(path.read_text()) or {}
+        data = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc}); fix the file") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where} ({problem}); fix the file") from exc
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: must be a flat mapping of parameter: value")
+        raise UserError(f"{path}: must be {shape}, found a {type(data).__name__}")
+    return data
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    data = _read_mapping(path, "a flat mapping of parameter: value")
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise UserError(f"{path}: parameters must be flat, {nested} hold mappings")
@@ -274,7 +306,7 @@ def profile_sweep(profile: str) -> dict[str, dict[str, list]]:
     path = profile_dir(profile) / SWEEP_FILE
     if not path.exists():
         return {}
-    data = read_yaml(path.read_text()) or {}
+    data = _read_mapping(path, "a mapping of notebook: {param: [values]}")
     for notebook, axes in data.items():
         if notebook not in NOTEBOOKS or not isinstance(axes, dict):
             raise UserError(f"{path}: keys must be notebook names mapping to {{param: [values]}}, got {notebook!r}")

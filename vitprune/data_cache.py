@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,37 +23,49 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vitprune.data_folders import export_folder_name, imagefolder_dataset, imagefolder_splits, scan_imagefolder
+from vitprune import param_rules
+from vitprune.data_folders import (IMG_EXTENSIONS, export_folder_name, imagefolder_dataset, imagefolder_splits,
+                                   scan_imagefolder)
 from vitprune.data_format import (TRAIN_SPLIT, BadImageError, class_names, column, features, labels_of,
                                   rgb_image_bytes, short_list)
 from vitprune.data_sources import FASHION_MNIST_IDX_DIR, hf_imagenet_dataset, load_fashion, resolve_fashion_source
 from vitprune.data_subsets import balanced_indices, balanced_subset
 from vitprune.errors import UserError
 
-SOURCES = ("auto", "idx", "hub", "imagefolder", "hf_imagenet")
+SOURCES = param_rules.CHOICES["source"]
 CACHE_MARKER = "vitprune_cache.json"
 CACHE_FORMAT = "vitprune-data/1"
 
 
 def _convert_batch(batch: dict[str, list], root: str | None = None) -> dict[str, list]:
-    """datasets.map worker: read/verify/convert every image; bad ones get an error message."""
+    """datasets.map worker: read/verify/convert every image; bad ones get an error message.
+
+    PIL only warns (DecompressionBombWarning) about an image between 1x and 2x its pixel limit
+    and decodes it anyway; here it is a bad image like one past 2x, not a line lost in the log."""
     images, errors = [], []
-    for item in batch["image"]:
-        data, path = item.get("bytes"), item.get("path")
-        name = path or "<in-memory image>"
-        try:
-            if data is None:
-                full = Path(root) / path if root and path else Path(path)
-                name = str(full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for item in batch["image"]:
+            data, path = item.get("bytes"), item.get("path")
+            name = path or "<in-memory image>"
+            try:
+                if data is None:
+                    full = Path(root) / path if root and path else Path(path)
+                    name = str(full)
+                    try:
+                        data = full.read_bytes()
+                    except OSError as exc:
+                        raise BadImageError(f"{full}: cannot read file ({exc})") from None
                 try:
-                    data = full.read_bytes()
-                except OSError as exc:
-                    raise BadImageError(f"{full}: cannot read file ({exc})") from None
-            images.append({"bytes": rgb_image_bytes(data, name), "path": path})
-            errors.append("")
-        except BadImageError as exc:
-            images.append({"bytes": None, "path": path})
-            errors.append(str(exc))
+                    converted = rgb_image_bytes(data, name)
+                except Image.DecompressionBombWarning as exc:
+                    raise BadImageError(f"{name}: image too large to decode safely ({exc}); replace it with a smaller "
+                                        "copy, or pass skip_bad=True (--skip-bad) to skip and count it") from None
+                images.append({"bytes": converted, "path": path})
+                errors.append("")
+            except BadImageError as exc:
+                images.append({"bytes": None, "path": path})
+                errors.append(str(exc))
     return {"image": images, "_error": errors}
 
 
@@ -146,6 +159,12 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any] | None:
     return info if info.get("complete") and info.get("format") == CACHE_FORMAT else None
 
 
+def _looks_like_imagefolder(path: Path) -> bool:
+    """Image files one or two levels down (<class>/<image>, <split>/<class>/<image>): a cache
+    holds Arrow files there, never images."""
+    return any(p.suffix.lower() in IMG_EXTENSIONS for pattern in ("*/*", "*/*/*") for p in path.glob(pattern))
+
+
 def load_cache(path: str | os.PathLike):
     """The cached DatasetDict (memory-mapped; loads in seconds). Refuses a cache without its
     completion marker."""
@@ -156,6 +175,10 @@ def load_cache(path: str | os.PathLike):
         raise UserError(f"dataset cache {path} does not exist: run notebook 00 first "
                         "(python -m vitprune run --only 00_data_cache)")
     if cache_info(path) is None:
+        if _looks_like_imagefolder(path):
+            raise UserError(f"{path} is an ImageFolder (class folders of images), not a dataset cache: build a cache "
+                            f"from it first with: python -m vitprune data cache OUT --source imagefolder "
+                            f"--imagefolder {path}")
         raise UserError(f"dataset cache {path} is incomplete (no {CACHE_MARKER} completion marker; an interrupted "
                         "run?): re-run notebook 00 (python -m vitprune run --only 00_data_cache --force)")
     try:

@@ -103,6 +103,9 @@ class FolderScan:
 
 def class_folders(root: str | os.PathLike) -> list[str]:
     root = Path(root)
+    if root.is_file():
+        raise UserError(f"ImageFolder {root} is a file, not a folder of class folders: give the directory holding "
+                        "<class>/<image> folders (or train/ and val/ each holding them)")
     if not root.is_dir():
         raise UserError(f"ImageFolder directory {root} does not exist")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -223,6 +226,16 @@ def scan_imagefolder(root: str | os.PathLike, classes: Sequence[str] | str | os.
     return FolderScan(root, mapping, list(names), naming, files)
 
 
+def check_no_empty_classes(scan: FolderScan) -> None:
+    """A class folder without images is a class the model is asked to learn from nothing (and a
+    mistake: a failed copy, the wrong extension); only a class subset may leave classes empty."""
+    empty = [folder for folder, n in scan.counts.items() if n == 0]
+    if empty:
+        raise UserError(f"ImageFolder {scan.root}: class folder(s) with no images ({', '.join(IMG_EXTENSIONS[:4])}, "
+                        f"...): {short_list(empty)}; add their images or remove the folder(s) (absent on purpose, as in "
+                        "a class subset: give --classes with --subset, or --class-subset for `data cache`)")
+
+
 def imagefolder_splits(root: str | os.PathLike) -> dict[str, Path]:
     """{split: dir}: root/train, root/val|validation, root/test when present, else {"train": root}."""
     root = Path(root)
@@ -236,9 +249,13 @@ def imagefolder_splits(root: str | os.PathLike) -> dict[str, Path]:
 def check_imagefolder(path: str | os.PathLike, classes=None, subset: bool = False) -> dict[str, Any]:
     """What `data check` prints: the mapping the loader will use and per-class counts."""
     splits = imagefolder_splits(path)
+    scans = {split: scan_imagefolder(d, classes, subset=subset) for split, d in splits.items()}
+    if not subset:
+        for scan in scans.values():
+            check_no_empty_classes(scan)
     if list(splits.values()) == [Path(path)]:
-        return scan_imagefolder(path, classes, subset=subset).report()
-    reports = {split: scan_imagefolder(d, classes, subset=subset).report() for split, d in splits.items()}
+        return scans[TRAIN_SPLIT].report()
+    reports = {split: scan.report() for split, scan in scans.items()}
     first = next(iter(reports.values()))
     out = {"root": str(path), "splits": reports, "mapping": first["mapping"], "class_names": first["class_names"],
            "counts": {split: r["counts"] for split, r in reports.items()}}
@@ -263,6 +280,8 @@ def imagefolder_dataset(root: str | os.PathLike, classes=None, subset: bool = Fa
         names = scan.class_names
         if not scan.files:
             raise UserError(f"ImageFolder {directory}: no image files ({', '.join(IMG_EXTENSIONS)}) found")
+        if not subset:
+            check_no_empty_classes(scan)  # before any image is read (verify_labels would find it at the end)
         image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
         table = pa.table({
             "image": pa.array([{"bytes": None, "path": str(p.relative_to(root))} for p, _ in scan.files],

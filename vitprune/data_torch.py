@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
+from vitprune import param_rules
 from vitprune.data_format import TRAIN_SPLIT, class_names, labels_of, to_rgb
 from vitprune.data_subsets import balanced_subset
 from vitprune.errors import UserError
@@ -25,7 +26,7 @@ from vitprune.errors import UserError
 # Training-set augmentation: crop_flip = shift + flip whole batches of tensors (random_crop_flip;
 # the split is preloaded when `preload`); timm = timm's training transform per image (never
 # preloaded); none = the evaluation transform.
-AUGMENTS = ("crop_flip", "timm", "none")
+AUGMENTS = param_rules.CHOICES["augment"]
 EVAL_SPLITS = ("test", "validation", "val")  # Fashion-MNIST: test; ImageNet: validation
 
 

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from vitprune import param_rules
 from vitprune.errors import UserError
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
 AUTO_PRECISION = "auto"  # bf16 where the hardware computes it natively, else no (see native_bf16)
+MIXED_PRECISION = tuple(p for p in param_rules.CHOICES["mixed_precision"] if p != AUTO_PRECISION)
 RESULT_FILE = "result.pt"
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitprune import param_rules
 from vitprune.errors import UserError
 
 SDPA_OP = "aten::scaled_dot_product_attention"
@@ -195,7 +196,7 @@ def count(model: nn.Module, img_size: int | Sequence[int] | None = None,
 # latency
 # --------------------------------------------------------------------------------------
 
-BENCH_PRECISIONS = ("fp32", "bf16")  # both models of a comparison run at the one precision asked for
+BENCH_PRECISIONS = param_rules.CHOICES["bench_precision"]  # both models of a comparison run at the one precision asked for
 
 
 def autocast_wrapped(model: nn.Module) -> bool:

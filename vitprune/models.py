@@ -286,6 +286,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw "vitprune/1" dict (UserError for any other file)."""
     obj = torch_load(path)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        if isinstance(obj, dict) and obj and (isinstance(obj.get("model"), dict)
+                                              or isinstance(obj.get("state_dict"), dict)
+                                              or all(isinstance(v, torch.Tensor) for v in obj.values())):
+            # weights only (what read_state_dict reads): they do not say which model they belong to
+            raise UserError(f"{path} holds plain weights (like the official DeiT file {{'model': state_dict}}), not a "
+                            f"{CHECKPOINT_FORMAT} checkpoint, so name their timm model and pass the file as weights: "
+                            f"python -m vitprune measure deit_base_patch16_224 --weights {path} (bench and export "
+                            "take --weights too; in Python create_model(name, checkpoint=PATH))")
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format {found!r}); for official "
                         "weights use create_model(name, checkpoint=PATH)")

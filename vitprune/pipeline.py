@@ -5,8 +5,9 @@ its `metrics.json` and a `manifest.json` (params and their hash, git sha, packag
 versions, seed, device, wall time, status). A run is up to date when its manifest says
 `ok`, its metrics exist, and its key is unchanged; the key hashes the params, the
 notebook file, and the keys of every earlier notebook's runs, so a changed baseline
-re-runs everything after it. A failed run keeps its partial notebook for inspection and
-is marked `failed`, never taken as done.
+re-runs everything after it. A run executes in `<run_dir>.partial` and replaces its run
+folder only when it succeeds: a failed or interrupted run keeps its partial notebook there,
+marked `failed`, and the last good run stays in place, untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 import uuid
@@ -24,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vitprune import config
+from vitprune import config, results
 from vitprune.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
@@ -221,16 +223,89 @@ def error_line(exc: BaseException, limit: int = 500) -> str:
         text = message
     else:
         text = f"{ename}: {message}" if message else str(ename)
-    return text[:limit]
+    if len(text) > limit:  # keep both ends: a message starts with what is wrong and ends with the fix
+        text = text[: limit * 3 // 5] + " ... " + text[-(limit * 2 // 5):]
+    return text
+
+
+PARTIAL_SUFFIX, REPLACED_SUFFIX = config.PARTIAL_SUFFIX, config.REPLACED_SUFFIX
+REUSED_SUBDIRS = ("train_state", "dataset")
+"""Folders of a good run that a re-run may reuse (engine checkpoints to resume or skip training,
+notebook 00's cache). They are hard-linked into the new run's folder, never copied: both are
+written only through a temp file or folder and a rename, so the new run never writes through a
+link into the old run's files."""
+
+
+def partial_dir(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + PARTIAL_SUFFIX)
+
+
+def recover(run_dir: Path) -> None:
+    """Finish a replacement that was interrupted between its two renames."""
+    old = run_dir.with_name(run_dir.name + REPLACED_SUFFIX)
+    if old.exists():
+        if run_dir.exists():
+            shutil.rmtree(old)
+        else:
+            os.rename(old, run_dir)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:  # a filesystem without hard links: a copy keeps the old run safe too
+                shutil.copy2(path, target)
+
+
+def _prepare_staging(run_dir: Path) -> Path:
+    staging = partial_dir(run_dir)
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "metrics.json").unlink(missing_ok=True)
+    for name in REUSED_SUBDIRS:
+        if (run_dir / name).is_dir():
+            _link_tree(run_dir / name, staging / name)
+    return staging
+
+
+def _relocate(staging: Path, run_dir: Path) -> None:
+    """Paths the notebook wrote into its records (metrics, manifest, the executed notebook's
+    parameters) name the staging folder; make them name the run folder it becomes."""
+    old, new = str(staging), str(run_dir)
+    for path in [*staging.glob("*.json"), *staging.glob("*.ipynb"), *staging.glob("*/*.json")]:
+        if path.is_file() and path.stat().st_size < 64 << 20:
+            text = path.read_text()
+            if old in text:
+                path.write_text(text.replace(old, new))
+
+
+def _publish(staging: Path, run_dir: Path) -> None:
+    """Replace the run folder by the finished staging folder: two renames, then drop the old."""
+    old = run_dir.with_name(run_dir.name + REPLACED_SUFFIX)
+    recover(run_dir)
+    if run_dir.exists():
+        os.rename(run_dir, old)
+    os.rename(staging, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
-    """Execute one run with papermill; the manifest says `running` until it ends."""
+    """Execute one run with papermill into `<run_dir>.partial`, then put it in place of the run
+    folder; on failure or Ctrl-C the run folder is left as it was."""
     import papermill
 
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "metrics.json").unlink(missing_ok=True)
-    output = run.run_dir / f"{run.notebook}.ipynb"
+    recover(run.run_dir)
+    try:
+        staging = _prepare_staging(run.run_dir)
+    except OSError as exc:
+        raise UserError(f"cannot write the run folder {run.run_dir.parent}: {exc.strerror or exc}; "
+                        f"choose a writable --runs-root") from exc
+    output = staging / f"{run.notebook}.ipynb"
     manifest = {"notebook": run.notebook, "variant": run.variant, "profile": run.params["profile"],
                 "params": run.params, "params_hash": config.params_hash(run.params), "key": run.key,
                 "upstream_keys": run.upstream, "seed": run.params.get("seed"), "output": str(output),
@@ -238,26 +313,52 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
                 "mixed_precision": run.params.get("mixed_precision", "no"),
                 "launch_config": run.params.get("launch_config") or None,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", **env}
-    write_manifest(run.run_dir, manifest)
+    write_manifest(staging, manifest)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(config.notebook_path(run.notebook)), str(output),
-                                   parameters=run.params, cwd=str(config.project_root()),
+                                   parameters={**run.params, "run_dir": str(staging)},
+                                   cwd=str(config.project_root()),
                                    kernel_name="python3", progress_bar=False,
                                    kernel_manager_class=_ipc_kernel_manager())
     except BaseException as exc:
-        manifest.update(status="failed", error=error_line(exc), wall_time_s=round(time.perf_counter() - start, 2))
-        write_manifest(run.run_dir, manifest)
-        if isinstance(exc, KeyboardInterrupt):
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        manifest.update(status="interrupted" if interrupted else "failed",
+                        error="interrupted (Ctrl-C or hang-up)" if interrupted else error_line(exc),
+                        wall_time_s=round(time.perf_counter() - start, 2))
+        write_manifest(staging, manifest)
+        if interrupted:
             raise
-        raise UserError(f"{run.name} failed: {manifest['error']} (the partial notebook is at {output})") from exc
+        raise UserError(f"{run.name} failed: {manifest['error']} (the partial notebook is at {output}; "
+                        f"the last good run in {run.run_dir} is untouched)") from exc
     manifest.update(status="ok", wall_time_s=round(time.perf_counter() - start, 2))
-    if not (run.run_dir / "metrics.json").exists():
+    if not (staging / "metrics.json").exists():
         manifest.update(status="failed", error="notebook finished without writing metrics.json")
-        write_manifest(run.run_dir, manifest)
+        write_manifest(staging, manifest)
         raise UserError(f"{run.name} finished without writing metrics.json (see {output})")
-    write_manifest(run.run_dir, manifest)
+    manifest["output"] = str(run.run_dir / output.name)
+    write_manifest(staging, manifest)
+    _relocate(staging, run.run_dir)
+    _publish(staging, run.run_dir)
     return manifest
+
+
+def publish_figures(run: Run) -> Path | None:
+    """Copy a finished notebook-05 run's figures folder over `figures/<profile>[-<n>seeds]/` of
+    the repository, whole: written beside it, then swapped in by renames (None: it drew none)."""
+    source = run.run_dir / config.FIGURES_SUBDIR
+    if not source.is_dir():
+        return None
+    target = config.figures_dir(run.params["profile"], len(run.params.get("seeds") or [0]))
+    fresh, old = target.with_name(target.name + ".new"), target.with_name(target.name + REPLACED_SUFFIX)
+    for leftover in (fresh, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(source, fresh)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(fresh, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def headline(run_dir: Path) -> str:
@@ -283,7 +384,11 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
                 seeds: int = 1) -> list[dict[str, Any]]:
     """Plan, then execute every run that is not up to date. Returns one summary per run."""
     root = config.runs_root_or_default(runs_root)
+    # The repository's figures/ follow only the repository's own runs/; a run elsewhere keeps its
+    # figures in its run folder.
+    publish = root.resolve() == config.runs_root_or_default(None).resolve()
     runs = plan(profile, select_notebooks(only), overrides or {}, root, seeds)
+    check_runs_root(root)
     env = environment()
     done: dict[str, list[Run]] = {}  # runs of this invocation by notebook; the others are read from disk
     available = available_notebooks()
@@ -303,12 +408,29 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
             print(f"[{run.name}] running -> {run.run_dir}", flush=True)
             wall = execute(run, env)["wall_time_s"]
             status = "ran"
+            published = publish_figures(run) if run.notebook == config.FIGURES_NOTEBOOK and publish else None
+            if published:
+                print(f"[{run.name}] figures -> {published}", flush=True)
         summary = headline(run.run_dir)
         when = f"up to date, skipped (took {wall} s)" if status == "up to date" else f"ran in {wall} s"
         print(f"[{run.name}] {when}" + (f": {summary}" if summary else ""), flush=True)
         done.setdefault(run.notebook, []).append(run)
         summaries.append({"run": run.name, "status": status, "wall_time_s": wall, "run_dir": str(run.run_dir)})
     return summaries
+
+
+def check_runs_root(root: Path) -> None:
+    """Before any kernel starts: the runs root is a folder this process can write in."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--runs-root {root} is a file; give a folder (it is created if missing)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write in the runs root {root} ({exc.strerror or exc}); "
+                        f"choose a writable folder with --runs-root") from exc
 
 
 def _same_seed(run: Run, upstream: Run) -> bool:
@@ -329,4 +451,28 @@ def _runs_on_disk(runs_root: Path, profile: str, notebook: str, seeds: int) -> l
         if manifest:
             run.key = str(manifest.get("key"))
             out.append(run)
+    return out
+
+
+def missing_runs(profile: str, runs_root: str | os.PathLike | None, seeds: int = 1) -> list[str]:
+    """One line per model run (notebooks 01-04) the profile plans that has no finished run in
+    its folder, saying why: not run yet, failed (with the error and where the partial notebook
+    is), or files there that the pipeline did not write."""
+    root = config.runs_root_or_default(runs_root)
+    notebooks = [nb for nb in available_notebooks() if nb in results.MODEL_NOTEBOOKS]
+    out = []
+    for run in plan(profile, notebooks, {}, root, seeds):
+        manifest = read_manifest(run.run_dir)
+        if manifest and manifest.get("status") == "ok" and (run.run_dir / "metrics.json").exists():
+            continue
+        partial = read_manifest(partial_dir(run.run_dir))
+        if partial and partial.get("status") in ("failed", "interrupted"):
+            why = f"{partial['status']}: {partial.get('error', '?')} (partial notebook in {partial_dir(run.run_dir)})"
+        elif partial and partial.get("status") == "running":
+            why = f"running, or stopped without a word (see {partial_dir(run.run_dir)})"
+        elif run.run_dir.exists():
+            why = "its folder holds files the pipeline did not finish (no manifest saying ok)"
+        else:
+            why = "not run yet"
+        out.append(f"{run.name}: {why}; `python -m vitprune run --profile {profile} --only {run.notebook}`")
     return out

@@ -169,13 +169,15 @@ def _run_command(profile: str, notebook: str, variant: str | None, manifest: dic
 
 
 def collect_runs(runs_root: str | os.PathLike | None, profile: str,
-                 seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                 seeds: Sequence[int] | None = None, left_out: list[str] | None = None) -> list[dict[str, Any]]:
     """Every model run (notebooks 01-04) of a profile that wrote metrics.json; with `seeds`,
     only those fine-tune seeds of the SEEDED notebooks (02-04) (other seeds on disk are left out).
 
     Returns one dict per run: {"run" ("02_token_pruning/base_rate_0.7"), "notebook",
-    "variant", "profile", "run_dir", "command", "metrics"}. Runs whose manifest says they
-    failed are left out. A metrics.json may hold extra table rows under `rows` (a list of
+    "variant", "profile", "run_dir", "command", "metrics"}. Only runs the pipeline finished
+    (manifest status ok) count; the others (a manifest that says failed, metrics written outside
+    the pipeline without one) are left out and, with `left_out`, named there with the reason.
+    A run's `.partial` folder (`config.PARTIAL_SUFFIX`) is never a run. A metrics.json may hold extra table rows under `rows` (a list of
     metrics-like dicts, e.g. notebook 04's combinations and training-free rows); each becomes
     a run of its own named "<run>#<i>", inheriting the parent's keys it does not set. The
     parent's own summary is left out when a row has its method (it repeats that row).
@@ -185,13 +187,18 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str,
     runs: list[dict[str, Any]] = []
     for notebook in MODEL_NOTEBOOKS:
         base = root / notebook
-        candidates = [base] + sorted(p for p in base.glob("*") if p.is_dir()) if base.is_dir() else []
+        candidates = [base] + sorted(p for p in base.glob("*") if p.is_dir()
+                                     and not p.name.endswith(config.NOT_RUN_FOLDERS)) if base.is_dir() else []
         for run_dir in candidates:
             path = run_dir / METRICS_FILE
             if not path.is_file():
                 continue
             manifest = _read_json(run_dir / "manifest.json")
-            if manifest and manifest.get("status") == "failed":
+            if not manifest or manifest.get("status") != "ok":
+                if left_out is not None:
+                    left_out.append(f"{run_dir}: " + ("metrics.json without a manifest (written outside the pipeline, "
+                                                      "e.g. papermill or a notebook by hand)" if not manifest
+                                                      else f"manifest says {manifest.get('status')}"))
                 continue
             try:
                 metrics = json.loads(path.read_text())

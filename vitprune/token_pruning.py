@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from vitprune import param_rules
 from vitprune import pruning_state
 from vitprune.errors import UserError
 from vitprune.torchutil import unwrap
@@ -51,7 +52,7 @@ from vitprune.torchutil import unwrap
 from vitprune.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
                               masked_attention, masked_block, mixed_class, tokens_entering_blocks)
 
-SCHEDULES = ("geometric", "linear", "explicit")
+SCHEDULES = param_rules.CHOICES["schedule"]
 DEFAULT_LOCATIONS = (3, 6, 9)
 LINEAR_STEP = 0.2  # the study's text: keep b, b - 0.2, b - 0.4 at blocks 3, 6, 9
 CONFIG_ATTR = pruning_state.TOKEN_ATTR  # where attach() records its config (read via pruning_state)
@@ -271,7 +272,7 @@ def init_keep_prior(model: nn.Module) -> None:
         previous = max(ratio, 0.0)
 
 
-DECISION_MODES = ("gumbel", "topk")
+DECISION_MODES = param_rules.CHOICES["backbone_decisions"]
 
 
 def set_decision_mode(model: nn.Module, mode: str) -> None:

@@ -8,6 +8,7 @@ modules never import `vitprune.cli`.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 from vitprune.errors import UserError
@@ -41,8 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     # imported by name so that one command's dependencies (papermill, fvcore, datasets) load
     # only when that command runs
     func = getattr(importlib.import_module(module_name), func_name)
+    if hasattr(signal, "SIGHUP"):  # a closed terminal stops a run like Ctrl-C does
+        signal.signal(signal.SIGHUP, _interrupt)
     try:
         return int(func(rest) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        detail = ("; finished runs and the last good run of the one in progress are untouched (its partial "
+                  "files are in the run folder's .partial twin)") if command == "run" else ""
+        print(f"interrupted: `{command}` stopped{detail}", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

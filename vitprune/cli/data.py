@@ -90,8 +90,15 @@ def main(argv: list[str]) -> int:
         if args.split is not None:
             if args.split not in dsd:
                 raise UserError(f"cache {args.cache} has splits {list(dsd)}, not {args.split!r}")
-            result = {args.split: export_imagefolder(dsd[args.split], args.out)}
+            targets = {args.split: Path(args.out)}
         else:
-            result = {s: export_imagefolder(d, Path(args.out) / s) for s, d in dsd.items()}
+            targets = {s: Path(args.out) / s for s in dsd}
+        # every target checked before the first is written: a clash on the last split would
+        # otherwise leave the first ones written, and the rerun would clash on those
+        taken = [str(t) for t in targets.values() if t.is_file() or (t.is_dir() and any(t.iterdir()))]
+        if taken:
+            raise UserError(f"export target(s) {', '.join(taken)} already exist and are not empty; nothing was "
+                            "written: remove them or choose another output folder")
+        result = {s: export_imagefolder(dsd[s], t) for s, t in targets.items()}
         _print({"out": str(args.out), "mapping": result}, args.json)
     return 0

@@ -1,8 +1,9 @@
 """`python -m vitprune export MODEL_OR_RUN_DIR OUT.onnx [variant options]`: write the model
-(a timm name, a vitprune checkpoint, or a run directory holding model.pt), with the same variant
-options as `measure`/`bench`, as an ONNX file with a dynamic batch axis (`vitprune.export`),
-then check it against PyTorch in onnxruntime (max |delta logits|) and, with --int8, also write
-its dynamically quantized copy.
+(a timm name, optionally with --weights FILE, a vitprune checkpoint, or a run directory holding
+model.pt, all resolved as `measure` resolves them), with the same variant options as
+`measure`/`bench`, as an ONNX file with a dynamic batch axis (`vitprune.export`), then check it
+against PyTorch in onnxruntime (max |delta logits|) and, with --int8, also write its dynamically
+quantized copy.
 """
 
 from __future__ import annotations
@@ -19,27 +20,12 @@ from vitprune.errors import UserError
 CHECK_BATCHES = (1, 4)
 
 
-def _resolve(model_arg: str) -> str:
-    """A run directory means its model.pt; anything else is passed on unchanged."""
-    path = Path(model_arg)
-    if path.is_dir():
-        ckpt = path / "model.pt"
-        if not ckpt.is_file():
-            found = sorted(p.relative_to(path).as_posix() for p in path.glob("*/model.pt"))
-            hint = f"; checkpoints below it: {', '.join(found[:6])}" if found else ""
-            raise UserError(f"run directory {path} has no model.pt{hint}; give a run directory of "
-                            f"notebook 01-04 or a checkpoint file")
-        return str(ckpt)
-    return model_arg
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vitprune export",
         description="Export a model or pruned variant to ONNX (batch is a dynamic axis; token keep "
                     "counts and merges are static), and check it against PyTorch in onnxruntime.")
-    cli_measure._add_model_args(parser, model_help="timm model name, vitprune checkpoint, or a run directory "
-                                                   "holding model.pt")
+    cli_measure._add_model_args(parser)
     parser.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
     parser.add_argument("--exporter", choices=export.EXPORTERS, default="torchscript",
                         help="torch.onnx exporter (default torchscript: ~5x faster to export, same graph speed)")
@@ -50,11 +36,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="round-trip tolerance on logits, times max(1, max |logit|)")
     args = parser.parse_args(argv)
-    args.model = _resolve(args.model)
-    model, opts, is_ckpt = cli_measure._build(args)
+    model, opts, is_ckpt = cli_measure._build(args)  # a run directory becomes its model.pt
     model = cli_measure.apply_variant(model, opts)
     info = export.export_onnx(model, args.out, img_size=args.img_size, opset=args.opset, exporter=args.exporter)
     info["model"] = os.path.abspath(args.model) if is_ckpt else args.model
+    if args.weights:
+        info["weights"] = os.path.abspath(args.weights)
     if not args.no_check:
         info["check"] = export.verify(model, info["path"], CHECK_BATCHES, img_size=args.img_size, atol=args.atol)
     if args.int8:

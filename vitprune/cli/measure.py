@@ -1,6 +1,8 @@
 """`python -m vitprune measure` and `python -m vitprune bench`: parse the model and variant
 options, build the model (timm name or vitprune checkpoint), apply the variant, and print the
 counts (`vitprune.measure.count`) or the interleaved latency (`vitprune.measure.benchmark`).
+MODEL may also be a run directory (its model.pt; shared with `export`), and `--weights FILE`
+loads plain weights (the official DeiT `{"model": state_dict}` layout) into the named timm model.
 Units as in `vitprune.measure`: MACs per image at batch 1, FLOPs = 2 x MACs, tokens incl. CLS.
 """
 
@@ -11,6 +13,7 @@ import copy
 import difflib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -57,6 +60,20 @@ def _create_by_name(name: str, num_classes: int | None, img_size: int | None) ->
                         "list names with: python -c \"import timm; print(timm.list_pretrained('deit*'))\"") from exc
 
 
+def _resolve(model_arg: str) -> str:
+    """A run directory means its model.pt; anything else is passed on unchanged."""
+    path = Path(model_arg)
+    if path.is_dir():
+        ckpt = path / "model.pt"
+        if not ckpt.is_file():
+            found = sorted(p.relative_to(path).as_posix() for p in path.glob("*/model.pt"))
+            hint = f"; checkpoints below it: {', '.join(found[:6])}" if found else ""
+            raise UserError(f"run directory {path} has no model.pt{hint}; give a run directory of "
+                            f"notebook 01-04 or a checkpoint file")
+        return str(ckpt)
+    return model_arg
+
+
 def _load_checkpoint(path: str) -> nn.Module:
     if not os.path.isfile(path):
         raise UserError(f"checkpoint file not found: {path!r} (give an existing .pt file "
@@ -92,8 +109,13 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 
 def _add_model_args(p: argparse.ArgumentParser,
-                    model_help: str = "timm model name or vitprune checkpoint path") -> None:
+                    model_help: str = "timm model name, vitprune checkpoint, or a run directory "
+                                      "holding model.pt") -> None:
     p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument("--weights", metavar="FILE",
+                   help="load this weights file (official DeiT {'model': state_dict}, or a bare state dict) "
+                        "into the timm model MODEL names, e.g. deit_base_patch16_224 --weights "
+                        "deit_base_patch16_224-b5f2ef4d.pth")
     p.add_argument("--img-size", type=int, help="input resolution (default: timm data config)")
     p.add_argument("--num-classes", type=int, help="classifier classes (default: the model's)")
     g = p.add_argument_group("token pruning (DynamicViT)")
@@ -191,14 +213,24 @@ def _build(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], bool]:
     if args.num_classes is not None and args.num_classes < 0:
         raise UserError(f"--num-classes must be >= 0 (0 = no classifier), got {args.num_classes}")
     opts = _variant_options(args)
+    args.model = _resolve(args.model)
     is_ckpt = _is_checkpoint_arg(args.model)
     if is_ckpt:
+        if args.weights is not None:
+            raise UserError(f"--weights loads a weights file into the timm model MODEL names, but {args.model!r} "
+                            "is a checkpoint already: drop --weights, or give a model name such as "
+                            f"deit_base_patch16_224 --weights {args.weights}")
         if args.num_classes is not None or args.img_size is not None:
             raise UserError("--num-classes/--img-size cannot change a checkpoint's model; "
                             "they are fixed by the checkpoint")
         model = _load_checkpoint(args.model)
     else:
+        if args.weights is not None and not os.path.isfile(args.weights):
+            raise UserError(f"weights file not found: {args.weights!r} (give an existing file, e.g. the "
+                            "official deit_base_patch16_224-b5f2ef4d.pth)")
         model = _create_by_name(args.model, args.num_classes, args.img_size)
+        if args.weights is not None:
+            models.load_weights(model, models.read_state_dict(args.weights), source=args.weights)
     return model, opts, is_ckpt
 
 
@@ -220,6 +252,7 @@ def _describe(model: nn.Module, args: argparse.Namespace, opts: dict[str, Any],
             args.model if not is_ckpt else getattr(model, "default_cfg", {}).get(
                 "architecture", type(model).__name__)),
         "checkpoint": os.path.abspath(args.model) if is_ckpt else None,
+        "weights": os.path.abspath(args.weights) if args.weights else None,
         "img_size": h if h == w else [h, w],
         "in_chans": c,
     }
@@ -258,8 +291,8 @@ def _aligned(rows: list[tuple[str, str]]) -> str:
 def format_counts(info: dict[str, Any]) -> str:
     """Readable labelled table of a `measure` result."""
     shape = " x ".join(str(s) for s in info["input_shape"])
-    rows = [("model", info["model"] + (f"  ({info['checkpoint']})" if info.get("checkpoint")
-                                       else "  (random init)")),
+    source = info.get("checkpoint") or (f"weights {info['weights']}" if info.get("weights") else "random init")
+    rows = [("model", f"{info['model']}  ({source})"),
             ("input", f"{shape}  (batch 1, eval mode)"),
             ("params", f"{_human(info['params'])}  ({info['params']:,})"),
             ("MACs", f"{_human(info['macs'])}  ({info['macs']:,} multiply-accumulates)"),
@@ -364,7 +397,7 @@ def bench_main(argv: list[str]) -> int:
         res = measure.benchmark(baseline, variant, shape, warmup=args.warmup, repeats=args.repeats,
                                 threads=args.threads, baseline_macs=base_info["macs"],
                                 variant_macs=var_info["macs"], precision=args.precision, progress=not args.json)
-    res.update({"model": var_info["model"], "checkpoint": var_info["checkpoint"],
+    res.update({"model": var_info["model"], "checkpoint": var_info["checkpoint"], "weights": var_info["weights"],
                 "img_size": var_info["img_size"],
                 "baseline_params": base_info["params"], "variant_params": var_info["params"]})
     for key in ("keep_heads", "keep_mlp", "block_spec", "token_pruning", "training_free", "merging",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from vitprune import config, results
+from vitprune import config, pipeline, results
 from vitprune.errors import UserError
 
 
@@ -16,19 +17,25 @@ def main(argv: list[str]) -> int:
                                                  "table1.md/.csv/.tex")
     parser.add_argument("--profile", default="fmnist", help="profile whose runs to read (default: fmnist)")
     parser.add_argument("--runs-root", help="where run folders are (default: <repo>/runs)")
-    parser.add_argument("--out", help="output folder (default: <repo>/figures/<profile>, with --seeds N > 1 "
-                                      "<repo>/figures/<profile>-<N>seeds)")
+    parser.add_argument("--out", help="output folder (default: <runs root>/<profile>/table/, with --seeds N > 1 "
+                                      "its <N>seeds/ subfolder; the committed figures/ come from notebook 05)")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="gather the fine-tune seeds 0..N-1 of notebooks 02-04 (default: every seed on disk)")
     parser.add_argument("--measured-only", action="store_true", help="leave out the reported reference rows")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    left_out: list[str] = []
     runs = results.collect_runs(args.runs_root, args.profile,
-                                seeds=list(range(args.seeds)) if args.seeds else None)
+                                seeds=list(range(args.seeds)) if args.seeds else None, left_out=left_out)
     results.require_runs(runs, args.runs_root, args.profile)
+    for line in pipeline.missing_runs(args.profile, args.runs_root, args.seeds or 1):
+        print(f"missing row: {line}", file=sys.stderr)
+    for line in left_out:
+        print(f"left out: {line}", file=sys.stderr)
     df = results.table1(runs, include_reference=not args.measured_only)
-    out = Path(args.out) if args.out else config.figures_dir(args.profile, args.seeds or 1)
+    root = config.runs_root_or_default(args.runs_root)
+    out = Path(args.out) if args.out else root / args.profile / "table" / (f"{args.seeds}seeds" if (args.seeds or 1) > 1 else "")
     paths = results.write_table1(df, out)
     print(paths["table1.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
