@@ -92,6 +92,13 @@ def test_data_export_checks_every_split_folder_before_writing(tiny_cache, tmp_pa
     assert (out / "test" / "keep.txt").read_text() == "not mine"
 
 
+def test_data_export_into_a_file_is_one_line(tiny_cache, tmp_path, capsys):
+    out = tmp_path / "afile"
+    out.write_text("")
+    assert cli(["data", "export", str(tiny_cache), str(out)]) == 2
+    assert _one_error(capsys) == f"error: export OUT {out} is a file; give a folder to write the ImageFolder into"
+
+
 def test_data_check_empty_class_folder_is_an_error(tmp_path, capsys):
     folder = tinydata.write_imagefolder(tmp_path / "f", ["cat"], per_class=2)
     (folder / "dog").mkdir()

@@ -9,7 +9,7 @@ from vitprune import config, param_rules
 from vitprune.__main__ import main as cli
 
 BAD = [
-    ("01_deit_baseline", "epochs=-1", "parameter 'epochs' must be >= 1, got -1"),
+    ("01_deit_baseline", "epochs=-1", "parameter 'epochs' must be >= 0, got -1"),
     ("01_deit_baseline", "batch_size=0", "parameter 'batch_size' must be >= 1, got 0"),
     ("01_deit_baseline", "num_processes=0", "parameter 'num_processes' must be >= 1"),
     ("01_deit_baseline", "mixed_precision=fp8", "parameter 'mixed_precision' must be one of no, bf16, fp16, auto"),
@@ -18,7 +18,7 @@ BAD = [
     ("01_deit_baseline", "img_size=0", "parameter 'img_size' must be >= 1"),
     ("01_deit_baseline", "checkpoint=no/such.pt", "parameter 'checkpoint' names no/such.pt, which does not exist"),
     ("02_token_pruning", "batch_size=0", "parameter 'batch_size' must be >= 1"),
-    ("02_token_pruning", "epochs=-1", "parameter 'epochs' must be >= 1"),
+    ("02_token_pruning", "epochs=-1", "parameter 'epochs' must be >= 0"),
     ("02_token_pruning", "base_rate=1.5", "parameter 'base_rate' must be in (0, 1], got 1.5"),
     ("02_token_pruning", "backbone_decisions=sample", "parameter 'backbone_decisions' must be one of gumbel, topk"),
     ("03_block_pruning", "target_mac_ratio=0.5", "parameter 'target_mac_ratio' must be 0 (off) or >= 1"),

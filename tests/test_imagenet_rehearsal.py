@@ -21,7 +21,7 @@ IMG = 48  # DeiT-Tiny at 48x48: 9 patches + CLS (so every training-free rate dow
 SMALL = {"epochs": 1, "batch_size": 32, "eval_batch_size": 250, "num_workers": 0, "threads": 1,
          "mixed_precision": "no", "frozen_epochs": 0.5, "update_every": 5, "bench_batch_size": 4,
          "bench_repeats": 2, "audit_models": False, "num_viz": 2, "samples_per_class": 1,
-         "max_grid_classes": 4, "figures_in_run_dir": True}
+         "max_grid_classes": 4}
 
 
 def declared_only(overrides: dict, *notebooks: str) -> dict:

@@ -280,8 +280,10 @@ def _relocate(staging: Path, run_dir: Path) -> None:
     for path in [*staging.glob("*.json"), *staging.glob("*.ipynb"), *staging.glob("*/*.json")]:
         if path.is_file() and path.stat().st_size < 64 << 20:
             text = path.read_text()
-            if old in text:
-                path.write_text(text.replace(old, new))
+            if old in text:  # a new file, not a write through a hard link into the last good run
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(text.replace(old, new))
+                os.replace(tmp, path)
 
 
 def _publish(staging: Path, run_dir: Path) -> None:

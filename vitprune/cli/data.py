@@ -86,6 +86,8 @@ def main(argv: list[str]) -> int:
                          eval_fraction=args.eval_fraction, skip_bad=args.skip_bad, seed=args.seed)
         _print(build_cache(args.out, spec, reuse=not args.force, num_proc=args.num_proc), args.json)
     elif args.verb == "export":
+        if Path(args.out).is_file():
+            raise UserError(f"export OUT {args.out} is a file; give a folder to write the ImageFolder into")
         dsd = load_cache(args.cache)
         if args.split is not None:
             if args.split not in dsd:
