@@ -300,16 +300,16 @@ def test_concurrent_kernels_get_their_own_ipc_sockets():
     assert all(Path(ip).is_absolute() and Path(ip).parent.is_dir() for ip in (first, second))
 
 
-def test_cli_prints_the_notebooks_own_error_line(toy):
+def test_cli_prints_the_notebooks_own_error_line(toy, monkeypatch, capsys):
     """A UserError inside a notebook reaches the console as its own text (first line), a
-    plain exception as `Name: message`; never papermill's empty `PapermillExecutionError: `."""
-    cmd = [sys.executable, "-m", "vitprune", "run", "--profile", "toy", "--only", "00_data_cache"]
-    proc = subprocess.run(cmd + ["-p", "user_error=no folder /data/x, set imagefolder_dir"],
-                          capture_output=True, text=True, cwd=toy)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
+    plain exception as `Name: message`; never papermill's empty `PapermillExecutionError: `.
+    (In-process: test_cli_prints_one_error_line covers the real command line.)"""
+    monkeypatch.chdir(toy)
+    argv = ["run", "--profile", "toy", "--only", "00_data_cache"]
+    assert cli(argv + ["-p", "user_error=no folder /data/x, set imagefolder_dir"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: 00_data_cache failed: no folder /data/x, set imagefolder_dir (the partial")
-    assert "PapermillExecutionError" not in proc.stderr and "second line" not in last
-    proc = subprocess.run(cmd + ["-p", "fail=true"], capture_output=True, text=True, cwd=toy)
-    assert proc.returncode == 2
-    assert "error: 00_data_cache failed: RuntimeError: asked to fail (the partial" in proc.stderr
+    assert "PapermillExecutionError" not in err and "second line" not in last
+    assert cli(argv + ["-p", "fail=true"]) == 2
+    assert "error: 00_data_cache failed: RuntimeError: asked to fail (the partial" in capsys.readouterr().err
