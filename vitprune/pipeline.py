@@ -286,13 +286,14 @@ def _relocate(staging: Path, run_dir: Path) -> None:
                 os.replace(tmp, path)
 
 
-def _publish(staging: Path, run_dir: Path) -> None:
-    """Replace the run folder by the finished staging folder: two renames, then drop the old."""
-    old = run_dir.with_name(run_dir.name + REPLACED_SUFFIX)
-    recover(run_dir)
-    if run_dir.exists():
-        os.rename(run_dir, old)
-    os.rename(staging, run_dir)
+def _swap_in(fresh: Path, target: Path) -> None:
+    """Replace folder `target` by the finished folder `fresh`: two renames, then drop the old one
+    (`recover` finishes the job if the process dies between the renames)."""
+    old = target.with_name(target.name + REPLACED_SUFFIX)
+    recover(target)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(fresh, target)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -341,7 +342,7 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     manifest["output"] = str(run.run_dir / output.name)
     write_manifest(staging, manifest)
     _relocate(staging, run.run_dir)
-    _publish(staging, run.run_dir)
+    _swap_in(staging, run.run_dir)
     return manifest
 
 
@@ -352,14 +353,10 @@ def publish_figures(run: Run) -> Path | None:
     if not source.is_dir():
         return None
     target = config.figures_dir(run.params["profile"], len(run.params.get("seeds") or [0]))
-    fresh, old = target.with_name(target.name + ".new"), target.with_name(target.name + REPLACED_SUFFIX)
-    for leftover in (fresh, old):
-        shutil.rmtree(leftover, ignore_errors=True)
+    fresh = target.with_name(target.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
     shutil.copytree(source, fresh)
-    if target.exists():
-        os.rename(target, old)
-    os.rename(fresh, target)
-    shutil.rmtree(old, ignore_errors=True)
+    _swap_in(fresh, target)
     return target
 
 
