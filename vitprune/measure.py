@@ -244,7 +244,6 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: 
     return times, calls
 
 
-
 def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int], *,
               warmup: int = 2, repeats: int = 10, threads: int | None = None,
               baseline_macs: int | None = None, variant_macs: int | None = None,

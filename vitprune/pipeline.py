@@ -228,7 +228,6 @@ def error_line(exc: BaseException, limit: int = 500) -> str:
     return text
 
 
-PARTIAL_SUFFIX, REPLACED_SUFFIX = config.PARTIAL_SUFFIX, config.REPLACED_SUFFIX
 REUSED_SUBDIRS = ("train_state", "dataset")
 """Folders of a good run that a re-run may reuse (engine checkpoints to resume or skip training,
 notebook 00's cache). They are hard-linked into the new run's folder, never copied: both are
@@ -237,12 +236,12 @@ link into the old run's files."""
 
 
 def partial_dir(run_dir: Path) -> Path:
-    return run_dir.with_name(run_dir.name + PARTIAL_SUFFIX)
+    return run_dir.with_name(run_dir.name + config.PARTIAL_SUFFIX)
 
 
 def recover(run_dir: Path) -> None:
     """Finish a replacement that was interrupted between its two renames."""
-    old = run_dir.with_name(run_dir.name + REPLACED_SUFFIX)
+    old = run_dir.with_name(run_dir.name + config.REPLACED_SUFFIX)
     if old.exists():
         if run_dir.exists():
             shutil.rmtree(old)
@@ -250,17 +249,15 @@ def recover(run_dir: Path) -> None:
             os.rename(old, run_dir)
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    for path in src.rglob("*"):
-        target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, target)
-            except OSError:  # a filesystem without hard links: a copy keeps the old run safe too
-                shutil.copy2(path, target)
+def _link_new(src: str, dst: str) -> None:
+    """`shutil.copytree`'s copy function: hard-link a file the staging folder lacks (a file it
+    already has, from an earlier attempt, stays)."""
+    if os.path.exists(dst):
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links: a copy keeps the old run safe too
+        shutil.copy2(src, dst)
 
 
 def _prepare_staging(run_dir: Path) -> Path:
@@ -269,7 +266,7 @@ def _prepare_staging(run_dir: Path) -> Path:
     (staging / "metrics.json").unlink(missing_ok=True)
     for name in REUSED_SUBDIRS:
         if (run_dir / name).is_dir():
-            _link_tree(run_dir / name, staging / name)
+            shutil.copytree(run_dir / name, staging / name, copy_function=_link_new, dirs_exist_ok=True)
     return staging
 
 
@@ -289,7 +286,7 @@ def _relocate(staging: Path, run_dir: Path) -> None:
 def _swap_in(fresh: Path, target: Path) -> None:
     """Replace folder `target` by the finished folder `fresh`: two renames, then drop the old one
     (`recover` finishes the job if the process dies between the renames)."""
-    old = target.with_name(target.name + REPLACED_SUFFIX)
+    old = target.with_name(target.name + config.REPLACED_SUFFIX)
     recover(target)
     if target.exists():
         os.rename(target, old)
@@ -339,9 +336,8 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
         manifest.update(status="failed", error="notebook finished without writing metrics.json")
         write_manifest(staging, manifest)
         raise UserError(f"{run.name} finished without writing metrics.json (see {output})")
-    manifest["output"] = str(run.run_dir / output.name)
     write_manifest(staging, manifest)
-    _relocate(staging, run.run_dir)
+    _relocate(staging, run.run_dir)  # also points the manifest's "output" at the run folder
     _swap_in(staging, run.run_dir)
     return manifest
 

@@ -177,8 +177,9 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str,
     "variant", "profile", "run_dir", "command", "metrics"}. Only runs the pipeline finished
     (manifest status ok) count; the others (a manifest that says failed, metrics written outside
     the pipeline without one) are left out and, with `left_out`, named there with the reason.
-    A run's `.partial` folder (`config.PARTIAL_SUFFIX`) is never a run. A metrics.json may hold extra table rows under `rows` (a list of
-    metrics-like dicts, e.g. notebook 04's combinations and training-free rows); each becomes
+    A run's `.partial` folder (`config.PARTIAL_SUFFIX`) is never a run. A metrics.json may hold
+    extra table rows under `rows` (a list of metrics-like dicts, e.g. notebook 04's combinations
+    and training-free rows); each becomes
     a run of its own named "<run>#<i>", inheriting the parent's keys it does not set. The
     parent's own summary is left out when a row has its method (it repeats that row).
     Missing notebooks are simply absent.
@@ -280,8 +281,9 @@ def _budget_total(m: dict[str, Any]) -> dict[str, Any] | None:
 def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per configuration: its seeds' runs folded into one run-like dict whose metrics
     are the first seed's with `top1`, `top5`, `speedup` replaced by their means over the seeds,
-    and `top1_std` (None for one run or an untrained row), `n_seeds`, `seeds`, `top1_by_seed`, `trained` (False for
-    the training-free rows, identical at every seed) and `budget` (every stage summed) added.
+    and `top1_std` (None for one run or an untrained row), `n_seeds`, `seeds`, `top1_by_seed`,
+    `trained` (False for the training-free rows, identical at every seed) and `budget` (every
+    stage summed) added.
     `seed_runs` holds the runs themselves (paired comparisons need them)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:

@@ -34,8 +34,9 @@ def main(argv: list[str]) -> int:
     for line in left_out:
         print(f"left out: {line}", file=sys.stderr)
     df = results.table1(runs, include_reference=not args.measured_only)
-    root = config.runs_root_or_default(args.runs_root)
-    out = Path(args.out) if args.out else root / args.profile / "table" / (f"{args.seeds}seeds" if (args.seeds or 1) > 1 else "")
+    out = Path(args.out) if args.out else config.runs_root_or_default(args.runs_root) / args.profile / "table"
+    if not args.out and (args.seeds or 1) > 1:
+        out /= f"{args.seeds}seeds"
     paths = results.write_table1(df, out)
     print(paths["table1.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
