@@ -10,7 +10,7 @@ import json
 import pytest
 
 import imagenet_rehearsal
-from vitprune import config, dynamicvit_io, models, pipeline, results
+from vitprune import config, dynamicvit_io, hardware, models, pipeline, results
 
 pytestmark = pytest.mark.rehearsal
 
@@ -56,15 +56,16 @@ def test_imagenet_profile_end_to_end(profile_run):
     cache = results.read_metrics(base / "00_data_cache")
     assert cache["num_classes"] == 1000 if "num_classes" in cache else True
     baseline = results.read_metrics(base / "01_deit_baseline")
-    assert baseline["eval_samples"] == 1000 and baseline["num_processes"] == 1
-    assert baseline["mixed_precision"] == "no"
+    # the profile's num_processes: auto is one worker per core here (no GPU): the whole profile rehearses DDP
+    assert baseline["eval_samples"] == 1000 and baseline["num_processes"] == hardware.auto_processes()
+    assert baseline["mixed_precision"] == "no" and baseline["device"] == "cpu"
     token = results.read_metrics(base / "02_token_pruning/seed_0")  # no sweep in this profile: no base_rate_ folder
     assert token["base_rate"] == 0.7 and token["recipe"]["mixup_alpha"] == 0.8
     combo = results.read_metrics(base / "04_combination/seed_0")
     t2b = next(r for r in combo["rows"] if r["method"] == "token_then_block")
     assert t2b["source_run"] == str(base / "02_token_pruning/seed_0/model.pt")  # no hand-off in this profile
     manifest = json.loads((base / "02_token_pruning/seed_0" / "manifest.json").read_text())
-    assert manifest["num_processes"] == 1 and manifest["status"] == "ok"
+    assert manifest["num_processes"] == hardware.auto_processes() and manifest["status"] == "ok"
     table = list((base / "05_analysis").rglob("table1.md"))
     assert table and "DyViT" in table[0].read_text()
 

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import engine_data
-from vitprune import engine, launch
+from vitprune import engine, hardware, launch
 from vitprune.errors import UserError
 
 # One process with batch 16 and two with batch 8 see the same 16 images per optimizer step
@@ -65,9 +65,9 @@ def test_plan_validates_and_reads_accelerate_config(tmp_path):
 def test_auto_precision_is_bf16_only_on_bf16_hardware(monkeypatch):
     """auto: bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU computes bf16, fp32 ("no")
     where bf16 would be emulated (and slower than fp32)."""
-    monkeypatch.setattr(launch, "native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: True)
     assert launch.plan(1, "auto").mixed_precision == "bf16"
-    monkeypatch.setattr(launch, "native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: False)
     assert launch.plan(1, "auto").mixed_precision == "no"
     assert launch.plan(1, "auto").describe()["mixed_precision"] == "no"
 
@@ -128,3 +128,25 @@ def test_two_processes_fine_tune_dynamicvit_on_topk_masks():
     assert len(history) == 2 and all(h["num_processes"] == 2 for h in history)
     assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))
     assert any(not torch.equal(a, b) for a, b in zip(backbone, tp.backbone_parameters(student)))
+
+
+@pytest.mark.parametrize("then_decisions", ["gumbel", "topk"])
+def test_two_processes_fine_tune_dynamicvit_on_a_block_pruned_model(then_decisions):
+    """block->token on DDP (found by `gpu-check`): a block pruned to no heads leaves its norm1
+    without a gradient, and a token-pruning stage followed only by such blocks changes nothing
+    downstream, so its predictor is reached by the ratio loss alone, not from the output DDP walks
+    back from. Both failed the step ("finished reduction" / "mark a variable ready only once")."""
+    from vitprune import block_pruning
+    from vitprune import token_pruning as tp
+
+    train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)
+    teacher = tiny_vit().eval()
+    student = block_pruning.apply_spec(copy.deepcopy(teacher), [{"heads": 2, "mlp": 128}, {"heads": 0, "mlp": 64}])
+    tp.attach(student, 0.7, locations=[1])
+    predictors = [p.detach().clone() for p in tp.predictor_parameters(student)]
+    history = engine.train(
+        student, train_set, None, epochs=1, batch_size=8, lr=5e-3, warmup_epochs=0.0, seed=0, progress=False,
+        trace_every=0, teacher=teacher, loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
+        on_step=tp.frozen_backbone_hook(student, 2, then_decisions=then_decisions), num_processes=2)
+    assert len(history) == 1 and history[0]["num_processes"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))

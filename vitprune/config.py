@@ -180,8 +180,16 @@ class Param:
 
 
 def _matches(node: ast.expr, value: Any) -> tuple[bool, Any]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a quoted annotation: not evaluated by Python
+        return _matches(ast.parse(node.value, mode="eval").body, value)
+    union = None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        for side in (node.left, node.right):
+        union = (node.left, node.right)
+    elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Union":
+        # `Union[int, str]`: papermill's parameter parser reads this spelling, not `int | str`
+        union = node.slice.elts if isinstance(node.slice, ast.Tuple) else (node.slice,)
+    if union is not None:
+        for side in union:
             ok, coerced = _matches(side, value)
             if ok:
                 return True, coerced

@@ -9,8 +9,10 @@ same call works in JupyterLab and under papermill. What forking asks in return: 
 not have initialised CUDA or an accelerate state before it forks. vitprune's engine runs every
 device step of an N-process run inside the workers, so the notebook's own process only builds
 models and counts MACs on the CPU (`launch.run` resets accelerate's shared state and refuses a
-parent that touched CUDA). Each forked worker computes with one CPU thread (OpenMP's pool does
-not survive a fork), so on a CPU-only machine use as many processes as cores.
+parent that touched CUDA; `plan` answers its device questions through `vitprune.hardware`, which
+never initialises CUDA). Each forked worker computes with one CPU thread (OpenMP's pool does
+not survive a fork), so on a CPU-only machine use as many processes as cores: `num_processes:
+auto` gives one per GPU, or one per core without GPUs.
 
 Multi-node: accelerate's own config (`accelerate config`, or a YAML passed as
 `launch_config`) gives `num_machines`, `machine_rank`, `main_process_ip`,
@@ -33,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vitprune import param_rules
+from vitprune import hardware, param_rules
 from vitprune.errors import UserError
 
-AUTO_PRECISION = "auto"  # bf16 where the hardware computes it natively, else no (see native_bf16)
-MIXED_PRECISION = tuple(p for p in param_rules.CHOICES["mixed_precision"] if p != AUTO_PRECISION)
+AUTO = "auto"  # num_processes: one per GPU, else per core; mixed_precision: bf16 where native (vitprune.hardware)
+MIXED_PRECISION = tuple(p for p in param_rules.CHOICES["mixed_precision"] if p != AUTO)
 RESULT_FILE = "result.pt"
 
 
@@ -52,32 +54,40 @@ class Plan:
     main_process_ip: str = "127.0.0.1"
     main_process_port: int | None = None
     config_file: str = ""
+    device: str = "cpu"  # what the workers compute on: cuda when GPUs are visible (and the config does not say use_cpu)
 
     @property
     def world_size(self) -> int:
         return self.num_processes * self.num_machines
 
     def describe(self) -> dict[str, Any]:
-        """What a run's metrics record: num_processes (all machines), mixed_precision, machines."""
-        return {"num_processes": self.world_size, "mixed_precision": self.mixed_precision,
+        """What a run's metrics record: num_processes (all machines), mixed_precision, machines, device."""
+        return {"num_processes": self.world_size, "mixed_precision": self.mixed_precision, "device": self.device,
                 "num_machines": self.num_machines, "launch_config": self.config_file or None}
 
 
-def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str = "") -> Plan:
+def plan(num_processes: int | str = 1, mixed_precision: str = "no", launch_config: str = "") -> Plan:
     """Validate the notebook parameters (and read accelerate's config file when one is given).
+    Never initialises CUDA here (`vitprune.hardware` asks NVML / nvidia-smi), so the caller can still fork.
 
+    `num_processes` "auto": one per visible GPU, else one one-thread worker per core (`hardware.auto_processes`);
+    more processes per machine than visible GPUs is refused (accelerate would put two on one GPU, which NCCL refuses).
     With `launch_config` (an accelerate config file), the file decides; `num_processes` / `mixed_precision` may then only
-    repeat what it says (or stay at their defaults 1 / "no", or "auto"). Without one, `mixed_precision` "auto" becomes
-    bf16 where `native_bf16()`, else "no"."""
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise UserError(f"num_processes must be an integer >= 1, got {num_processes!r}")
-    if mixed_precision not in (*MIXED_PRECISION, AUTO_PRECISION):
-        raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} or {AUTO_PRECISION}, "
+    repeat what it says (or stay at their defaults 1 / "no", or "auto"). `mixed_precision` "auto" becomes
+    bf16 where `hardware.native_bf16()`, else "no"."""
+    if num_processes != AUTO and (isinstance(num_processes, bool) or not isinstance(num_processes, int)
+                                  or num_processes < 1):
+        raise UserError(f"num_processes must be an integer >= 1 or {AUTO!r}, got {num_processes!r}")
+    if mixed_precision not in (*MIXED_PRECISION, AUTO):
+        raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} or {AUTO}, "
                         f"got {mixed_precision!r}")
     if not launch_config:
-        if mixed_precision == AUTO_PRECISION:
-            mixed_precision = "bf16" if native_bf16() else "no"
-        return Plan(num_processes=num_processes, mixed_precision=mixed_precision)
+        if mixed_precision == AUTO:
+            mixed_precision = "bf16" if hardware.native_bf16() else "no"
+        per_machine = hardware.auto_processes() if num_processes == AUTO else num_processes
+        _check_gpus(per_machine, "num_processes")
+        return Plan(num_processes=per_machine, mixed_precision=mixed_precision,
+                    device="cuda" if hardware.gpu_count() else "cpu")
     path = Path(launch_config).expanduser()
     if not path.is_file():
         raise UserError(f"launch_config {launch_config!r} does not exist; write one with `accelerate config "
@@ -98,11 +108,14 @@ def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str
     precision = str(getattr(cfg, "mixed_precision", "no") or "no").lower()
     if precision not in MIXED_PRECISION:
         raise UserError(f"launch_config {path}: mixed_precision {precision!r} is not one of {MIXED_PRECISION}")
-    if num_processes not in (1, total // machines):
+    if num_processes not in (1, AUTO, total // machines):
         raise UserError(f"num_processes {num_processes} disagrees with launch_config {path} "
                         f"({total // machines} per machine); set one of them")
-    if mixed_precision not in ("no", AUTO_PRECISION, precision):
+    if mixed_precision not in ("no", AUTO, precision):
         raise UserError(f"mixed_precision {mixed_precision!r} disagrees with launch_config {path} ({precision!r})")
+    on_cpu = bool(getattr(cfg, "use_cpu", False)) or not hardware.gpu_count()
+    if not on_cpu:
+        _check_gpus(total // machines, f"launch_config {path}: num_processes / num_machines")
     rank = int(getattr(cfg, "machine_rank", 0) or 0)
     if not 0 <= rank < machines:
         raise UserError(f"launch_config {path}: machine_rank {rank} must be in [0, {machines})")
@@ -112,17 +125,14 @@ def plan(num_processes: int = 1, mixed_precision: str = "no", launch_config: str
         raise UserError(f"launch_config {path}: several machines need main_process_ip and main_process_port")
     return Plan(num_processes=total // machines, mixed_precision=precision, num_machines=machines,
                 machine_rank=rank, main_process_ip=str(ip), main_process_port=int(port) if port else None,
-                config_file=str(path))
+                config_file=str(path), device="cpu" if on_cpu else "cuda")
 
 
-def native_bf16() -> bool:
-    """Whether bf16 autocast runs on bf16 hardware here: a CUDA GPU that supports it, else a CPU
-    with AVX512-BF16 or AMX. Elsewhere the CPU emulates bf16 and autocast is slower than fp32."""
-    import torch  # here, not at import time: the plan of a 1-process fp32 run needs no torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())  # torch==2.14.1 has both
+def _check_gpus(per_machine: int, what: str) -> None:
+    gpus = hardware.gpu_count()
+    if 0 < gpus < per_machine:
+        raise UserError(f"{what} asks for {per_machine} processes on this machine but it has {gpus} visible GPU(s); "
+                        f"use num_processes: auto (one per GPU) or at most {gpus}")
 
 
 def free_port() -> int:
@@ -141,7 +151,7 @@ def _worker(fn: Callable[..., Any], args: tuple, out_dir: str) -> None:
     # for more than one thread waits forever for threads that exist only in the parent (measured
     # here: a conv forward hangs). One compute thread per worker; on GPUs the device does the work.
     torch.set_num_threads(1)
-    if not torch.cuda.is_available():  # accelerate picks gloo / MULTI_CPU only when told it is on the CPU
+    if hardware.gpu_count() == 0:  # accelerate picks gloo / MULTI_CPU only when told it is on the CPU
         os.environ["ACCELERATE_USE_CPU"] = "true"
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -176,7 +186,7 @@ def run(fn: Callable[..., Any], args: tuple = (), launch: Plan | None = None) ->
     from accelerate import notebook_launcher
     from accelerate.state import AcceleratorState
 
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # not is_available(): without NVML it initialises the driver (poisons the fork)
         raise UserError("CUDA is already initialised in this process, so it cannot fork GPU workers: with "
                         "num_processes > 1 run every training/evaluation through vitprune.engine with the same "
                         "num_processes (restart the kernel first)")

@@ -172,14 +172,13 @@ def environment() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    try:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        threads = torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        device, threads = "unknown", None
+    import torch
+
+    from vitprune import hardware  # here: torch is imported only once a run starts, not for a bad-input error
+
     return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
-            "device": device, "torch_threads": threads, "git_sha": git_sha()}
+            "device": "cuda" if hardware.gpu_count() else "cpu", "gpus": hardware.gpu_count(),
+            "torch_threads": torch.get_num_threads(), "git_sha": git_sha()}
 
 
 def _ipc_kernel_manager() -> type:
@@ -336,6 +335,8 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
         manifest.update(status="failed", error="notebook finished without writing metrics.json")
         write_manifest(staging, manifest)
         raise UserError(f"{run.name} finished without writing metrics.json (see {output})")
+    measured = results.read_metrics(staging)  # what `auto` resolved to, as the notebook ran it
+    manifest.update({k: measured[k] for k in ("num_processes", "mixed_precision", "device") if k in measured})
     write_manifest(staging, manifest)
     _relocate(staging, run.run_dir)  # also points the manifest's "output" at the run folder
     _swap_in(staging, run.run_dir)
