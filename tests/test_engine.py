@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -132,6 +133,12 @@ def test_handed_back_restores_device_and_own_attributes():
         model._is_accelerate_prepared = True
     assert vars(model)["_original_forward"] == "the caller's"
     assert "forward" not in vars(model) and "_is_accelerate_prepared" not in vars(model)
+    # a model that came on one device goes back there (as one prepared onto cuda:0 comes back to the CPU);
+    # "meta" stands in for the caller's device on a machine with only a CPU
+    on_meta = tiny_model().to("meta")
+    with engine.handed_back(on_meta):
+        on_meta.to_empty(device="cpu")
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
 
 
 def test_snapshot_saves_the_model_after_a_fraction_of_the_steps(tmp_path):
@@ -216,6 +223,41 @@ def test_resume_after_interrupted_epoch_retraces_the_run(tmp_path):
     assert len(run(tiny_model(), train_set, epochs=3, batch_size=8, checkpoint_dir=ckpt)) == 3
     with pytest.raises(UserError, match="resume=False"):
         run(tiny_model(), train_set, epochs=4, batch_size=8, checkpoint_dir=ckpt)
+
+
+class AugmentedInWorkers(torch.utils.data.Dataset):
+    """Per-image augmentation drawn in the loader workers from torch and numpy, as timm's transforms do."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, label = self.base[i]
+        return image + 0.3 * torch.randn_like(image) + 0.3 * float(np.random.rand()), label
+
+
+def test_resume_retraces_the_run_with_loader_workers_and_mixup(tmp_path):
+    """Loader workers seeded once (persistent workers) and Mixup on numpy's unseeded generator made a
+    resumed run differ from the uninterrupted one; both are now seeded per epoch (engine.seed_epoch)."""
+    train_set = AugmentedInWorkers(engine_data.tensor_sets(train_per_class=4)[0])  # 40 images: 5 steps of 8
+    options = dict(epochs=3, batch_size=8, num_workers=2, mixup_alpha=0.8, cutmix_alpha=1.0, lr=3e-3)
+    reference = tiny_model()
+    ref_history = run(reference, train_set, checkpoint_dir=tmp_path / "ref", **options)
+
+    def stop_in_epoch_2(step, total, model):
+        if step == 7:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(tiny_model(), train_set, checkpoint_dir=tmp_path / "run", on_step=stop_in_epoch_2, **options)
+    resumed = tiny_model(seed=5)
+    history = run(resumed, train_set, checkpoint_dir=tmp_path / "run", **options)
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in ref_history], rel=1e-5)
+    for (name, p), q in zip(resumed.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6), name
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -11,20 +11,24 @@ warm-up then cosine decay, label-smoothed cross-entropy and an optional distilla
 from a teacher's soft targets, and optionally timm's recipe pieces: Mixup / CutMix (soft
 targets), model EMA (`timm.utils.ModelEmaV3`), gradient accumulation (accelerate's),
 `torch.compile` and bf16 / fp16 autocast. A checkpoint is written after every epoch
-(`<checkpoint_dir>/last.pt`) and a new call resumes from it. Shuffling and augmentation are
-seeded per epoch, so an interrupted-and-resumed run retraces the uninterrupted one.
+(`<checkpoint_dir>/last.pt`) and a new call resumes from it. Shuffling, augmentation (also in
+loader workers) and Mixup are seeded per epoch (`seed_epoch`), so an interrupted-and-resumed
+run retraces the uninterrupted one. Models come back on the device they came on, bare
+(`handed_back`): the caller never holds a model on the training device or under autocast.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import time
 import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -116,6 +120,16 @@ def default_loss_fn(label_smoothing: float = 0.1, distill_weight: float = 0.0,
     return loss_fn
 
 
+def seed_epoch(seed: int, epoch: int, process_index: int = 0) -> None:
+    """Seed torch, numpy and random for one epoch of one process: augmentation, dropout, Gumbel
+    noise, timm's Mixup / CutMix (numpy) and the loader workers' seeds (drawn from torch) then
+    depend on (seed, epoch, process) only, so a run resumed at an epoch retraces the uninterrupted one."""
+    value = seed * 100_003 + epoch * 1009 + process_index
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
 def handoff_step(fraction: float, total_steps: int) -> int:
     """The optimizer step after which a `snapshot` at `fraction` of a `total_steps` run is taken."""
     return min(total_steps, max(1, round(fraction * total_steps)))
@@ -197,7 +211,7 @@ def load_train_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None
 
 
 def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, *,
-          epochs: int, batch_size: int, lr: float, weight_decay: float = 0.05,
+          epochs: int, batch_size: int, lr: float, lr_batch: int = 0, weight_decay: float = 0.05,
           warmup_epochs: float, label_smoothing: float = 0.1, seed: int = 0,
           teacher: nn.Module | None = None, distill_weight: float = 0.0,
           distill_temperature: float = 1.0, loss_fn: LossFn | None = None,
@@ -230,6 +244,10 @@ def train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None,
     train the same model with DDP; the weights come back into `model` and an `on_step`
     object's plain attributes (e.g. GradualPruner.log) into `on_step`. `mixed_precision`
     autocasts the forward passes (student and teacher) to bf16 / fp16.
+
+    `lr_batch` > 0: `lr` is the rate for a global batch (batch_size x processes x grad_accum_steps) of
+    that many images and is scaled linearly to the run's (DeiT / DynamicViT: 512), so 1 and 8 GPUs
+    train with the same rate per image; 0: `lr` as given.
 
     Recipe (timm, as DeiT / DynamicViT train): `mixup_alpha` / `cutmix_alpha` > 0 turn on
     `timm.data.Mixup` (its label smoothing replaces CE's; even per-process batches, the last
@@ -333,7 +351,7 @@ def _mixup(model: nn.Module, mixup_alpha: float, cutmix_alpha: float, prob: floa
 
 
 def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, epochs: int, batch_size: int,
-           lr: float, weight_decay: float, warmup_epochs: float, label_smoothing: float, seed: int,
+           lr: float, lr_batch: int, weight_decay: float, warmup_epochs: float, label_smoothing: float, seed: int,
            teacher, distill_weight: float, distill_temperature: float, loss_fn, on_step, param_groups,
            checkpoint_dir, resume: bool, batch_transform, min_lr_ratio: float, grad_clip, eval_batch_size,
            eval_every: int, num_workers: int, class_names, trace_every: int, accelerator, progress: bool,
@@ -370,11 +388,17 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if compile_model:
         model.compile()  # in place: state_dict keys and the module object stay the same
+    global_batch = batch_size * world * int(accelerator.gradient_accumulation_steps)
+    if lr_batch:  # linear scaling rule (Goyal et al. 2017), as DeiT's main.py: lr x global batch / 512
+        lr = lr * (global_batch / lr_batch)
     groups = build_param_groups(model, weight_decay, param_groups)
     optimizer = torch.optim.AdamW([{**g, "lr": lr * g["lr_scale"]} for g in groups], lr=lr, weight_decay=weight_decay)
     drop_last = mixup is not None or len(train_set) >= 2 * batch_size
+    # loader workers start afresh every epoch (not persistent_workers): a worker seeds torch, numpy and
+    # random once at start from a draw of this process's torch generator, so fresh workers after the
+    # per-epoch seed below augment epoch e the same in a run resumed at e as in the uninterrupted run
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last,
-                        num_workers=num_workers, persistent_workers=num_workers > 0)
+                        num_workers=num_workers, pin_memory=accelerator.device.type == "cuda")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     bare = accelerator.unwrap_model(model)
     accum = int(accelerator.gradient_accumulation_steps)
@@ -397,7 +421,7 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
     fingerprint = _fingerprint(epochs, batch_size, lr, len(train_set), world, accum, ema is not None)
     snapshot_step = handoff_step(snapshot[0], total_steps) if snapshot else None
     scale = {"num_processes": world, "mixed_precision": str(accelerator.mixed_precision),
-             "grad_accum_steps": accum, "global_batch": batch_size * world * accum}
+             "grad_accum_steps": accum, "global_batch": global_batch}
     if snapshot_step is not None:
         scale["snapshot_step"] = snapshot_step
 
@@ -422,8 +446,7 @@ def _train(model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, ep
     for epoch in range(start_epoch, epochs):
         model.train()
         loader.set_epoch(epoch)
-        # per-epoch, per-process seed for augmentation/dropout/Gumbel noise: resume retraces the run
-        torch.manual_seed(seed * 100_003 + epoch * 1009 + accelerator.process_index)
+        seed_epoch(seed, epoch, accelerator.process_index)
         sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
         log_sums: dict[str, float] = {}
         trace: list[list[float]] = []
@@ -535,8 +558,8 @@ def _evaluate(model: nn.Module, eval_set: Dataset, batch_size: int, class_names:
               *, accelerator, num_workers: int = 0, progress: bool = True, desc: str = "eval") -> dict[str, Any]:
     if len(eval_set) == 0:
         raise UserError("the evaluation set is empty")
-    loader = accelerator.prepare(DataLoader(eval_set, batch_size=batch_size, shuffle=False,
-                                            num_workers=num_workers))
+    loader = accelerator.prepare(DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                            pin_memory=accelerator.device.type == "cuda"))
     was_training = model.training
     model = model.to(accelerator.device).eval()
     preds, top5_hits, labels = [], [], []
