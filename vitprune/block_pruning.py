@@ -482,6 +482,11 @@ def _shrink(model: nn.Module, heads: Sequence[torch.Tensor], chans: Sequence[tor
             blk.attn = shrink_attention(blk.attn, torch.nonzero(h.cpu()).flatten())
         if isinstance(blk.mlp, Mlp):
             blk.mlp = shrink_mlp(blk.mlp, torch.nonzero(c.cpu()).flatten())
+        # a branch with nothing left ignores its input, so its pre-norm can never get a gradient: frozen,
+        # or DDP (> 1 process) would wait for that gradient and fail the step
+        for norm, branch in ((blk.norm1, blk.attn), (blk.norm2, blk.mlp)):
+            if isinstance(branch, (NoAttention, NoMlp)):
+                norm.requires_grad_(False)
     pruning_state.set_block_spec(model, block_spec(model))
     return model
 

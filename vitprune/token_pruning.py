@@ -313,7 +313,11 @@ class _TokenPruningMixin:
             else:
                 feats, aux = _masked_features(self, x)
             self._tp_aux = aux
-            return feats
+            # DDP finds the parameters a step uses by walking back from the forward's output; the
+            # ratio loss reaches the predictors through `aux`, which the output may not (a stage whose
+            # blocks all lost their heads: the mask then changes nothing downstream). A zero term
+            # makes every decision part of the output, so DDP waits for the predictors' gradients.
+            return feats + 0.0 * torch.stack([d.sum() for d in aux.decisions]).sum().to(feats.dtype)
         return _gathered_features(self, x)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
