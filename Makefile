@@ -11,7 +11,7 @@ SEEDS ?= 3
 FIGURES_SEEDS ?= 1
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup reproduce study test test-full figures lab clean distclean data-package
+.PHONY: setup reproduce study test test-full gpu-check figures lab clean distclean data-package
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ test: setup
 # the ImageNet profile rehearsed on CPU (all six notebooks, 1 vs 2 processes); CI runs it too
 test-full: setup
 	$(BIN)/python -m pytest -m rehearsal
+
+# the first command on a GPU machine: smoke profile on 1 process and on every GPU, DeiT-B throughput
+gpu-check: setup data-package
+	$(BIN)/python -m vitprune gpu-check
 
 # notebook 05 again on the existing runs (FIGURES_SEEDS=3: the study's Table 1 and figures)
 figures: setup

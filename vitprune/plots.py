@@ -229,8 +229,9 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
         ax.scatter([], [], color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"),
                    label=METHOD_LABELS.get(method, method))
     precisions = sorted({str(_metric(r, "bench_precision") or "fp32") for r in pts})
+    devices = sorted({str(_metric(r, "bench_device") or "cpu").split(":")[0].upper() for r in pts})
     ax.set_xlabel("MAC ratio (baseline / variant)")
-    ax.set_ylabel(f"measured CPU speedup (median latency ratio, {', '.join(precisions)} both sides)")
+    ax.set_ylabel(f"measured {' / '.join(devices)} speedup (median latency ratio, {', '.join(precisions)} both sides)")
     ax.set_title("Does fewer MACs mean faster?")
     ax.legend(fontsize=8)
     return fig

@@ -20,12 +20,13 @@ COMMANDS = {
     "data": ("vitprune.cli.data", "main", "cache | export | check datasets"),
     "table": ("vitprune.cli.table", "main", "assemble Table 1 from a profile's runs"),
     "export": ("vitprune.cli.export", "main", "write a model or pruned variant as ONNX, checked in onnxruntime"),
+    "gpu-check": ("vitprune.cli.gpu_check", "main", "smoke profile on 1 and all GPUs + throughput: run first on GPUs"),
 }
 
 
 def usage() -> str:
     lines = ["usage: python -m vitprune COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
