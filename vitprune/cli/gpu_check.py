@@ -66,13 +66,13 @@ def summary_markdown(facts: dict[str, Any], stages: list[dict[str, Any]]) -> str
              f"{facts['cpu_cores']} CPU cores, native bf16: {facts['native_bf16']}", "",
              "| stage | result | wall time (s) |", "|---|---|---|"]
     for s in stages:
-        what = s.get("error") or (s["result"].get("baseline") or "ok")
+        what = s.get("error") or s["result"].get("baseline") or s["result"].get("model")
         lines.append(f"| {s['stage']} | {'ok' if s['ok'] else 'FAILED'}: {what} | {s['wall_time_s']} |")
     bench = next((s["result"] for s in stages if s["ok"] and "train_img_per_s" in s["result"]), None)
     if bench:
         lines += ["", f"Throughput ({bench['model']}, {bench['img_size']} px, batch {bench['batch_size']}, "
                       f"{bench['precision']}, {bench['device']}) and ImageNet hours per epoch (linear scaling):", "",
-                  "| row | img/s (one device) | h/epoch, 1 GPU | h/epoch, 8 GPUs |", "|---|---|---|---|"]
+                  "| row | img/s (one device) | h/epoch, 1 device | h/epoch, 8 devices |", "|---|---|---|---|"]
         one, eight = bench["hours_per_epoch"]["1"], bench["hours_per_epoch"]["8"]
         for kind in ("train", "eval"):
             for name, rate in bench[f"{kind}_img_per_s"].items():
