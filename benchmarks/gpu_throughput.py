@@ -24,8 +24,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vitprune import block_pruning, engine, models
-from vitprune import token_pruning as tp
+from vitprune import models
+from vitprune.methods import block_pruning
+from vitprune.methods import token_pruning as tp
+from vitprune.train import engine
 
 
 def _timed(step, device: torch.device, warmup: int, steps: int) -> float:

@@ -22,7 +22,7 @@ def smoke_runs(tmp_path_factory, tiny_idx_dir) -> Path:
     Tests of individual notebooks read the metrics this one pipeline run writes, so the
     suite executes each notebook once.
     """
-    from vitprune import pipeline
+    from vitprune.study import pipeline
 
     runs_root = tmp_path_factory.mktemp("runs")
     pipeline.run_profile("smoke", overrides={"idx_dir": str(tiny_idx_dir)}, runs_root=str(runs_root))
@@ -31,6 +31,6 @@ def smoke_runs(tmp_path_factory, tiny_idx_dir) -> Path:
 
 def smoke_run(smoke_runs: Path, notebook: str, **values) -> Path:
     """The smoke pipeline's run folder of `notebook` at seed 0 and the given sweep values."""
-    from vitprune import config
+    from vitprune.study import config
 
     return config.point_run_dir(smoke_runs.parent, "smoke", notebook, {"seed": 0, **values})

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine_data  # noqa: E402
 
-from vitprune import engine  # noqa: E402
+from vitprune.train import engine  # noqa: E402
 
 
 def linear_model() -> torch.nn.Module:

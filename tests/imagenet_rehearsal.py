@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitprune.data_folders import read_classes_file
+from vitprune.data.folders import read_classes_file
 
 
 def write_imagefolder(root: Path, train_per_class: int = 2, val_per_class: int = 1, size: int = 36,

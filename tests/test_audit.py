@@ -7,7 +7,9 @@ import pytest
 import timm
 import torch
 
-from vitprune import audit, measure, results, token_pruning
+from vitprune import measure
+from vitprune.methods import token_pruning
+from vitprune.study import audit, results
 
 STUDY_DYVIT = {0.7: 11.5, 0.6: 9.9, 0.5: 8.6, 0.4: 7.4}
 MEASURED = {"deit_base_patch16_224": 17.583e9, "efficientformer_l1": 1.302e9,

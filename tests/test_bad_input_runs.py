@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from vitprune import config, param_rules
+from vitprune import param_rules
 from vitprune.__main__ import main as cli
+from vitprune.study import config
 
 BAD = [
     ("01_deit_baseline", "epochs=-1", "parameter 'epochs' must be >= 0, got -1"),
@@ -47,7 +48,7 @@ def test_every_bad_value_is_one_line_and_the_good_runs_stay_byte_identical(smoke
 
 def test_every_profile_value_obeys_the_rules():
     """Each profile's YAML and sweep pass the rules (planning validates them all)."""
-    from vitprune import pipeline
+    from vitprune.study import pipeline
 
     for profile in ("fmnist", "smoke", "imagenet"):
         assert pipeline.plan(profile, pipeline.available_notebooks(), {}, config.runs_root_or_default(None))

@@ -10,9 +10,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from conftest import smoke_run
-from vitprune import block_pruning as bp
 from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
+from vitprune.methods import block_pruning as bp
 
 
 DEPTH, DIM, HEADS, HIDDEN = 12, 48, 3, 192
@@ -352,7 +352,7 @@ def test_unsupported_model_is_a_user_error():
 
 
 def _token_pruned_tiny():
-    tp = pytest.importorskip("vitprune.token_pruning")
+    tp = pytest.importorskip("vitprune.methods.token_pruning")
     model = tiny_vit()
     tp.attach(model, base_rate=0.7)
     return tp, model.eval()
@@ -410,7 +410,8 @@ def test_taylor_on_token_pruned_model_uses_tokens_per_block():
 
 
 def test_notebook_03_smoke(smoke_runs):
-    from vitprune import measure, models, results
+    from vitprune import measure, models
+    from vitprune.study import results
 
     run = smoke_run(smoke_runs, "03_block_pruning")
     m = results.read_metrics(run)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vitprune import data
-from vitprune.data_folders import map_folders, read_classes_file
+from vitprune.data.folders import map_folders, read_classes_file
 from vitprune.errors import UserError
 
 WNIDS = read_classes_file("imagenet")

@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from vitprune import models, token_pruning
+from vitprune import models
 from vitprune.cli import main as cli
+from vitprune.methods import token_pruning
 
 from test_export import _spread
 

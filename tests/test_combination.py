@@ -3,7 +3,8 @@
 import torch
 
 from conftest import smoke_run
-from vitprune import config, models, results
+from vitprune import models
+from vitprune.study import config, results
 
 
 def _metrics(smoke_runs):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from vitprune import config
 from vitprune.errors import UserError
+from vitprune.study import config
 
 CELL = '''profile: str = "fmnist"
 runs_root: str = ""

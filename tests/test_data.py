@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import tinydata
-from vitprune import data, data_sources, hub
+from vitprune import data, hub
+from vitprune.data import sources as data_sources
 from vitprune.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent

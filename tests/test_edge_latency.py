@@ -2,8 +2,8 @@
 
 import pytest
 
-from vitprune import edge_latency
 from vitprune.errors import UserError
+from vitprune.study import edge_latency
 
 
 def _run(tmp_path, name, method, macs, saved=True, checkpoint=None):

@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 
 import engine_data
-from vitprune import engine, measure, models
+from vitprune import measure, models
 from vitprune.errors import UserError
+from vitprune.train import engine
 
 HERE = Path(__file__).resolve().parent
 
@@ -325,7 +326,8 @@ def test_two_processes_evaluate_like_one(tmp_path):
 
 @pytest.mark.notebook
 def test_notebook_01_smoke(smoke_runs):
-    from vitprune import data, results
+    from vitprune import data
+    from vitprune.study import results
 
     run_dir = smoke_runs / "01_deit_baseline"
     metrics = results.read_metrics(run_dir)

@@ -9,8 +9,9 @@ import onnx
 import pytest
 import torch
 
-from vitprune import block_pruning, export, merging, token_pruning, training_free
 from vitprune.errors import UserError
+from vitprune.measure import export
+from vitprune.methods import block_pruning, merging, token_pruning, training_free
 from vitprune.models import create_model
 
 # float32 rounding on logits of magnitude ~1-5 is ~1e-6; a wrongly picked token moves them by

@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
-from vitprune import config, hardware, launch
 from vitprune.errors import UserError
+from vitprune.study import config
+from vitprune.train import hardware, launch
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 SCALE_KEYS = ("num_processes", "mixed_precision", "launch_config")

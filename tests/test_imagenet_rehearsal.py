@@ -10,7 +10,10 @@ import json
 import pytest
 
 import imagenet_rehearsal
-from vitprune import config, dynamicvit_io, hardware, models, pipeline, results
+from vitprune import models
+from vitprune.methods import dynamicvit_io
+from vitprune.study import config, pipeline, results
+from vitprune.train import hardware
 
 pytestmark = pytest.mark.rehearsal
 

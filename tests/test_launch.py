@@ -1,4 +1,4 @@
-"""vitprune.launch and engine.train/evaluate with num_processes=2 (forked CPU workers, gloo)
+"""vitprune.train.launch and engine.train/evaluate with num_processes=2 (forked CPU workers, gloo)
 against one process: same evaluation, same training within a stated tolerance, hook state
 and errors brought back to the caller; accelerate config files for several machines."""
 
@@ -9,8 +9,8 @@ import timm
 import torch
 
 import engine_data
-from vitprune import engine, hardware, launch
 from vitprune.errors import UserError
+from vitprune.train import engine, hardware, launch
 
 # One process with batch 16 and two with batch 8 see the same 16 images per optimizer step
 # (accelerate's seedable sampler shards one seeded order), and DDP averages the two halves'
@@ -114,7 +114,7 @@ def test_worker_user_error_reaches_the_caller():
 def test_two_processes_fine_tune_dynamicvit_on_topk_masks():
     """Once the backbone trains on top-k masks the predictors get no gradient: DDP must be told
     to expect unused parameters, or the second step fails ("Expected to have finished reduction")."""
-    from vitprune import token_pruning as tp
+    from vitprune.methods import token_pruning as tp
 
     train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)  # 80 images: 5 steps of 2 x 8
     teacher = tiny_vit().eval()
@@ -136,8 +136,8 @@ def test_two_processes_fine_tune_dynamicvit_on_a_block_pruned_model(then_decisio
     without a gradient, and a token-pruning stage followed only by such blocks changes nothing
     downstream, so its predictor is reached by the ratio loss alone, not from the output DDP walks
     back from. Both failed the step ("finished reduction" / "mark a variable ready only once")."""
-    from vitprune import block_pruning
-    from vitprune import token_pruning as tp
+    from vitprune.methods import block_pruning
+    from vitprune.methods import token_pruning as tp
 
     train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)
     teacher = tiny_vit().eval()

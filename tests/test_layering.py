@@ -74,3 +74,50 @@ def test_function_local_vitprune_imports_state_a_reason():
                 if "#" not in lines[node.lineno - 1]:
                     unexplained.append(f"{path.name}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not unexplained, "function-local imports without a reason:\n" + "\n".join(unexplained)
+
+
+# docs/DESIGN.md's layer table: a module imports a lower layer or its own package
+LAYERS = [
+    ("vitprune", "vitprune.errors", "vitprune.hub", "vitprune.torchutil", "vitprune.param_rules"),
+    ("vitprune.data", "vitprune.measure", "vitprune.measure.counts", "vitprune.measure.latency"),
+    ("vitprune.methods",),
+    ("vitprune.models",),
+    ("vitprune.train", "vitprune.measure.export", "vitprune.measure.runtime_bench"),
+    ("vitprune.study",),
+    ("vitprune.cli", "vitprune.__main__"),
+]
+
+
+def _layer(name: str) -> int:
+    """The layer of a module: the most specific entry of LAYERS naming it or a package holding it."""
+    best = None
+    for rank, entries in enumerate(LAYERS):
+        for entry in entries:
+            if (name == entry or name.startswith(entry + ".")) and (best is None or len(entry) > len(best[1])):
+                best = (rank, entry)
+    assert best is not None, f"{name} is in no layer of docs/DESIGN.md"
+    return best[0]
+
+
+def _package(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or (len(parts) == 2 and (PKG / parts[1]).is_dir()) else "vitprune"
+
+
+def test_imports_follow_the_layer_rule():
+    mods = _modules()
+    wrong = []
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            for target in _imported(node):
+                if target not in mods or target in (name, "vitprune"):
+                    continue
+                low, high = _layer(target), _layer(name)
+                if low > high or (low == high and _package(target) != _package(name)):
+                    wrong.append(f"{name} (layer {high}) imports {target} (layer {low})")
+    assert not wrong, "imports against docs/DESIGN.md's layer rule:\n" + "\n".join(sorted(set(wrong)))
+
+
+def test_the_package_is_places_not_prefixes():
+    top_level = sorted(p.stem for p in PKG.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(top_level) <= 6, f"vitprune/ holds {len(top_level)} modules beside its sub-packages: {top_level}"

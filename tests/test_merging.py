@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitprune import block_pruning, measure, merging, token_pruning
+from vitprune import measure
 from vitprune.errors import UserError
+from vitprune.methods import block_pruning, merging, token_pruning
 from vitprune.models import create_model
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from vitprune import config
+from vitprune.study import config
 
 ROOT = config.project_root()
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

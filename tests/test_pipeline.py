@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from vitprune import config, pipeline
 from vitprune.__main__ import main as cli
 from vitprune.errors import UserError
+from vitprune.study import config, pipeline
 
 PARAMS = 'profile: str = "fmnist"\nruns_root: str = ""\nrun_dir: str = ""\n'
 BODY = '''

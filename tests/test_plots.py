@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from test_results import write_synthetic_runs
-from vitprune import plots, results
+from vitprune.study import plots, results
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ through models.save_checkpoint / load_checkpoint with the same logits."""
 import pytest
 import torch
 
-from vitprune import block_pruning, models, pruning_state, token_pruning, training_free
+from vitprune import models
+from vitprune.methods import block_pruning, pruning_state, token_pruning, training_free
 
 LOCS = (1, 2, 3)
 

@@ -9,8 +9,8 @@ import timm
 import torch
 
 import engine_data
-from vitprune import engine
 from vitprune.errors import UserError
+from vitprune.train import engine
 
 COMMON = dict(epochs=2, lr=5e-3, warmup_epochs=0.5, seed=0, progress=False, trace_every=0)
 

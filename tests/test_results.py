@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import smoke_run
-from vitprune import results
 from vitprune.errors import UserError
+from vitprune.study import results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +197,7 @@ def test_summary_repeating_one_of_its_rows_is_not_a_second_row(tmp_path):
 def test_smoke_pipeline_draws_every_figure(smoke_runs):
     """All six notebooks chained on the smoke profile: 05 finds data for every figure,
     including the kept-token grid from notebook 02's saved masks."""
-    from vitprune import plots
+    from vitprune.study import plots
 
     metrics = results.read_metrics(smoke_runs / "05_analysis")
     assert sorted(metrics["figures"]) == sorted([*plots.FIGURES, "edge_latency"])

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from vitprune import measure, models, runs
+from vitprune import measure, models
+from vitprune.study import runs
 
 
 def _small():

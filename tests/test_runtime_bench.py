@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from vitprune import block_pruning, measure, runtime_bench
+from vitprune import measure
 from vitprune.errors import UserError
+from vitprune.measure import runtime_bench
+from vitprune.methods import block_pruning
 from vitprune.models import create_model
 
 

@@ -11,9 +11,9 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
 from conftest import smoke_run
-from vitprune import dynamicvit_io
-from vitprune import token_pruning as tp
 from vitprune.errors import UserError
+from vitprune.methods import dynamicvit_io
+from vitprune.methods import token_pruning as tp
 
 torch.set_num_threads(2)
 
@@ -201,7 +201,7 @@ def _masked_topk_features(model, x, **_):
 
 def test_token_pruning_on_a_block_pruned_model():
     # block_pruning's dense removal (fewer heads and MLP channels), then token pruning on top
-    from vitprune import block_pruning
+    from vitprune.methods import block_pruning
 
     model = block_pruning.prune_to(tiny_vit(seed=9), keep_heads=0.5, keep_mlp=0.5)
     tp.attach(model, 0.7)
@@ -422,7 +422,8 @@ def test_official_checkpoint_mismatch_is_a_clear_error(tmp_path):
 
 @pytest.mark.notebook
 def test_notebook_02_smoke(smoke_runs):
-    from vitprune import models, results
+    from vitprune import models
+    from vitprune.study import results
 
     run_dir = smoke_run(smoke_runs, "02_token_pruning", base_rate=0.7)
     m = results.read_metrics(run_dir)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from vitprune import block_pruning, measure, token_pruning, training_free, vit_ops
+from vitprune import measure
 from vitprune.errors import UserError
+from vitprune.methods import block_pruning, token_pruning, training_free, vit_ops
 from vitprune.models import create_model
 
 

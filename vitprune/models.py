@@ -31,8 +31,9 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprune import block_pruning, pruning_state, token_pruning, torchutil, training_free
+from vitprune import torchutil
 from vitprune.errors import UserError
+from vitprune.methods import block_pruning, pruning_state, token_pruning, training_free
 from vitprune.torchutil import torch_load, unwrap
 
 CHECKPOINT_FORMAT = "vitprune/1"

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitprune.data_cache import SOURCES, CacheSpec, build_cache, export_imagefolder, load_cache
-from vitprune.data_folders import check_imagefolder
-from vitprune.data_sources import FASHION_MNIST_IDX_DIR
+from vitprune.data.cache import SOURCES, CacheSpec, build_cache, export_imagefolder, load_cache
+from vitprune.data.folders import check_imagefolder
+from vitprune.data.sources import FASHION_MNIST_IDX_DIR
 from vitprune.errors import UserError
 
 def _print_check(report: dict[str, Any]) -> None:

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vitprune import config, hardware, pipeline
 from vitprune.errors import UserError
+from vitprune.study import config, pipeline
+from vitprune.train import hardware
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 

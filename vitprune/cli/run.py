@@ -1,12 +1,12 @@
 """`python -m vitprune run`: execute a profile's notebooks in order with papermill
-(the runner is `vitprune.pipeline`)."""
+(the runner is `vitprune.study.pipeline`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from vitprune import config, pipeline
+from vitprune.study import config, pipeline
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""`python -m vitprune table`: assemble Table 1 from a profile's runs (`vitprune.results`)."""
+"""`python -m vitprune table`: assemble Table 1 from a profile's runs (`vitprune.study.results`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitprune import config, pipeline, results
 from vitprune.errors import UserError
+from vitprune.study import config, pipeline, results
 
 
 def main(argv: list[str]) -> int:

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from vitprune import config, stats
 from vitprune.errors import UserError
+from vitprune.study import config, stats
 
 METRICS_FILE = "metrics.json"
 
@@ -91,7 +91,7 @@ def versus_baseline(count: dict[str, Any], baseline_count: dict[str, Any], basel
 #   gflops    = 2 * gmacs
 # The study's "FLOPs (G)" column mixes the two: its DeiT/DynamicViT numbers are fvcore
 # counts, i.e. GMACs, while its EfficientFormer numbers are the published GMACs doubled
-# (its caption: "calculated in GMACs and converted to GFLOPs"). vitprune.audit checks both
+# (its caption: "calculated in GMACs and converted to GFLOPs"). vitprune.study.audit checks both
 # claims against our own counts of the same architectures.
 
 MODEL_NOTEBOOKS = ("01_deit_baseline", "02_token_pruning", "03_block_pruning", "04_combination")

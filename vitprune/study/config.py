@@ -81,7 +81,7 @@ def project_root() -> Path:
     for candidate in (here, *here.parents):
         if (candidate / "pyproject.toml").exists() and (candidate / "vitprune").is_dir():
             return candidate
-    package_parent = Path(__file__).resolve().parent.parent
+    package_parent = Path(__file__).resolve().parents[2]  # vitprune/study/config.py -> the repository
     if (package_parent / "pyproject.toml").exists():
         return package_parent
     return here

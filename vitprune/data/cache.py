@@ -24,12 +24,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from vitprune import param_rules
-from vitprune.data_folders import (IMG_EXTENSIONS, export_folder_name, imagefolder_dataset, imagefolder_splits,
+from vitprune.data.folders import (IMG_EXTENSIONS, export_folder_name, imagefolder_dataset, imagefolder_splits,
                                    scan_imagefolder)
-from vitprune.data_format import (TRAIN_SPLIT, BadImageError, class_names, column, features, labels_of,
+from vitprune.data.format import (TRAIN_SPLIT, BadImageError, class_names, column, features, labels_of,
                                   rgb_image_bytes, short_list)
-from vitprune.data_sources import FASHION_MNIST_IDX_DIR, hf_imagenet_dataset, load_fashion, resolve_fashion_source
-from vitprune.data_subsets import balanced_indices, balanced_subset
+from vitprune.data.sources import FASHION_MNIST_IDX_DIR, hf_imagenet_dataset, load_fashion, resolve_fashion_source
+from vitprune.data.subsets import balanced_indices, balanced_subset
 from vitprune.errors import UserError
 
 SOURCES = param_rules.CHOICES["source"]

@@ -2,7 +2,7 @@
 run the same code.
 
 `num_processes > 1` (or an accelerate config file, `launch_config`) makes `train` and
-`evaluate` fork that many workers through `vitprune.launch` (accelerate's notebook launcher,
+`evaluate` fork that many workers through `vitprune.train.launch` (accelerate's notebook launcher,
 gloo on CPU, NCCL on GPUs) and copy the trained weights back into the caller's model; a
 script started by `accelerate launch` / `torchrun` calls them with the default 1 and gets
 the launcher's processes. `batch_size` is per process (the global batch is
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vitprune import launch
-from vitprune.data_torch import preload, random_crop_flip  # noqa: F401  (moved to the data side; engine.X still works)
+from vitprune.train import launch
+from vitprune.data.tensors import preload, random_crop_flip  # noqa: F401  (moved to the data side; engine.X still works)
 from vitprune.errors import UserError
 from vitprune.torchutil import logits as logits_of
 

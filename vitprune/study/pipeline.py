@@ -26,8 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vitprune import config, results
 from vitprune.errors import UserError
+from vitprune.study import config, results
 
 MANIFEST_FILE = "manifest.json"
 VERSIONED_PACKAGES = ("vitprune", "torch", "torchvision", "timm", "datasets", "papermill",
@@ -174,7 +174,7 @@ def environment() -> dict[str, Any]:
             versions[package] = None
     import torch
 
-    from vitprune import hardware  # here: torch is imported only once a run starts, not for a bad-input error
+    from vitprune.train import hardware  # here: torch is imported only once a run starts, not for a bad-input error
 
     return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
             "device": "cuda" if hardware.gpu_count() else "cpu", "gpus": hardware.gpu_count(),

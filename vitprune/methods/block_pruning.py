@@ -48,9 +48,10 @@ from timm.layers import Mlp
 from timm.layers.attention import Attention
 
 from vitprune import param_rules
-from vitprune import measure, pruning_state, token_pruning
-from vitprune.block_removal import NoAttention, NoMlp, shrink_attention, shrink_mlp
+from vitprune import measure
 from vitprune.errors import UserError
+from vitprune.methods import pruning_state, token_pruning
+from vitprune.methods.block_removal import NoAttention, NoMlp, shrink_attention, shrink_mlp
 from vitprune.torchutil import logits, unwrap
 
 MASK, ALIVE = pruning_state.MASK, pruning_state.ALIVE  # gate buffer names (pruning_state reads them)

@@ -4,7 +4,7 @@ Each finding is a function returning a dict: the numbers it rests on plus a one-
 `text` that states them. The reported numbers come from `results.REFERENCE_ROWS` (the
 study's Table 1 and the source papers, typed in once); the measured ones from
 `vitprune.measure.count` on random-init timm models (MACs do not depend on the weights) and
-from `vitprune.token_pruning.keep_counts`.
+from `vitprune.methods.token_pruning.keep_counts`.
 
 Findings:
   units       which unit each Table 1 "FLOPs (G)" number is (fvcore MACs vs doubled GMACs)
@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from vitprune import results
+from vitprune.study import results
 
 DEIT_B = "deit_base_patch16_224"
 EFFICIENTFORMERS = {"L1": "efficientformer_l1", "L3": "efficientformer_l3", "L7": "efficientformer_l7"}
@@ -60,11 +60,10 @@ def spec_of(model: str, img_size: int = 224, token: dict[str, Any] | None = None
 
 def _code_version() -> str:
     """Hash of the counting code, so a changed counter never reuses old cached counts."""
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for name in ("measure.py", "token_pruning.py"):
-        path = here / name
-        digest.update(path.read_bytes() if path.exists() else b"")
+    for name in ("measure/counts.py", "methods/token_pruning.py"):
+        digest.update((package / name).read_bytes())
     for package in ("timm", "torch", "fvcore"):
         try:
             digest.update(metadata.version(package).encode())
@@ -135,7 +134,7 @@ class Counter:
         key = (spec["model"], spec["img_size"])
         model = self._base_model(*key)
         if spec.get("token_pruning"):
-            from vitprune import token_pruning  # local: imports torch (see above)
+            from vitprune.methods import token_pruning  # local: imports torch (see above)
 
             # one pruned copy per (model, size); re-attaching only changes its schedule
             if key not in self._pruned:
@@ -206,7 +205,7 @@ def units_finding(counter: Counter) -> dict[str, Any]:
 
 def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict[str, Any]:
     """Which keep-ratio schedule reproduces the study's DyViT-Sub GFLOPs (DeiT-B at 224)."""
-    from vitprune import token_pruning  # local: keeps `import vitprune.audit` free of torch
+    from vitprune.methods import token_pruning  # local: keeps `import vitprune.study.audit` free of torch
 
     rows = []
     for rate in rates:
@@ -249,7 +248,7 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
 def layer9_finding(schedule: dict[str, Any] | None = None, num_patches: int = 196,
                    base_rate: float = 0.4) -> dict[str, Any]:
     """Could block 9 have kept 0 tokens at base rate 0.4? Keep counts under both schedules."""
-    from vitprune import token_pruning  # local: keeps `import vitprune.audit` free of torch
+    from vitprune.methods import token_pruning  # local: keeps `import vitprune.study.audit` free of torch
 
     counts = {s: token_pruning.keep_counts(num_patches, base_rate, s, locations=LOCATIONS, allow_empty_stage=True)
               for s in SCHEDULES}
@@ -374,8 +373,8 @@ def run_audit(out_dir: str | os.PathLike | None = None, *, counter: Counter | No
 
 def to_markdown(findings: list[dict[str, Any]]) -> str:
     lines = ["# Audit of the study's numbers", "",
-             "Computed by `vitprune.audit` (MACs: `vitprune.measure.count` on random-init timm models, "
-             "batch 1, eval mode, attention matmuls counted; keep counts: `vitprune.token_pruning.keep_counts`). "
+             "Computed by `vitprune.study.audit` (MACs: `vitprune.measure.count` on random-init timm models, "
+             "batch 1, eval mode, attention matmuls counted; keep counts: `vitprune.methods.token_pruning.keep_counts`). "
              "GMACs = multiply-accumulates / 1e9; GFLOPs = 2 x GMACs.", ""]
     for f in findings:
         lines += [f"## {f['title']}", "", f["text"], ""]

@@ -26,8 +26,8 @@ Units and conventions
   ratio first rounded to 12 decimals so binary noise cannot tip it (0.7 - 0.4 counts as 0.3).
 - `tokens_per_block` counts the tokens entering each block *including* the prefix tokens.
 - MACs are counted elsewhere (`vitprune.measure.count`, eval mode = gathered model).
-- Official-layout checkpoint files: `vitprune.dynamicvit_io`; the timm ViT pieces shared with
-  `training_free` (checks, embedding, attention halves, masked attention): `vitprune.vit_ops`.
+- Official-layout checkpoint files: `vitprune.methods.dynamicvit_io`; the timm ViT pieces shared with
+  `training_free` (checks, embedding, attention halves, masked attention): `vitprune.methods.vit_ops`.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from vitprune import param_rules
-from vitprune import pruning_state
 from vitprune.errors import UserError
+from vitprune.methods import pruning_state
 from vitprune.torchutil import unwrap
 # attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
 # vit_ops (shared with training_free) and stay importable from here
-from vitprune.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
+from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
                               masked_attention, masked_block, mixed_class, tokens_entering_blocks)
 
 SCHEDULES = param_rules.CHOICES["schedule"]

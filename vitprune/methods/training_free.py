@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprune import pruning_state, token_pruning, vit_ops
 from vitprune.errors import UserError
+from vitprune.methods import pruning_state, token_pruning, vit_ops
 
 CONFIG_ATTR = pruning_state.TRAINING_FREE_ATTR  # where apply() records its config (read via pruning_state)
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from vitprune import models, results, runtime_bench
+from vitprune import models
 from vitprune.errors import UserError
+from vitprune.measure import runtime_bench
+from vitprune.study import results
 
 RUNTIMES = ("torch", "onnxruntime")
 

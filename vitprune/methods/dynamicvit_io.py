@@ -11,9 +11,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vitprune import token_pruning
 from vitprune.errors import UserError
-from vitprune.token_pruning import PREDICTOR_ATTR
+from vitprune.methods import token_pruning
+from vitprune.methods.token_pruning import PREDICTOR_ATTR
 from vitprune.torchutil import torch_load, unwrap
 
 

@@ -1,7 +1,7 @@
 """Data sources: Fashion-MNIST from Debian's IDX files or the HF hub, HF `imagenet-1k`.
 
-Each loader returns a `datasets.DatasetDict` in the shared format (`vitprune.data_format`);
-ImageFolder directories are read by `vitprune.data_folders`.
+Each loader returns a `datasets.DatasetDict` in the shared format (`vitprune.data.format`);
+ImageFolder directories are read by `vitprune.data.folders`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from vitprune import hub
-from vitprune.data_format import class_names, from_arrays, labels_of, to_rgb
+from vitprune.data.format import class_names, from_arrays, labels_of, to_rgb
 from vitprune.errors import UserError
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

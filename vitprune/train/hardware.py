@@ -1,6 +1,6 @@
 """What this machine computes on, asked without initialising CUDA in this process.
 
-A notebook that later forks GPU workers (`vitprune.launch`) must not have touched the CUDA
+A notebook that later forks GPU workers (`vitprune.train.launch`) must not have touched the CUDA
 runtime: a forked child of a process that did cannot use CUDA ("Cannot re-initialize CUDA in
 forked subprocess", pytorch/pytorch#83973). `torch.cuda.is_available()`, `current_device()`,
 `get_device_properties()` and `is_bf16_supported()` all go through the runtime. So GPUs are

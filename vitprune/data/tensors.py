@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from vitprune import param_rules
-from vitprune.data_format import TRAIN_SPLIT, class_names, labels_of, to_rgb
-from vitprune.data_subsets import balanced_subset
+from vitprune.data.format import TRAIN_SPLIT, class_names, labels_of, to_rgb
+from vitprune.data.subsets import balanced_subset
 from vitprune.errors import UserError
 
 # Training-set augmentation: crop_flip = shift + flip whole batches of tensors (random_crop_flip;

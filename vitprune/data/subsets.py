@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vitprune.data_format import class_names, labels_of, short_list
+from vitprune.data.format import class_names, labels_of, short_list
 from vitprune.errors import UserError
 
 

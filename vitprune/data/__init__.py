@@ -13,25 +13,35 @@ names notebooks and tests call as `data.X`, gathered from the modules that defin
 - `data_torch`: timm transforms, the torch Dataset view, preloading, batch augmentation and
   `prepare_splits` (what notebooks 01-04 share).
 
-The torch-free modules are what `python -m vitprune data` imports, so it starts without torch.
+Importing this package does not import torch (the `tensors` names load on first use).
 """
 
 from __future__ import annotations
 
-from vitprune.data_cache import (CACHE_FORMAT, CACHE_MARKER, SOURCES, CacheSpec, build_cache, cache_info,
+from vitprune.data.cache import (CACHE_FORMAT, CACHE_MARKER, SOURCES, CacheSpec, build_cache, cache_info,
                                  convert_split, export_imagefolder, load_cache, save_cache, verify_labels)
-from vitprune.data_folders import (IMG_EXTENSIONS, SPLIT_DIRS, FolderScan, check_imagefolder, class_folders,
+from vitprune.data.folders import (IMG_EXTENSIONS, SPLIT_DIRS, FolderScan, check_imagefolder, class_folders,
                                    export_folder_name, imagefolder_dataset, imagefolder_splits, map_folders,
                                    read_classes_file, safe_name, scan_imagefolder)
-from vitprune.data_format import (TRAIN_SPLIT, BadImageError, class_names, column, encode_png, features,
+from vitprune.data.format import (TRAIN_SPLIT, BadImageError, class_names, column, encode_png, features,
                                   from_arrays, labels_of, open_rgb, rgb_image_bytes, to_rgb)
-from vitprune.data_sources import (FASHION_MNIST_CLASSES, FASHION_MNIST_HUB, FASHION_MNIST_IDX_DIR, IDX_FILES,
+from vitprune.data.sources import (FASHION_MNIST_CLASSES, FASHION_MNIST_HUB, FASHION_MNIST_IDX_DIR, IDX_FILES,
                                    IMAGENET_HUB, hf_imagenet_dataset, idx_files_present, load_fashion,
                                    load_fashion_hub, load_fashion_idx, read_fashion_idx, read_idx,
                                    resolve_fashion_source)
-from vitprune.data_subsets import balanced_indices, balanced_subset
-from vitprune.data_torch import (AUGMENTS, EVAL_SPLITS, Splits, TorchView, eval_split_name, prepare_splits, preload,
-                                 random_crop_flip, transforms_for)
+from vitprune.data.subsets import balanced_indices, balanced_subset
+
+# the torch side (`tensors`) loads on first use, so `python -m vitprune data` and the cache start without torch
+_TENSORS = ("AUGMENTS", "EVAL_SPLITS", "Splits", "TorchView", "eval_split_name", "prepare_splits", "preload",
+            "random_crop_flip", "transforms_for")
+
+
+def __getattr__(name: str):
+    if name in _TENSORS:
+        from vitprune.data import tensors  # lazy: imports torch
+
+        return getattr(tensors, name)
+    raise AttributeError(f"module 'vitprune.data' has no attribute {name!r}")
 
 __all__ = [
     "AUGMENTS", "BadImageError", "CACHE_FORMAT", "CACHE_MARKER", "CacheSpec", "EVAL_SPLITS", "FASHION_MNIST_CLASSES",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from vitprune.data_format import TRAIN_SPLIT, short_list
+from vitprune.data.format import TRAIN_SPLIT, short_list
 from vitprune.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")

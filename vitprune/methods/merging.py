@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitprune import measure, pruning_state, vit_ops
+from vitprune import measure
 from vitprune.errors import UserError
+from vitprune.methods import pruning_state, vit_ops
 
 CONFIG_ATTR = "vitprune_merging"
 

@@ -11,7 +11,9 @@ from typing import Any, Sequence
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitprune import engine, measure, models, results
+from vitprune import measure, models
+from vitprune.study import results
+from vitprune.train import engine
 
 
 def finish_model(model: nn.Module, method: str, label: str, *, eval_set: Dataset, eval_batch_size: int,

@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from vitprune import results
+from vitprune.study import results
 
 METHOD_LABELS = {
     "baseline": "baseline",

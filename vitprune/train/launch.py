@@ -9,7 +9,7 @@ same call works in JupyterLab and under papermill. What forking asks in return: 
 not have initialised CUDA or an accelerate state before it forks. vitprune's engine runs every
 device step of an N-process run inside the workers, so the notebook's own process only builds
 models and counts MACs on the CPU (`launch.run` resets accelerate's shared state and refuses a
-parent that touched CUDA; `plan` answers its device questions through `vitprune.hardware`, which
+parent that touched CUDA; `plan` answers its device questions through `vitprune.train.hardware`, which
 never initialises CUDA). Each forked worker computes with one CPU thread (OpenMP's pool does
 not survive a fork), so on a CPU-only machine use as many processes as cores: `num_processes:
 auto` gives one per GPU, or one per core without GPUs.
@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vitprune import hardware, param_rules
+from vitprune import param_rules
 from vitprune.errors import UserError
+from vitprune.train import hardware
 
-AUTO = "auto"  # num_processes: one per GPU, else per core; mixed_precision: bf16 where native (vitprune.hardware)
+AUTO = "auto"  # num_processes: one per GPU, else per core; mixed_precision: bf16 where native (vitprune.train.hardware)
 MIXED_PRECISION = tuple(p for p in param_rules.CHOICES["mixed_precision"] if p != AUTO)
 RESULT_FILE = "result.pt"
 
@@ -68,7 +69,7 @@ class Plan:
 
 def plan(num_processes: int | str = 1, mixed_precision: str = "no", launch_config: str = "") -> Plan:
     """Validate the notebook parameters (and read accelerate's config file when one is given).
-    Never initialises CUDA here (`vitprune.hardware` asks NVML / nvidia-smi), so the caller can still fork.
+    Never initialises CUDA here (`vitprune.train.hardware` asks NVML / nvidia-smi), so the caller can still fork.
 
     `num_processes` "auto": one per visible GPU, else one one-thread worker per core (`hardware.auto_processes`);
     more processes per machine than visible GPUs is refused (accelerate would put two on one GPU, which NCCL refuses).
@@ -188,7 +189,7 @@ def run(fn: Callable[..., Any], args: tuple = (), launch: Plan | None = None) ->
 
     if torch.cuda.is_initialized():  # not is_available(): without NVML it initialises the driver (poisons the fork)
         raise UserError("CUDA is already initialised in this process, so it cannot fork GPU workers: with "
-                        "num_processes > 1 run every training/evaluation through vitprune.engine with the same "
+                        "num_processes > 1 run every training/evaluation through vitprune.train.engine with the same "
                         "num_processes (restart the kernel first)")
     # an Accelerator built earlier in this process (e.g. a 1-process evaluation) would be
     # inherited by the workers; they build their own

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprune import export, measure
+from vitprune import measure
 from vitprune.errors import UserError
+from vitprune.measure import export
 
 RUNTIMES = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "int8")

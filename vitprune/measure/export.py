@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitprune import measure, merging, pruning_state
+from vitprune import measure
 from vitprune.errors import UserError
+from vitprune.methods import merging, pruning_state
 from vitprune.torchutil import unwrap
 
 EXPORTERS = ("torchscript", "dynamo")

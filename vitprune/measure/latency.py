@@ -1,0 +1,144 @@
+"""Interleaved latency of a baseline and its pruned variant in this process (torch), and the
+timing loop onnxruntime comparisons share (`interleaved`)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitprune import param_rules
+from vitprune.errors import UserError
+
+BENCH_PRECISIONS = param_rules.CHOICES["bench_precision"]  # both models of a comparison run at the one precision asked for
+
+
+def autocast_wrapped(model: nn.Module) -> bool:
+    """Whether a module of `model` carries an instance-level forward, as the autocast wrapper
+    `Accelerator.prepare` leaves on a model it did not hand back (see engine.handed_back)."""
+    return any("_original_forward" in m.__dict__ or "forward" in m.__dict__ for m in model.modules())
+
+
+MIN_ROUND_MS = 25.0
+"""Shortest timed stretch of one model in one round: a sub-millisecond forward is called
+repeatedly (the same number of times for both models) until the slower one fills this, so
+timer resolution and one-off scheduler hiccups do not decide a median of a handful of rounds."""
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
+                min_round_ms: float = MIN_ROUND_MS, desc: str | None = None) -> tuple[dict[str, list[float]], int]:
+    """Time each callable in ``repeats`` rounds, the order reversed every round (ABBA...) so drift
+    in machine load hits all alike, after ``warmup`` untimed calls of each. Each round calls
+    every runner ``calls`` times, ``calls`` chosen from the slowest warm-up call so a round
+    lasts at least ``min_round_ms`` (1 without warm-up). Returns ms per call per round, by
+    name, and ``calls``. The one timing loop of `benchmark` (torch) and
+    `runtime_bench.benchmark_onnx` (onnxruntime)."""
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"need --repeats >= 1 and --warmup >= 0 (got {repeats}, {warmup})")
+    names = list(runners)
+
+    def timed(name: str, calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            runners[name]()
+        return (time.perf_counter() - start) * 1e3 / calls
+
+    slowest = 0.0
+    for _ in range(warmup):
+        slowest = max(timed(name, 1) for name in names)
+    calls = max(1, math.ceil(min_round_ms / slowest)) if slowest > 0 else 1
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rounds = range(repeats)
+    if desc:
+        from tqdm.auto import tqdm
+        rounds = tqdm(rounds, desc=desc, file=sys.stderr)
+    for i in rounds:
+        for name in (names if i % 2 == 0 else names[::-1]):
+            times[name].append(timed(name, calls))
+    return times, calls
+
+
+def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int], *,
+              warmup: int = 2, repeats: int = 10, threads: int | None = None,
+              baseline_macs: int | None = None, variant_macs: int | None = None,
+              precision: str = "fp32", progress: bool = False,
+              min_round_ms: float = MIN_ROUND_MS) -> dict[str, Any]:
+    """Median latency of ``baseline`` vs ``variant``, timed interleaved in this process.
+
+    Both run in eval mode under ``torch.inference_mode`` on the same random input of
+    ``input_shape`` (batch first), on the baseline's device and at one ``precision``: fp32, or
+    bf16 autocast around both (the model weights stay as they are). A model whose forward still
+    carries a hidden autocast wrapper (a model `Accelerator.prepare`d in bf16 and not handed
+    back) is refused: it would be timed at another precision than the one recorded. Timing
+    protocol: `interleaved` (rounds alternate which model goes first, each round long enough
+    for the clock). Reports medians in milliseconds per forward,
+    ``speedup`` = baseline/variant median and, when MACs are given, ``mac_ratio`` =
+    baseline/variant MACs and ``speedup_over_mac_ratio`` (1.0 = the speedup the arithmetic
+    promises; well above 1 is a measurement to explain, not a result). Threads are set to
+    ``threads`` (default: current) for the run and restored afterwards.
+    """
+    if precision not in BENCH_PRECISIONS:
+        raise UserError(f"benchmark precision must be one of {', '.join(BENCH_PRECISIONS)}, got {precision!r}")
+    for name, model in (("baseline", baseline), ("variant", variant)):
+        if autocast_wrapped(model):
+            raise UserError(f"the {name} model's forward is wrapped (accelerate autocast left on it), so it would "
+                            f"not run at {precision}; train it through vitprune.engine, which hands models back bare")
+    old_threads = torch.get_num_threads()
+    threads = int(threads or old_threads)
+    modes = (baseline.training, variant.training)
+    param = next(baseline.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.randn(tuple(input_shape), device=device)
+    models = {"baseline": baseline.eval(), "variant": variant.eval()}
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+
+    def call(name: str) -> None:
+        with autocast:
+            models[name](x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            times, calls = interleaved({name: functools.partial(call, name) for name in models},
+                                       warmup=warmup, repeats=repeats, min_round_ms=min_round_ms,
+                                       desc="bench (interleaved)" if progress else None)
+    finally:
+        torch.set_num_threads(old_threads)
+        baseline.train(modes[0])
+        variant.train(modes[1])
+
+    base_ms = statistics.median(times["baseline"])
+    var_ms = statistics.median(times["variant"])
+    out: dict[str, Any] = {
+        "baseline_ms": base_ms,
+        "variant_ms": var_ms,
+        "speedup": base_ms / var_ms,
+        "baseline_ms_runs": times["baseline"],
+        "variant_ms_runs": times["variant"],
+        "batch_size": int(input_shape[0]),
+        "input_shape": list(input_shape),
+        "threads": threads,
+        "warmup": warmup,
+        "repeats": repeats,
+        "calls_per_round": calls,
+        "device": str(device),
+        "precision": precision,
+        "torch_version": torch.__version__,
+    }
+    if baseline_macs and variant_macs:
+        out["baseline_macs"] = int(baseline_macs)
+        out["variant_macs"] = int(variant_macs)
+        out["mac_ratio"] = baseline_macs / variant_macs
+        out["speedup_over_mac_ratio"] = out["speedup"] / out["mac_ratio"]
+    return out
