@@ -9,7 +9,7 @@ import torch
 
 from vitprune import measure
 from vitprune.methods import token_pruning
-from vitprune.study import audit, results
+from vitprune.study import audit, table1
 
 STUDY_DYVIT = {0.7: 11.5, 0.6: 9.9, 0.5: 8.6, 0.4: 7.4}
 MEASURED = {"deit_base_patch16_224": 17.583e9, "efficientformer_l1": 1.302e9,
@@ -120,7 +120,7 @@ def test_run_audit_without_models_keeps_the_pure_findings(tmp_path):
 
 def test_reference_rows_feed_the_audit():
     assert audit.reported("DyViT-Sub/0.4")["printed_G"] == 7.4
-    assert audit.reported("EfficientFormer-L3", results.PAPER)["printed_G"] == 3.9
+    assert audit.reported("EfficientFormer-L3", table1.PAPER)["printed_G"] == 3.9
 
 
 def test_real_count_of_a_small_token_pruned_model(tmp_path):

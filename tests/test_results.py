@@ -11,7 +11,7 @@ import pytest
 
 from conftest import smoke_run
 from vitprune.errors import UserError
-from vitprune.study import results
+from vitprune.study import comparisons, results, table1
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,8 +109,8 @@ def test_collect_runs_finds_every_model_run_and_expands_rows(runs_tree):
 
 def test_table1_values_equal_metrics(runs_tree):
     root, written = runs_tree
-    df = results.table1(results.collect_runs(root, "fmnist"))
-    ours = df[df["source"] == results.MEASURED].set_index("run")
+    df = table1.table1(results.collect_runs(root, "fmnist"))
+    ours = df[df["source"] == table1.MEASURED].set_index("run")
     for name, m in written.items():
         row = ours.loc[name]
         assert row["model"] == m["label"] and row["method"] == m["method"]
@@ -125,16 +125,16 @@ def test_table1_values_equal_metrics(runs_tree):
     assert row["d_gmacs"] == pytest.approx((rate["macs"] - base["macs"]) / 1e9)
     assert ours.loc["01_deit_baseline", "d_top1"] == 0
     # ordering: baseline first, then DynamicViT from the highest rate down
-    methods = list(df[df["source"] == results.MEASURED]["method"])
+    methods = list(df[df["source"] == table1.MEASURED]["method"])
     assert methods[0] == "baseline" and methods[1:4] == ["dynamicvit"] * 3
     assert list(ours[ours["method"] == "dynamicvit"]["model"]) == [
         "DyViT-FMNIST/0.9", "DyViT-FMNIST/0.7", "DyViT-FMNIST/0.5"]
 
 
 def test_reference_rows_present_with_units():
-    df = results.table1([])
-    study = df[df["source"] == results.STUDY].set_index("model")
-    paper = df[df["source"] == results.PAPER].set_index("model")
+    df = table1.table1([])
+    study = df[df["source"] == table1.STUDY].set_index("model")
+    paper = df[df["source"] == table1.PAPER].set_index("model")
     assert len(study) == 10 and {"DeiT-B", "EfficientFormer-L1", "DynamicViT-B/0.7"} <= set(paper.index)
     # DeiT's "FLOPs" are MACs: 17.6 printed = 17.6 GMACs = 35.2 GFLOPs
     deit = study.loc["DeiT-Base/16 [13]"]
@@ -151,8 +151,8 @@ def test_reference_rows_present_with_units():
 
 def test_write_table1_files(runs_tree, tmp_path):
     root, written = runs_tree
-    df = results.table1(results.collect_runs(root, "fmnist"))
-    paths = results.write_table1(df, tmp_path / "fig")
+    df = table1.table1(results.collect_runs(root, "fmnist"))
+    paths = table1.write_table1(df, tmp_path / "fig")
     md = paths["table1.md"].read_text()
     assert "DyViT-FMNIST/0.7" in md and "EfficientFormer-L7 [16]" in md and "= GFLOPs" in md
     assert "88.75 (-1.50)" in md and "23.0 (-12.2)" in md  # value (change vs baseline)
@@ -228,11 +228,11 @@ def test_smoke_pipeline_draws_every_figure(smoke_runs):
 
 def test_interpolate_top1_is_linear_inside_the_sweep_and_none_outside():
     sweep = [(20.0, 88.0), (10.0, 80.0), (15.0, 86.0)]
-    assert results.interpolate_top1(sweep, 12.5) == pytest.approx(83.0)
-    assert results.interpolate_top1(sweep, 15.0) == pytest.approx(86.0)
-    assert results.interpolate_top1(sweep, 17.5) == pytest.approx(87.0)
-    assert results.interpolate_top1(sweep, 9.0) is None
-    assert results.interpolate_top1(sweep, 21.0) is None
+    assert comparisons.interpolate_top1(sweep, 12.5) == pytest.approx(83.0)
+    assert comparisons.interpolate_top1(sweep, 15.0) == pytest.approx(86.0)
+    assert comparisons.interpolate_top1(sweep, 17.5) == pytest.approx(87.0)
+    assert comparisons.interpolate_top1(sweep, 9.0) is None
+    assert comparisons.interpolate_top1(sweep, 21.0) is None
 
 
 def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
@@ -247,7 +247,7 @@ def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
     _write_run(tmp_path / "fmnist/04_combination", {
         **row("token_then_block", "t->b", 15, 85.0),
         "rows": [row("token_then_block", "t->b", 15, 85.0), row("block_then_token", "b->t", 12, 81.0)]})
-    rows = {r["label"]: r for r in results.equal_mac_comparison(results.collect_runs(tmp_path, "fmnist"))}
+    rows = {r["label"]: r for r in comparisons.equal_mac_comparison(results.collect_runs(tmp_path, "fmnist"))}
     assert "base" not in rows
     # t->b at 15 M MACs: block sweep 80 + (88 - 80) * 5 / 10 = 84; DynamicViT's sweep starts at 17 M
     assert rows["t->b"]["block_top1_at_macs"] == pytest.approx(84.0)
@@ -256,7 +256,7 @@ def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
     assert rows["b->t"]["margin"] == pytest.approx(81.0 - 81.6)
     # a single-method row is compared with the other method only
     assert rows["dyvit 0.5"]["margin"] == pytest.approx(85.0 - 85.6)
-    text = results.equal_mac_markdown(list(rows.values()))
+    text = comparisons.equal_mac_markdown(list(rows.values()))
     assert "t->b (85.00 % at 0.00 M MACs, 1 seed(s)): +1.00 points against block pruning (one seed, no interval)" in text
     assert "Pareto-dominates here: no (0 of 2 orders" in text  # one seed: no interval, so no verdict
 
@@ -279,16 +279,16 @@ def test_seeded_comparisons_pair_runs_by_seed_with_t_intervals(tmp_path):
         _write_run(tmp_path / f"fmnist/04_combination/seed_{seed}", {**t2b, "rows": [t2b, free]})
     runs = results.collect_runs(tmp_path, "fmnist")
     assert len(results.collect_runs(tmp_path, "fmnist", seeds=[0, 2])) == 1 + 2 * 4
-    table = results.table1(runs, include_reference=False).set_index("run")
+    table = table1.table1(runs, include_reference=False).set_index("run")
     assert table.loc["04_combination#0", "top1"] == pytest.approx(85.5)
     assert table.loc["04_combination#0", "top1_std"] == pytest.approx(0.5)
     assert table.loc["04_combination#0", "n_seeds"] == 3 and table.loc["04_combination#1", "n_seeds"] == 0
     assert math.isnan(table.loc["04_combination#1", "top1_std"])  # training-free: no spread to show
-    shown = results.display_table1(table.reset_index()).set_index("Model")
+    shown = table1.display_table1(table.reset_index()).set_index("Model")
     assert shown.loc["free", "Top-1 (%)"].startswith("83.00") and "±" not in shown.loc["free", "Top-1 (%)"]
     assert shown.loc["t->b", "Top-1 (%)"].startswith("85.50 ± 0.50")
     assert table.loc["03_block_pruning/target_mac_ratio_1.5", "top1"] == pytest.approx(88.0)
-    rows = {r["label"]: r for r in results.equal_mac_comparison(runs)}
+    rows = {r["label"]: r for r in comparisons.equal_mac_comparison(runs)}
     vs = rows["t->b"]["vs"]["block"]
     half = 4.302653 * 0.5 / 3 ** 0.5  # t(0.975, 2) x std / sqrt(n) of the differences +1, +2, +1.5
     assert (vs["n"], vs["mean"], vs["at_macs"]) == (3, pytest.approx(1.5), pytest.approx(84.0))
@@ -297,8 +297,8 @@ def test_seeded_comparisons_pair_runs_by_seed_with_t_intervals(tmp_path):
     # the training-free row is the same at every seed, the block sweep at its MACs too here: -1 at every seed
     assert rows["free"]["vs"]["block"]["mean"] == pytest.approx(-1.0)
     assert rows["free"]["vs"]["block"]["verdict"] == "worse"
-    drops = {d["label"]: d for d in results.baseline_drops(runs)}
+    drops = {d["label"]: d for d in comparisons.baseline_drops(runs)}
     assert "free" not in drops and drops["t->b"]["mean"] == pytest.approx(-4.5) and drops["t->b"]["n"] == 3
-    text = results.equal_mac_markdown(list(rows.values()), list(drops.values()))
+    text = comparisons.equal_mac_markdown(list(rows.values()), list(drops.values()))
     assert "t->b (85.50 % at 0.00 M MACs, 3 seed(s)): 1.50 points above block pruning (+1.50 [+0.26, +2.74])" in text
     assert "Pareto-dominates here: yes (1 of 1 orders" in text

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vitprune.errors import UserError
-from vitprune.study import config, pipeline, results
+from vitprune.study import config, pipeline, results, table1
 
 
 def main(argv: list[str]) -> int:
@@ -33,11 +33,11 @@ def main(argv: list[str]) -> int:
         print(f"missing row: {line}", file=sys.stderr)
     for line in left_out:
         print(f"left out: {line}", file=sys.stderr)
-    df = results.table1(runs, include_reference=not args.measured_only)
+    df = table1.table1(runs, include_reference=not args.measured_only)
     out = Path(args.out) if args.out else config.runs_root_or_default(args.runs_root) / args.profile / "table"
     if not args.out and (args.seeds or 1) > 1:
         out /= f"{args.seeds}seeds"
-    paths = results.write_table1(df, out)
+    paths = table1.write_table1(df, out)
     print(paths["table1.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -1,7 +1,7 @@
 """An audit of the study's numbers, computed by code rather than typed in.
 
 Each finding is a function returning a dict: the numbers it rests on plus a one-paragraph
-`text` that states them. The reported numbers come from `results.REFERENCE_ROWS` (the
+`text` that states them. The reported numbers come from `table1.REFERENCE_ROWS` (the
 study's Table 1 and the source papers, typed in once); the measured ones from
 `vitprune.measure.count` on random-init timm models (MACs do not depend on the weights) and
 from `vitprune.methods.token_pruning.keep_counts`.
@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from vitprune.study import results
+from vitprune.study import table1
 
 DEIT_B = "deit_base_patch16_224"
 EFFICIENTFORMERS = {"L1": "efficientformer_l1", "L3": "efficientformer_l3", "L7": "efficientformer_l7"}
@@ -38,9 +38,9 @@ SCHEDULES = ("geometric", "linear")
 LOCATIONS = (3, 6, 9)
 
 
-def reported(model: str, source: str = results.STUDY) -> dict[str, Any]:
-    """A reference row of results.REFERENCE_ROWS by its printed name."""
-    for row in results.REFERENCE_ROWS:
+def reported(model: str, source: str = table1.STUDY) -> dict[str, Any]:
+    """A reference row of table1.REFERENCE_ROWS by its printed name."""
+    for row in table1.REFERENCE_ROWS:
         if row["model"] == model and row["source"] == source:
             return row
     raise KeyError(f"no {source} row named {model!r}")
@@ -169,7 +169,7 @@ def units_finding(counter: Counter) -> dict[str, Any]:
         unit, ratio = _nearest_unit(ref["printed_G"], measured["macs"] / 1e9)
         paper = None
         if timm_name in EFFICIENTFORMERS.values():
-            paper = reported(model.split(" [")[0], results.PAPER)
+            paper = reported(model.split(" [")[0], table1.PAPER)
         rows.append({
             "model": model, "timm_model": timm_name, "printed_G": ref["printed_G"],
             "measured_gmacs": measured["macs"] / 1e9, "measured_params_M": measured["params"] / 1e6,

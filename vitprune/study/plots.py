@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from vitprune.study import results
+from vitprune.study import results, table1
 
 METHOD_LABELS = {
     "baseline": "baseline",
@@ -439,17 +439,17 @@ def reported_in_one_unit(runs: list[dict] | None = None) -> Figure:
     as printed (EfficientFormer's doubled GMACs land twice as far right); arrows lead to the
     same row in GMACs. Independent of our runs (the argument is accepted for uniformity).
     """
-    rows = [r for r in results.REFERENCE_ROWS if r["printed_G"] is not None and r["top1"] is not None]
+    rows = [r for r in table1.REFERENCE_ROWS if r["printed_G"] is not None and r["top1"] is not None]
     fig, axes = _new_figure(size=(7.5, 4.8))
     ax = axes[0, 0]
-    sources = {results.STUDY: ("tab:red", "o"), results.PAPER: ("tab:blue", "s")}
+    sources = {table1.STUDY: ("tab:red", "o"), table1.PAPER: ("tab:blue", "s")}
     for source, (color, marker) in sources.items():
         group = [r for r in rows if r["source"] == source]
         gmacs = [r["printed_G"] / (2 if r["printed_unit"] == "GFLOPs" else 1) for r in group]
         ax.scatter(gmacs, [r["top1"] for r in group], color=color, marker=marker, s=40, zorder=3,
                    label=f"{source}, in GMACs")
         for r, g in zip(group, gmacs):
-            if source == results.STUDY:
+            if source == table1.STUDY:
                 ax.annotate(r["model"], (g, r["top1"]), textcoords="offset points", xytext=(4, -9), fontsize=7)
             if r["printed_unit"] == "GFLOPs":
                 ax.scatter([r["printed_G"]], [r["top1"]], facecolors="none", edgecolors=color, marker=marker, s=40)

@@ -1,0 +1,199 @@
+"""Seeded comparisons: every pruned configuration against the swept single methods at its own
+MACs (`equal_mac_comparison`) and against the baseline (`baseline_drops`), seed by seed with
+paired 95 % t intervals (`study.stats`), and their Markdown (`equal_mac_markdown`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vitprune.study import stats
+from vitprune.study.results import fold_seeds, is_model_row, method_rank, seed_of
+from vitprune.study.table1 import REFERENCE_ROWS, STUDY, STUDY_BASELINE
+
+SWEPT_METHODS = ("dynamicvit", "block")  # methods the profile sweeps over a compute knob
+
+
+def interpolate_top1(points: list[tuple[float, float]], macs: float) -> float | None:
+    """Top-1 of a method's sweep at `macs`, linear in MACs between the two sweep points around
+    it (points: (MACs, top-1)); None outside the sweep's MAC range (no extrapolation)."""
+    pts = sorted(points)
+    if len(pts) < 1 or not pts[0][0] <= macs <= pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= macs <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (macs - x0) / (x1 - x0)
+    return pts[0][1]  # a single point exactly at macs
+
+
+def _seed_sweeps(runs: list[dict[str, Any]]) -> dict[Any, dict[str, list[tuple[float, float]]]]:
+    """{seed: {swept method: [(MACs, top-1), ...]}}: each seed's sweep of each single method."""
+    out: dict[Any, dict[str, list[tuple[float, float]]]] = {}
+    for r in runs:
+        m = r["metrics"]
+        if m.get("method") in SWEPT_METHODS and is_model_row(m):
+            out.setdefault(seed_of(r), {}).setdefault(m["method"], []).append((float(m["macs"]), float(m["top1"])))
+    return out
+
+
+def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pruned configuration (not the baseline) against the swept single methods at its own
+    MACs, seed by seed.
+
+    For each configuration and each swept method other than its own, at every seed both have:
+    the top-1 that method's sweep of the same seed reaches at the configuration's MACs
+    (`interpolate_top1`, None outside the sweep), and the paired difference (configuration minus
+    method). The differences give `vs[method]`: {at_macs (mean), n, mean, std, low, high (95 %
+    t interval, `stats.paired_interval`), verdict}. `margin` is the same against the best method
+    at each seed. Keys `<method>_top1_at_macs` and `margin` (means) keep the one-seed reading."""
+    sweeps = _seed_sweeps(runs)
+    out = []
+    for point in fold_seeds([r for r in runs if is_model_row(r["metrics"])]):
+        m = point["metrics"]
+        if m.get("method") == "baseline":
+            continue
+        entry = {"label": m.get("label", ""), "method": m.get("method", ""), "run": point["run"],
+                 "macs": float(m["macs"]), "top1": float(m["top1"]), "top1_std": m.get("top1_std"),
+                 "n_seeds": m.get("n_seeds", 1), "trained": m.get("trained", True), "vs": {}}
+        best: list[float] = []
+        for method in SWEPT_METHODS:
+            diffs, ats = [], []
+            for r in point["seed_runs"]:
+                pts = sweeps.get(seed_of(r), {}).get(method, [])
+                at = interpolate_top1(pts, float(r["metrics"]["macs"])) if len(pts) >= 2 else None
+                if at is not None:
+                    ats.append(at)
+                    diffs.append(float(r["metrics"]["top1"]) - at)
+            own = method == m.get("method")
+            entry[f"{method}_top1_at_macs"] = stats.summary(ats)["mean"] if ats else None
+            if diffs and not own:
+                interval = stats.paired_interval(diffs)
+                entry["vs"][method] = {**interval, "at_macs": stats.summary(ats)["mean"],
+                                       "verdict": stats.verdict(interval)}
+        for r in point["seed_runs"]:  # against the best single method at each seed
+            covered = [interpolate_top1(pts, float(r["metrics"]["macs"]))
+                       for method, pts in sweeps.get(seed_of(r), {}).items()
+                       if method != m.get("method") and len(pts) >= 2]
+            covered = [c for c in covered if c is not None]
+            if covered:
+                best.append(float(r["metrics"]["top1"]) - max(covered))
+        entry["margin_interval"] = stats.paired_interval(best) if best else None
+        entry["margin"] = entry["margin_interval"]["mean"] if best else None
+        out.append(entry)
+    return sorted(out, key=lambda row: (method_rank(row["method"]), row["macs"]))
+
+
+def study_drop(base_rate: float = 0.7) -> float | None:
+    """The study's own small-scale DynamicViT drop: DyViT-Sub/<rate> minus its DeiT-B row (points)."""
+    rows = {r["model"]: r for r in REFERENCE_ROWS if r["source"] == STUDY}
+    sub, base = rows.get(f"DyViT-Sub/{base_rate:g}"), rows.get(STUDY_BASELINE)
+    return None if sub is None or base is None else sub["top1"] - base["top1"]
+
+
+def baseline_drops(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every trained pruned configuration's top-1 minus the baseline's, seed by seed, with the 95 %
+    t interval of the mean drop; DynamicViT rows at a rate the study ran also carry the study's
+    drop and whether our interval holds it. The baseline is one run (the start of every seed), so
+    the interval is the fine-tunes' spread only."""
+    base = [r["metrics"] for r in runs if r["metrics"].get("method") == "baseline" and is_model_row(r["metrics"])]
+    if not base:
+        return []
+    base_top1 = float(base[0]["top1"])
+    out = []
+    for point in fold_seeds([r for r in runs if is_model_row(r["metrics"])]):
+        m = point["metrics"]
+        if m.get("method") == "baseline" or not m.get("trained", True):
+            continue
+        interval = stats.paired_interval([float(r["metrics"]["top1"]) - base_top1 for r in point["seed_runs"]])
+        row = {"label": m.get("label", ""), "method": m.get("method"), "run": point["run"], "macs": float(m["macs"]),
+               "baseline_top1": base_top1, **interval}
+        rate = m.get("base_rate")
+        if m.get("method") == "dynamicvit" and (m.get("schedule") or "geometric") == "geometric" and rate is not None:
+            reported = study_drop(float(rate))
+            if reported is not None:
+                row.update(study_drop=reported, holds_study_drop=stats.contains(interval, reported))
+        out.append(row)
+    return sorted(out, key=lambda row: (method_rank(row["method"]), row["macs"]))
+
+
+VERDICT_WORDS = {"better": "above", "worse": "below"}
+
+
+def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] | None = None) -> str:
+    """The comparisons as Markdown: drops against the baseline (with the study's), then every row
+    against both sweeps at equal MACs, each a paired difference with its 95 % interval and a
+    verdict that says 'not distinguishable' when the interval holds 0."""
+    def pct(v):
+        return "—" if v is None else f"{v:.2f}"
+
+    def versus(r, method):
+        v = r["vs"].get(method)
+        if v is None:
+            return pct(r.get(f"{method}_top1_at_macs"))
+        verdict = "" if v["low"] is None else f" {v['verdict']}"
+        return f"{v['at_macs']:.2f}; {stats.format_interval(v)}{verdict}"
+
+    lines = []
+    if drops:
+        lines += ["## Against the baseline", "",
+                  "| row | MACs (M) | top-1 − baseline, mean [95 % interval] | seeds | the study's drop |",
+                  "|---|---:|---:|---:|---|"]
+        for d in drops:
+            study = "—"
+            if "study_drop" in d:
+                held = d["holds_study_drop"]
+                study = f"{d['study_drop']:+.2f}: " + ("one seed, no interval" if held is None else
+                                                       "inside our interval" if held else "outside our interval")
+            lines.append(f"| {d['label']} | {d['macs'] / 1e6:.2f} | {stats.format_interval(d)} | {d['n']} | {study} |")
+        lines += ["", "Baseline: one run (top-1 {:.2f} %); the interval is Student's t over the fine-tune seeds."
+                  .format(drops[0]["baseline_top1"]), ""]
+    lines += ["## At equal MACs", "",
+              "| row | method | MACs (M) | top-1 % | seeds | DynamicViT at these MACs; row − it | "
+              "block pruning at these MACs; row − it |", "|---|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        spread = f"{r['top1']:.2f}" + (f" ± {r['top1_std']:.2f}" if r.get("top1_std") is not None else "")
+        seeds = str(r["n_seeds"]) if r.get("trained", True) else "no training"
+        lines.append(f"| {r['label']} | {r['method']} | {r['macs'] / 1e6:.2f} | {spread} | {seeds} | "
+                     f"{versus(r, 'dynamicvit')} | {versus(r, 'block')} |")
+    lines.append("")
+    lines.append("Each sweep is interpolated linearly in MACs between its two neighbouring runs of the same seed "
+                 "(— = outside its MAC range, never extrapolated); a difference is the row's top-1 minus that, seed by "
+                 "seed, as mean [95 % Student t interval] over the seeds; better / worse only when the interval "
+                 "excludes 0.")
+    combos = [r for r in rows if r["method"] in ("token_then_block", "block_then_token")]
+    for r in combos:
+        if not r["vs"]:
+            lines.append(f"- {r['label']}: no single-method sweep reaches {r['macs'] / 1e6:.2f} M MACs, "
+                         "so no equal-MAC comparison.")
+            continue
+        parts = []
+        for method, v in r["vs"].items():
+            name = "DynamicViT" if method == "dynamicvit" else "block pruning"
+            if v["verdict"] in VERDICT_WORDS:
+                parts.append(f"{abs(v['mean']):.2f} points {VERDICT_WORDS[v['verdict']]} {name} "
+                             f"({stats.format_interval(v)})")
+            elif v["low"] is None:
+                parts.append(f"{v['mean']:+.2f} points against {name} (one seed, no interval)")
+            else:
+                parts.append(f"not distinguishable from {name} ({stats.format_interval(v)})")
+        lines.append(f"- {r['label']} ({r['top1']:.2f} % at {r['macs'] / 1e6:.2f} M MACs, {r['n_seeds']} seed(s)): "
+                     + "; ".join(parts) + ".")
+    if combos:
+        wins = [r for r in combos if r["vs"] and all(v["verdict"] == "better" for v in r["vs"].values())]
+        lines.append(f"- The combination Pareto-dominates here: {'yes' if wins and len(wins) == len(combos) else 'no'} "
+                     f"({len(wins)} of {len(combos)} orders beat every single method their MACs reach, by an interval "
+                     "that excludes 0).")
+    return "\n".join(lines) + "\n"
+
+
+def write_equal_macs(rows: list[dict[str, Any]], out_dir: str | os.PathLike,
+                     drops: list[dict[str, Any]] | None = None) -> Path:
+    """equal_macs.md in `out_dir` (atomic)."""
+    path = Path(out_dir) / "equal_macs.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("# Seeded comparisons: against the baseline and at equal MACs\n\n" + equal_mac_markdown(rows, drops))
+    os.replace(tmp, path)
+    return path
+
