@@ -155,7 +155,7 @@ def _hand_params_and_macs(model, spec, n_tokens):
 
 
 def test_counts_match_measure_and_formula():
-    measure = pytest.importorskip("vitprune.measure")
+    from vitprune import measure
     base = deit_tiny()
     base_count = count(measure, base)
     opts = {"block": {"keep_heads": 0.5, "keep_mlp": 0.3}}
@@ -174,7 +174,7 @@ def test_counts_match_measure_and_formula():
 
 
 def test_all_heads_and_channels_removed():
-    measure = pytest.importorskip("vitprune.measure")
+    from vitprune import measure
     model = tiny_vit()
     base_params = sum(p.numel() for p in model.parameters())
     bp.prune_to(model, 0.0, 0.0)
@@ -327,7 +327,7 @@ def test_masks_survive_state_dict_for_resume():
 
 @pytest.mark.parametrize("keep_heads", [0.5, 0.25])
 def test_keep_mlp_for_mac_ratio_reaches_the_ratio_tightly(keep_heads):
-    measure = pytest.importorskip("vitprune.measure")
+    from vitprune import measure
     model = deit_tiny()
     total = count(measure, model)["macs"]
     f = bp.keep_mlp_for_mac_ratio(model, 2.0, keep_heads, total_macs=total)
@@ -340,7 +340,7 @@ def test_keep_mlp_for_mac_ratio_reaches_the_ratio_tightly(keep_heads):
 
 
 def test_unreachable_mac_ratio_says_lower_keep_heads():
-    measure = pytest.importorskip("vitprune.measure")
+    from vitprune import measure
     model = deit_tiny()
     with pytest.raises(UserError, match="lower keep_heads"):
         bp.keep_mlp_for_mac_ratio(model, 3.0, 1.0, total_macs=count(measure, model)["macs"])
@@ -352,7 +352,7 @@ def test_unsupported_model_is_a_user_error():
 
 
 def _token_pruned_tiny():
-    tp = pytest.importorskip("vitprune.methods.token_pruning")
+    from vitprune.methods import token_pruning as tp
     model = tiny_vit()
     tp.attach(model, base_rate=0.7)
     return tp, model.eval()
@@ -392,7 +392,7 @@ def test_block_pruning_on_token_pruned_model():
 
 
 def test_taylor_on_token_pruned_model_uses_tokens_per_block():
-    measure = pytest.importorskip("vitprune.measure")
+    from vitprune import measure
     tp, model = _token_pruned_tiny()
     tokens = tp.tokens_per_block(model)
     assert tokens[-1] < tokens[0]

@@ -84,7 +84,8 @@ LAYERS = [
     ("vitprune.models",),
     ("vitprune.train", "vitprune.measure.export", "vitprune.measure.runtime_bench"),
     ("vitprune.study",),
-    ("vitprune.cli", "vitprune.__main__"),
+    ("vitprune.cli",),
+    ("vitprune.__main__",),
 ]
 
 

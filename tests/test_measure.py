@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,10 +18,6 @@ from vitprune.__main__ import main as cli
 from vitprune.errors import UserError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(f"vitprune.{module}") is not None
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +262,6 @@ def test_bench_cli_needs_a_variant(capsys):
     assert "nothing to compare" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not _has("token_pruning"), reason="vitprune.methods.token_pruning not written yet")
 def test_cli_token_pruning_variant(capsys):
     small = ["--img-size", "112", "--json"]  # 49 patches + CLS keeps the test fast
     assert cli(["measure", "deit_tiny_patch16_224", *small]) == 0
@@ -280,7 +274,6 @@ def test_cli_token_pruning_variant(capsys):
     assert info["params"] > base["params"]  # score predictors are counted
 
 
-@pytest.mark.skipif(not _has("token_pruning"), reason="vitprune.methods.token_pruning not written yet")
 def test_bench_cli_token_variant_json(capsys):
     argv = ["bench", "deit_tiny_patch16_224", "--img-size", "112", "--base-rate", "0.5",
             "--batch-size", "1",
@@ -293,8 +286,6 @@ def test_bench_cli_token_variant_json(capsys):
     assert res["mac_ratio"] > 1.5 and res["batch_size"] == 1
 
 
-@pytest.mark.skipif(not (_has("models") and _has("token_pruning")),
-                    reason="vitprune.models / token_pruning not written yet")
 def test_cli_checkpoint_path(capsys, tmp_path):
     from vitprune import models
     from vitprune.methods import token_pruning
@@ -316,7 +307,6 @@ def test_cli_checkpoint_path(capsys, tmp_path):
     assert res["variant_macs"] == expected["macs"] and res["mac_ratio"] > 1.3
 
 
-@pytest.mark.skipif(not _has("block_pruning"), reason="vitprune.methods.block_pruning not written yet")
 def test_cli_block_then_token_variant(capsys):
     argv = ["measure", "deit_tiny_patch16_224", "--keep-heads", "0.5", "--keep-mlp", "0.5",
             "--base-rate", "0.7", "--img-size", "112", "--json"]

@@ -93,8 +93,7 @@ def test_pretrained_without_hub_suggests_checkpoint(monkeypatch):
 
 
 def test_pruned_checkpoint_rebuilds_spec_and_token_pruning(tmp_path):
-    block_pruning = pytest.importorskip("vitprune.methods.block_pruning")
-    token_pruning = pytest.importorskip("vitprune.methods.token_pruning")
+    from vitprune.methods import block_pruning, token_pruning
     torch.manual_seed(0)
     model = models.create_model("vit_fmnist")
     model = block_pruning.prune_to(model, keep_heads=0.5, keep_mlp=0.5)

@@ -19,8 +19,9 @@ from typing import Any
 import timm
 from torch import nn
 
-from vitprune import (block_pruning, measure, merging, models, pruning_state, runtime_bench, token_pruning,
-                      training_free)
+from vitprune import measure, models
+from vitprune.measure import runtime_bench
+from vitprune.methods import block_pruning, merging, pruning_state, token_pruning, training_free
 from vitprune.errors import UserError
 
 
