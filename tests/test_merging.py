@@ -70,7 +70,7 @@ def test_bipartite_merge_keeps_mass_and_merges_duplicates_first():
     x = torch.randn(2, 1 + 8, 4)
     x[:, 3] = x[:, 4]  # patch tokens 2 (set A) and 3 (set B) are identical
     size = torch.ones(2, 9, 1)
-    merged, new_size = merging.bipartite_merge(x, size, x, r=1, prefix=1)
+    merged, new_size, _ = merging.bipartite_merge(x, size, x, r=1, prefix=1)
     assert merged.shape == (2, 8, 4) and new_size.sum(dim=1).flatten().tolist() == [9.0, 9.0]
     torch.testing.assert_close((merged * new_size).sum(dim=1), (x * size).sum(dim=1))
     assert torch.equal(merged[:, 0], x[:, 0])  # CLS untouched, first

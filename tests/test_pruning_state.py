@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitprune import models
-from vitprune.methods import block_pruning, pruning_state, token_pruning, training_free
+from vitprune.methods import block_pruning, merging, pruning_state, token_pruning, training_free
 
 LOCS = (1, 2, 3)
 
@@ -35,6 +35,10 @@ def _free(model):
     return training_free.apply(model, base_rate=0.6, locations=LOCS)
 
 
+def _merge(model):
+    return merging.apply(model, r=2)
+
+
 KINDS = {
     "baseline": [],
     "dynamicvit": [_token],
@@ -44,6 +48,8 @@ KINDS = {
     "block_removed+dynamicvit": [_removed, _token],
     "block_masked+dynamicvit": [_masked, _token],
     "block_removed+training_free": [_removed, _free],
+    "merging": [_merge],
+    "block_removed+merging": [_removed, _merge],
 }
 
 
@@ -71,7 +77,7 @@ def test_every_pruned_kind_round_trips_with_equal_logits(kind, tmp_path):
 def test_snapshot_reads_what_the_pruners_write():
     model = _base()
     assert pruning_state.snapshot(model) == {"block_spec": None, "block_masks": False,
-                                             "token_pruning": None, "training_free": None}
+                                             "token_pruning": None, "training_free": None, "merging": None}
     _masked(model)
     assert pruning_state.has_block_masks(model) and pruning_state.snapshot(model)["block_masks"]
     block_pruning.remove(model)

@@ -33,7 +33,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vitprune import torchutil
 from vitprune.errors import UserError
-from vitprune.methods import block_pruning, pruning_state, token_pruning, training_free
+from vitprune.methods import block_pruning, merging, pruning_state, token_pruning, training_free
 from vitprune.torchutil import torch_load, unwrap
 
 CHECKPOINT_FORMAT = "vitprune/1"
@@ -303,8 +303,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     """Rebuild a saved model: base model from name/kwargs, then (in `pruning_state.KINDS`
-    order) the removed block widths, the block-pruning gates, DynamicViT token pruning and
-    training-free token pruning, then the strict state dict (gate values included).
+    order) the removed block widths, the block-pruning gates, DynamicViT token pruning,
+    training-free token pruning and ToMe merging, then the strict state dict (gate values included).
     Returned in eval mode on the CPU."""
     ckpt = read_checkpoint(path)
     model = create_model(ckpt["model_name"], pretrained=False, **dict(ckpt.get("model_kwargs") or {}))
@@ -316,5 +316,7 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
         token_pruning.attach(model, **ckpt["token_pruning"])
     if ckpt.get("training_free") is not None:
         training_free.apply(model, **ckpt["training_free"])
+    if ckpt.get("merging") is not None:
+        merging.apply(model, **ckpt["merging"])
     load_weights(model, ckpt["state_dict"], source=str(path))
     return model.eval()

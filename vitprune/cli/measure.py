@@ -20,9 +20,9 @@ import timm
 from torch import nn
 
 from vitprune import measure, models
-from vitprune.measure import runtime_bench
-from vitprune.methods import block_pruning, merging, pruning_state, token_pruning, training_free
 from vitprune.errors import UserError
+from vitprune.measure import runtime_bench
+from vitprune.methods import block_pruning, merging, pruning_state, reducers, token_pruning, training_free
 
 
 # --------------------------------------------------------------------------------------
@@ -264,15 +264,10 @@ def _describe(model: nn.Module, args: argparse.Namespace, opts: dict[str, Any],
     state = pruning_state.snapshot(model)
     if state["block_spec"] is not None:
         info["block_spec"] = state["block_spec"]
-    if state["token_pruning"]:
-        info["token_pruning"] = state["token_pruning"]
-        info["tokens_per_block"] = token_pruning.tokens_per_block(model)
-    if state["training_free"]:
-        info["training_free"] = state["training_free"]
-        info["tokens_per_block"] = training_free.tokens_per_block(model)
-    if getattr(model, merging.CONFIG_ATTR, None) is not None:
-        info["merging"] = merging.describe(model)
-        info["tokens_per_block"] = merging.tokens_per_block(model)
+    reducer = reducers.attached(model)
+    if reducer is not None:
+        info[reducer.state_key] = state[reducer.state_key]
+        info["tokens_per_block"] = reducer.tokens_per_block(model)
     return info
 
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import merging, pruning_state
+from vitprune.methods import pruning_state, reducers
 from vitprune.torchutil import unwrap
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -50,8 +50,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 TRACE_BATCH = 2  # not 1: a tracer must not see a broadcastable batch dimension
 # attributes the pruning modules set on a patched model
-KIND_ATTRS = (("block", pruning_state.BLOCK_SPEC_ATTR), ("dynamicvit", pruning_state.TOKEN_ATTR),
-              ("training_free", pruning_state.TRAINING_FREE_ATTR), ("merging", merging.CONFIG_ATTR))
+KIND_ATTRS = (("block", pruning_state.BLOCK_SPEC_ATTR), *((r.name, r.state_attr) for r in reducers.REDUCERS.values()))
 
 
 def model_kind(model: nn.Module) -> str:

@@ -45,7 +45,7 @@ from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, vit_ops
 
-CONFIG_ATTR = "vitprune_merging"
+CONFIG_ATTR = pruning_state.MERGING_ATTR  # where apply() records its config (read via pruning_state)
 
 
 # ---------------------------------------------------------------- schedule
@@ -221,12 +221,15 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
 
 
 def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
-                    prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    prefix: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge r of the patch tokens of x [B, T, C] (sizes [B, T, 1], similarity features metric
     [B, T, d]) by bipartite soft matching; prefix tokens stay first and untouched. Returns the
-    merged tokens [B, T - r, C] and their sizes."""
+    merged tokens [B, T - r, C], their sizes, and for each merged patch token the position (among
+    the T - prefix patch tokens it came from) of the token it continues: merged-away tokens have
+    none (what `kept_token_masks` follows)."""
     if r <= 0:
-        return x, size
+        n = x.shape[1] - prefix
+        return x, size, torch.arange(n, device=x.device).expand(x.shape[0], n)
     B, _, C = x.shape
     patches, psize = x[:, prefix:], size[:, prefix:]
     with torch.no_grad():  # which tokens merge is a discrete choice: no gradient through it
@@ -247,15 +250,19 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     kept_a = xa.gather(1, stay.unsqueeze(-1).expand(-1, -1, C))
     size_a = sa.gather(1, stay.unsqueeze(-1))
     merged = torch.cat([x[:, :prefix], kept_a, weighted_b / size_b], dim=1)
-    return merged, torch.cat([size[:, :prefix], size_a, size_b], dim=1)
+    continues = torch.cat([2 * stay, 2 * torch.arange(xb.shape[1], device=x.device).expand(B, -1) + 1], dim=1)
+    return merged, torch.cat([size[:, :prefix], size_a, size_b], dim=1), continues
 
 
-def merged_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def merged_features(model: nn.Module, images: torch.Tensor, record: bool = False):
     """The merging forward: normed tokens after the last block [B, T_last, C]. Blocks before the
-    first merge run timm's own forward (so r = 0 everywhere is the unmodified model exactly)."""
+    first merge run timm's own forward (so r = 0 everywhere is the unmodified model exactly).
+    With `record`, also the original patch index each token continues, after every merging block."""
     x = vit_ops.embed(model, images)
     prefix = model.num_prefix_tokens
     counts = merge_counts(model, x.shape[1] - prefix)
+    origin = torch.arange(x.shape[1] - prefix, device=x.device).expand(x.shape[0], -1)
+    kept = []
     size = None  # all ones until the first merge
     for blk, r in zip(model.blocks, counts):
         if size is None and r == 0:
@@ -268,9 +275,21 @@ def merged_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if r > 0:
             if size is None:
                 size = x.new_ones(x.shape[0], x.shape[1], 1)
-            x, size = bipartite_merge(x, size, metric, r, prefix)
+            x, size, continues = bipartite_merge(x, size, metric, r, prefix)
+            origin = origin.gather(1, continues)
+            if record:
+                kept.append(origin.clone())
         x = x + dp2(ls2(blk.mlp(blk.norm2(x))))
-    return model.norm(x)
+    return (model.norm(x), kept) if record else model.norm(x)
+
+
+@torch.no_grad()
+def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and, after each block that merges, a bool mask [B, N] over the original patch grid of
+    the patches whose own token still exists (the others were merged into one of them)."""
+    feats, kept = merged_features(model, images, record=True)
+    logits = model.forward_head(feats)
+    return logits, vit_ops.patch_masks(kept, int(model.patch_embed.num_patches))
 
 
 class _MergingMixin:

@@ -25,12 +25,13 @@ from vitprune.torchutil import unwrap
 
 TOKEN_ATTR = "vitprune_token_pruning"
 TRAINING_FREE_ATTR = "vitprune_training_free"
+MERGING_ATTR = "vitprune_merging"
 BLOCK_SPEC_ATTR = "vitprune_block_spec"
 MASK = "vitprune_unit_mask"  # buffer on attn.proj / mlp.fc2 (and attn.norm / mlp.norm): 1 keep, 0 pruned
 ALIVE = "vitprune_branch_alive"  # scalar buffer on attn.proj / mlp.fc2: 0 once every unit is pruned
 
 # keys of snapshot(), in the order load_checkpoint re-applies them
-KINDS = ("block_spec", "block_masks", "token_pruning", "training_free")
+KINDS = ("block_spec", "block_masks", "token_pruning", "training_free", "merging")
 
 
 def token(model: nn.Module) -> dict[str, Any] | None:
@@ -51,6 +52,11 @@ def set_training_free(model: nn.Module, cfg: dict[str, Any]) -> None:
     setattr(unwrap(model), TRAINING_FREE_ATTR, cfg)
 
 
+def merging(model: nn.Module) -> dict[str, Any] | None:
+    """ToMe merging config of `model` ({"r": [merges per block]}; None: not applied)."""
+    return getattr(unwrap(model), MERGING_ATTR, None)
+
+
 def block_spec(model: nn.Module) -> list[dict[str, int]] | None:
     """Per-block widths recorded when heads/channels were removed (None: nothing removed)."""
     return getattr(unwrap(model), BLOCK_SPEC_ATTR, None)
@@ -67,17 +73,18 @@ def has_block_masks(model: nn.Module) -> bool:
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
     """Every kind of pruning state of `model` as plain values (copies), keyed by `KINDS`:
-    block_spec (list or None), block_masks (bool), token_pruning / training_free (dict or None)."""
-    spec, tok, free = block_spec(model), token(model), training_free(model)
+    block_spec (list or None), block_masks (bool), token_pruning / training_free / merging (dict or None)."""
+    spec, tok, free, merge = block_spec(model), token(model), training_free(model), merging(model)
     return {
         "block_spec": [dict(s) for s in spec] if spec is not None else None,
         "block_masks": has_block_masks(model),
         "token_pruning": copy.deepcopy(dict(tok)) if tok is not None else None,
         "training_free": copy.deepcopy(dict(free)) if free is not None else None,
+        "merging": copy.deepcopy(dict(merge)) if merge is not None else None,
     }
 
 
 def is_pruned(model: nn.Module) -> bool:
-    """True if any pruning (token, training-free, block masks or removal) is applied."""
+    """True if any pruning (token, training-free, merging, block masks or removal) is applied."""
     state = snapshot(model)
     return bool(state["block_masks"]) or any(state[k] is not None for k in KINDS if k != "block_masks")

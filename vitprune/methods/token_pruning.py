@@ -50,7 +50,7 @@ from vitprune.torchutil import unwrap
 # attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
 # vit_ops (shared with training_free) and stay importable from here
 from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
-                              masked_attention, masked_block, mixed_class, tokens_entering_blocks)
+                              masked_attention, masked_block, mixed_class, patch_masks, tokens_entering_blocks)
 
 SCHEDULES = param_rules.CHOICES["schedule"]
 DEFAULT_LOCATIONS = (3, 6, 9)
@@ -457,12 +457,7 @@ def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tens
         logits = bare.forward_head(feats)
     finally:
         bare.train(was_training)
-    n = _num_patches_of(bare, images)
-    masks = []
-    for idx in kept:
-        mask = torch.zeros(images.shape[0], n, dtype=torch.bool, device=images.device)
-        masks.append(mask.scatter_(1, idx, True))
-    return logits, masks
+    return logits, patch_masks(kept, _num_patches_of(bare, images))
 
 
 def _num_patches_of(model: nn.Module, images: torch.Tensor) -> int:

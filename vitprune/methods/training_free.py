@@ -157,10 +157,7 @@ def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tens
     """Logits and, per stage, a bool mask [B, N] over the original patch grid of the kept tokens."""
     feats, kept = pruned_features(model, images, record=True)
     logits = model.forward_head(feats)
-    n = int(model.patch_embed.num_patches)
-    masks = [torch.zeros(images.shape[0], n, dtype=torch.bool, device=images.device).scatter_(1, idx, True)
-             for idx in kept]
-    return logits, masks
+    return logits, vit_ops.patch_masks(kept, int(model.patch_embed.num_patches))
 
 
 class _TrainingFreeMixin:

@@ -154,3 +154,10 @@ def mixed_class(mixin: type, base: type, prefix: str, module) -> type:
         setattr(module, name, cls)
         _CLASSES[(mixin, base)] = cls
     return _CLASSES[(mixin, base)]
+
+
+def patch_masks(kept: list[torch.Tensor], num_patches: int) -> list[torch.Tensor]:
+    """Bool masks [B, num_patches] over the original patch grid, one per entry of `kept` (each
+    [B, k] original patch indices still carrying their own token): what kept_token_masks return."""
+    return [torch.zeros(idx.shape[0], num_patches, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
+            for idx in kept]
