@@ -11,7 +11,7 @@ Wang et al. 2022 apply to DeiT). Three stages:
    Gates are forward hooks plus a buffer, so state-dict key names stay timm's and any code
    that calls `attn.proj` / `mlp.fc2` (e.g. DynamicViT's masked attention) is gated too.
    A block whose gates are all closed drops its whole branch (bias included): its output
-   is zero and the residual carries the tokens through.
+   is zero and the residual carries the tokens through. The gates are `block_masks`.
 2. **Importance and schedule.** Importance of a head (channel) is the first-order Taylor
    estimate of the loss change when its gate closes, |dL/dξ| = |Σ_{tokens, j ∈ unit} x_j
    ∂L/∂x_j| = |Σ_{i, j ∈ unit} W_ij ∂L/∂W_ij| over the columns of `proj` (`fc2`) that read
@@ -51,190 +51,15 @@ from vitprune import param_rules
 from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, token_pruning
+# the gates (stage 1) live in block_masks; MASK / ALIVE, block_spec and the mask functions are part of this
+# method's interface and stay importable from here
+from vitprune.methods.block_masks import (ALIVE, MASK, attach_masks, block_spec, detach_masks,  # noqa: F401
+                                          get_masks, has_masks, num_channels, num_heads, set_masks, vit_blocks)
 from vitprune.methods.block_removal import NoAttention, NoMlp, shrink_attention, shrink_mlp
 from vitprune.torchutil import logits, unwrap
 
-MASK, ALIVE = pruning_state.MASK, pruning_state.ALIVE  # gate buffer names (pruning_state reads them)
-
 IMPORTANCE = param_rules.CHOICES["importance"]
 SCOPES = param_rules.CHOICES["scope"]
-
-
-# --------------------------------------------------------------------------- geometry
-
-def _blocks(model: nn.Module) -> Sequence[nn.Module]:
-    model = unwrap(model)
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise UserError(
-            f"{type(model).__name__} has no `blocks`; block pruning works on timm "
-            "VisionTransformer-style models (model.blocks[i].attn / .mlp)")
-    for i, blk in enumerate(blocks):
-        attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
-        if not isinstance(attn, (Attention, NoAttention)):
-            raise UserError(
-                f"block {i}: attention is {type(attn).__name__}, not timm's Attention; "
-                "block pruning supports timm ViT/DeiT blocks (timm.layers.Attention + Mlp)")
-        if not isinstance(mlp, (Mlp, NoMlp)) or (isinstance(mlp, Mlp) and not isinstance(mlp.fc1, nn.Linear)):
-            raise UserError(
-                f"block {i}: MLP is {type(mlp).__name__}, not timm's Linear Mlp; "
-                "block pruning supports timm ViT/DeiT blocks (timm.layers.Attention + Mlp)")
-    return blocks
-
-
-def _num_heads(attn: nn.Module) -> int:
-    return int(attn.num_heads)
-
-
-def _num_channels(mlp: nn.Module) -> int:
-    return 0 if isinstance(mlp, NoMlp) else int(mlp.fc1.out_features)
-
-
-def block_spec(model: nn.Module) -> list[dict]:
-    """Current per-block widths: `[{"heads": h, "mlp": m}, ...]`."""
-    return [{"heads": _num_heads(b.attn), "mlp": _num_channels(b.mlp)} for b in _blocks(model)]
-
-
-# --------------------------------------------------------------------------- masks
-
-def _gate_input(module: nn.Module, args):
-    # forward pre-hook: zero the input slices of pruned units
-    return (args[0] * getattr(module, MASK),) + tuple(args[1:])
-
-
-def _gate_branch(module: nn.Module, args, out):
-    # forward hook: the whole branch (bias included) vanishes once every unit is pruned
-    return out * getattr(module, ALIVE)
-
-
-def _masked_layer_norm(module: nn.Module, args, out):
-    """LayerNorm over a pruned width: statistics over kept channels only, so that the
-    masked model equals the model with those channels removed."""
-    m = getattr(module, MASK)
-    if bool(m.all()):
-        return out
-    x = args[0]
-    keep = m.sum().clamp_min(1.0)
-    mean = (x * m).sum(-1, keepdim=True) / keep
-    var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / keep
-    y = (x - mean) * torch.rsqrt(var + module.eps)
-    if module.weight is not None:
-        y = y * module.weight
-    if module.bias is not None:
-        y = y + module.bias
-    return y * m
-
-
-_HOOKS = (_gate_input, _gate_branch, _masked_layer_norm)
-
-
-def _check_norm(norm: nn.Module, where: str) -> bool:
-    """True if `norm` normalises over the prunable width and needs masking."""
-    if isinstance(norm, nn.Identity):
-        return False
-    if isinstance(norm, nn.LayerNorm):
-        return True
-    raise UserError(f"{where} is {type(norm).__name__}; block pruning handles only "
-                    "Identity or LayerNorm between the pruned layers")
-
-
-def _add_mask(module: nn.Module, width: int, pre=None, post=None, alive: bool = False) -> None:
-    p = next(module.parameters(), None)
-    kw = {"device": p.device if p is not None else None, "dtype": p.dtype if p is not None else None}
-    if not hasattr(module, MASK):
-        module.register_buffer(MASK, torch.ones(width, **kw))
-        if alive:
-            module.register_buffer(ALIVE, torch.ones((), **kw))
-        if pre is not None:
-            module.register_forward_pre_hook(pre)
-        if post is not None:
-            module.register_forward_hook(post)
-
-
-def attach_masks(model: nn.Module) -> nn.Module:
-    """Install (all-open) head and channel gates on every block; idempotent.
-
-    The masks are persistent buffers, so a training checkpoint of the masked model holds
-    them and `models.load_checkpoint` reinstalls the gates before loading it)."""
-    for i, blk in enumerate(_blocks(model)):
-        attn, mlp = blk.attn, blk.mlp
-        if isinstance(attn, Attention):
-            if attn.gate is not None and not isinstance(attn.gate, nn.Linear):
-                raise UserError(f"block {i}: unsupported attention gate {type(attn.gate).__name__}")
-            _add_mask(attn.proj, attn.attn_dim, pre=_gate_input, post=_gate_branch, alive=True)
-            if _check_norm(attn.norm, f"block {i} attn.norm"):
-                _add_mask(attn.norm, attn.attn_dim, post=_masked_layer_norm)
-        if isinstance(mlp, Mlp):
-            _add_mask(mlp.fc2, mlp.fc1.out_features, pre=_gate_input, post=_gate_branch, alive=True)
-            if _check_norm(mlp.norm, f"block {i} mlp.norm"):
-                _add_mask(mlp.norm, mlp.fc1.out_features, post=_masked_layer_norm)
-    return model
-
-
-def detach_masks(model: nn.Module) -> nn.Module:
-    """Remove every gate hook and mask buffer (the weights are left untouched)."""
-    for mod in unwrap(model).modules():
-        for hooks in (mod._forward_pre_hooks, mod._forward_hooks):
-            for key in [k for k, fn in hooks.items() if fn in _HOOKS]:
-                del hooks[key]
-        for name in (MASK, ALIVE):
-            if name in mod._buffers:
-                del mod._buffers[name]
-    return model
-
-
-def has_masks(model: nn.Module) -> bool:
-    """True if gates are installed (the model is in its masked, not yet removed, form)."""
-    return any(hasattr(getattr(b.attn, "proj", None), MASK) or hasattr(getattr(b.mlp, "fc2", None), MASK)
-               for b in _blocks(model))
-
-
-def get_masks(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Boolean keep masks per block: (heads [num_heads], mlp channels [hidden])."""
-    heads, chans = [], []
-    for blk in _blocks(model):
-        attn, mlp = blk.attn, blk.mlp
-        if isinstance(attn, NoAttention):
-            heads.append(torch.zeros(0, dtype=torch.bool))
-        elif hasattr(attn.proj, MASK):
-            heads.append(getattr(attn.proj, MASK).detach().view(attn.num_heads, attn.head_dim)[:, 0].cpu() > 0)
-        else:
-            heads.append(torch.ones(attn.num_heads, dtype=torch.bool))
-        if isinstance(mlp, NoMlp):
-            chans.append(torch.zeros(0, dtype=torch.bool))
-        elif hasattr(mlp.fc2, MASK):
-            chans.append(getattr(mlp.fc2, MASK).detach().cpu() > 0)
-        else:
-            chans.append(torch.ones(mlp.fc1.out_features, dtype=torch.bool))
-    return heads, chans
-
-
-@torch.no_grad()
-def set_masks(model: nn.Module, heads: Sequence[torch.Tensor], mlp: Sequence[torch.Tensor]) -> None:
-    """Set the keep masks (bool or 0/1 tensors per block); installs gates if needed."""
-    blocks = _blocks(model)
-    if len(heads) != len(blocks) or len(mlp) != len(blocks):
-        raise UserError(f"got masks for {len(heads)}/{len(mlp)} blocks, the model has {len(blocks)}")
-    attach_masks(model)
-    for i, blk in enumerate(blocks):
-        attn, m = blk.attn, blk.mlp
-        if isinstance(attn, Attention):
-            hm = torch.as_tensor(heads[i]).flatten()
-            if hm.numel() != attn.num_heads:
-                raise UserError(f"block {i}: head mask has {hm.numel()} entries, the block has {attn.num_heads} heads")
-            full = hm.to(attn.proj.weight).repeat_interleave(attn.head_dim)
-            getattr(attn.proj, MASK).copy_(full)
-            getattr(attn.proj, ALIVE).fill_(float(bool(hm.any())))
-            if hasattr(attn.norm, MASK):
-                getattr(attn.norm, MASK).copy_(full)
-        if isinstance(m, Mlp):
-            cm = torch.as_tensor(mlp[i]).flatten()
-            if cm.numel() != m.fc1.out_features:
-                raise UserError(f"block {i}: MLP mask has {cm.numel()} entries, the block has {m.fc1.out_features} channels")
-            getattr(m.fc2, MASK).copy_(cm.to(m.fc2.weight))
-            getattr(m.fc2, ALIVE).fill_(float(bool(cm.any())))
-            if hasattr(m.norm, MASK):
-                getattr(m.norm, MASK).copy_(cm.to(m.fc2.weight))
 
 
 # --------------------------------------------------------------------------- importance
@@ -243,7 +68,7 @@ def set_masks(model: nn.Module, heads: Sequence[torch.Tensor], mlp: Sequence[tor
 def magnitude_importance(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """L2 norm of all weights coupled to each head / MLP channel (data-free criterion)."""
     heads, chans = [], []
-    for blk in _blocks(model):
+    for blk in vit_blocks(model):
         attn, mlp = blk.attn, blk.mlp
         if isinstance(attn, Attention):
             h, d = attn.num_heads, attn.head_dim
@@ -272,7 +97,7 @@ def taylor_scores_from_grads(model: nn.Module) -> tuple[list[torch.Tensor], list
     unit — Molchanov et al. 2019 eq. 8 applied to a group, Michel et al. 2019 eq. 2.
     Units with no gradient (already pruned, or no backward yet) score 0."""
     heads, chans = [], []
-    for blk in _blocks(model):
+    for blk in vit_blocks(model):
         attn, mlp = blk.attn, blk.mlp
         if isinstance(attn, Attention):
             w = attn.proj.weight
@@ -477,7 +302,7 @@ class GradualPruner:
 # --------------------------------------------------------------------------- removal
 
 def _shrink(model: nn.Module, heads: Sequence[torch.Tensor], chans: Sequence[torch.Tensor]) -> nn.Module:
-    blocks = _blocks(model)
+    blocks = vit_blocks(model)
     for blk, h, c in zip(blocks, heads, chans):
         if isinstance(blk.attn, Attention):
             blk.attn = shrink_attention(blk.attn, torch.nonzero(h.cpu()).flatten())
@@ -512,7 +337,7 @@ def apply_spec(model: nn.Module, spec: Sequence[dict]) -> nn.Module:
     """Rebuild the layer shapes of a pruned model from its spec (in place), so that a pruned
     state dict loads. Keeps the first h heads / m channels; the weights are meant to be
     overwritten by `load_state_dict`."""
-    blocks = _blocks(model)
+    blocks = vit_blocks(model)
     if not isinstance(spec, (list, tuple)) or len(spec) != len(blocks):
         n = len(spec) if isinstance(spec, (list, tuple)) else type(spec).__name__
         raise UserError(f"block spec has {n} entries but the model has {len(blocks)} blocks; "
@@ -521,7 +346,7 @@ def apply_spec(model: nn.Module, spec: Sequence[dict]) -> nn.Module:
     for i, (blk, s) in enumerate(zip(blocks, spec)):
         if not isinstance(s, dict) or set(s) != {"heads", "mlp"}:
             raise UserError(f"block spec entry {i} must be {{'heads': int, 'mlp': int}}, got {s!r}")
-        nh, nm = _num_heads(blk.attn), _num_channels(blk.mlp)
+        nh, nm = num_heads(blk.attn), num_channels(blk.mlp)
         h, m = s["heads"], s["mlp"]
         for name, val, cur in (("heads", h, nh), ("mlp", m, nm)):
             if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val <= cur:
@@ -537,7 +362,7 @@ def apply_spec(model: nn.Module, spec: Sequence[dict]) -> nn.Module:
 def _tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens (CLS and other prefix tokens included) entering each block at batch 1."""
     model = unwrap(model)
-    blocks = _blocks(model)
+    blocks = vit_blocks(model)
     if pruning_state.token(model):
         return [int(n) for n in token_pruning.tokens_per_block(model)]
     n = int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 1))
@@ -548,7 +373,7 @@ def block_macs(model: nn.Module) -> int:
     """MACs of the prunable part (qkv, attention matmuls, proj, fc1, fc2) per image."""
     total = 0
     dim = None
-    for blk, n in zip(_blocks(model), _tokens_per_block(model)):
+    for blk, n in zip(vit_blocks(model), _tokens_per_block(model)):
         attn, mlp = blk.attn, blk.mlp
         if isinstance(attn, Attention):
             dim, a = attn.qkv.in_features, attn.attn_dim
@@ -576,13 +401,13 @@ def keep_mlp_for_mac_ratio(model: nn.Module, target_mac_ratio: float, keep_heads
         total_macs = int(measure.count(bare, img_size=tuple(bare.patch_embed.img_size))["macs"])
     fixed = total_macs - block_macs(model)
     heads_macs, mlp_geo = 0, []
-    for blk, n in zip(_blocks(model), _tokens_per_block(model)):
+    for blk, n in zip(vit_blocks(model), _tokens_per_block(model)):
         attn, mlp = blk.attn, blk.mlp
         if isinstance(attn, Attention):  # per head: its q, k, v rows, q.k^T and attn.v, its proj columns
             per_head = attn.head_dim * (n * attn.qkv.in_features * 3 + 2 * n * n + n * attn.proj.out_features)
-            heads_macs += keep_count(keep_heads, _num_heads(attn), min_heads) * per_head
+            heads_macs += keep_count(keep_heads, num_heads(attn), min_heads) * per_head
         per_chan = n * (mlp.fc1.in_features + mlp.fc2.out_features) if isinstance(mlp, Mlp) else 0
-        mlp_geo.append((_num_channels(mlp), per_chan))
+        mlp_geo.append((num_channels(mlp), per_chan))
     best = None
     for k in range(1001):
         f = k / 1000
@@ -631,7 +456,7 @@ def widths_for_mac_ratio(model: nn.Module, target_mac_ratio: float, keep_heads: 
     channel left, one head per block fewer at a time (vit_fmnist: 2 of 4 heads reach at most
     ~2.7x, so a 3x sweep point keeps 1 head and a wider MLP)."""
     heads = _check_fraction("keep_heads", keep_heads)
-    most = max(_num_heads(blk.attn) for blk in _blocks(model))
+    most = max(num_heads(blk.attn) for blk in vit_blocks(model))
     while True:
         try:
             return heads, keep_mlp_for_mac_ratio(model, target_mac_ratio, heads, total_macs=total_macs,
