@@ -27,15 +27,15 @@ Units and conventions
 - `tokens_per_block` counts the tokens entering each block *including* the prefix tokens.
 - MACs are counted elsewhere (`vitprune.measure.count`, eval mode = gathered model).
 - Official-layout checkpoint files: `vitprune.methods.dynamicvit_io`; the timm ViT pieces shared with
-  `training_free` (checks, embedding, attention halves, masked attention): `vitprune.methods.vit_ops`.
+  `training_free` (checks, embedding, attention halves, masked attention): `vitprune.methods.vit_ops`;
+  the keep schedule (ratios, counts, the recorded config): `vitprune.methods.token_schedule`; the
+  training loss and the side outputs it reads: `vitprune.methods.dynamicvit_loss`.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 import torch
@@ -47,93 +47,18 @@ from vitprune import param_rules
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state
 from vitprune.torchutil import unwrap
+# the keep schedule (token_schedule, shared with training_free) and the training objective (dynamicvit_loss)
+# are part of this method's interface and stay importable from here
+from vitprune.methods.dynamicvit_loss import TrainAux, make_loss_fn, pop_aux  # noqa: F401
+from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, LINEAR_STEP, SCHEDULES, keep_counts,  # noqa: F401
+                                             recorded_keep_counts, schedule_config, schedule_ratios)
 # attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
 # vit_ops (shared with training_free) and stay importable from here
 from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
                               masked_attention, masked_block, mixed_class, patch_masks, tokens_entering_blocks)
 
-SCHEDULES = param_rules.CHOICES["schedule"]
-DEFAULT_LOCATIONS = (3, 6, 9)
-LINEAR_STEP = 0.2  # the study's text: keep b, b - 0.2, b - 0.4 at blocks 3, 6, 9
 CONFIG_ATTR = pruning_state.TOKEN_ATTR  # where attach() records its config (read via pruning_state)
 PREDICTOR_ATTR = "score_predictor"
-
-
-# ---------------------------------------------------------------- schedules and counts
-
-
-def schedule_ratios(base_rate: float | None, schedule: str = "geometric",
-                    keep_ratios: Sequence[float] | None = None,
-                    num_stages: int = len(DEFAULT_LOCATIONS)) -> list[float]:
-    """Cumulative keep ratio of patch tokens after each pruning stage.
-
-    geometric: rho, rho^2, rho^3, ... (official main_dynamic_vit.py: KEEP_RATE = [b, b**2, b**3]);
-    linear:    b, b - 0.2, b - 0.4, ... (what the study's section 4.1 describes);
-    explicit:  `keep_ratios` as given (one per stage).
-    Ratios below 0 (linear at small b) are returned as they are; `keep_counts` judges them.
-    """
-    if schedule not in SCHEDULES:
-        raise UserError(f"unknown token-pruning schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
-    if num_stages < 1:
-        raise UserError("token pruning needs at least one pruning location; pass e.g. locations=(3, 6, 9)")
-    if schedule == "explicit":
-        if keep_ratios is None:
-            raise UserError("schedule 'explicit' needs keep_ratios, one per pruning location (e.g. 0.7,0.5,0.3)")
-        ratios = [float(r) for r in keep_ratios]
-        if len(ratios) != num_stages:
-            raise UserError(f"keep_ratios has {len(ratios)} values but there are {num_stages} pruning "
-                            f"locations; give one ratio per location")
-    else:
-        if keep_ratios is not None:
-            raise UserError(f"keep_ratios is only used by schedule 'explicit', not {schedule!r}; "
-                            f"drop it or pass schedule='explicit'")
-        if base_rate is None or isinstance(base_rate, bool) or not isinstance(base_rate, (int, float)):
-            raise UserError(f"base_rate must be a number in (0, 1], got {base_rate!r}")
-        if not 0.0 < base_rate <= 1.0:
-            raise UserError(f"base_rate must be in (0, 1], got {base_rate}")
-        if schedule == "geometric":
-            ratios = [float(base_rate) ** (s + 1) for s in range(num_stages)]
-        else:
-            ratios = [float(base_rate) - LINEAR_STEP * s for s in range(num_stages)]
-    for s, r in enumerate(ratios):
-        if not r <= 1.0 or math.isnan(r):
-            raise UserError(f"keep ratio {r} at stage {s} is above 1; ratios are fractions of the patch tokens")
-    for s in range(1, len(ratios)):
-        if ratios[s] > ratios[s - 1] + 1e-12:
-            raise UserError(f"keep ratios must not increase from stage to stage (a dropped token never "
-                            f"comes back), got {ratios}")
-    return [round(r, 12) for r in ratios]
-
-
-def _floor_count(num_patches: int, ratio: float) -> int:
-    """floor(N * ratio) on the ratio rounded to 12 decimals (exact rational arithmetic)."""
-    if ratio <= 0:
-        return 0
-    return math.floor(Fraction(repr(round(ratio, 12))) * num_patches)
-
-
-def keep_counts(num_patches: int, base_rate: float | None = None, schedule: str = "geometric",
-                keep_ratios: Sequence[float] | None = None,
-                locations: Sequence[int] = DEFAULT_LOCATIONS,
-                allow_empty_stage: bool = False) -> list[int]:
-    """Patch tokens (CLS excluded) kept after each pruning stage, out of `num_patches`.
-
-    A stage that keeps no patch token is an error unless `allow_empty_stage` (which reproduces
-    the study's degenerate DyViT/0.4 row: linear schedule, block 9 sees only CLS).
-    """
-    if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
-        raise UserError(f"num_patches must be a positive int, got {num_patches!r}")
-    locations = check_locations(locations)
-    ratios = schedule_ratios(base_rate, schedule, keep_ratios, len(locations))
-    counts = [_floor_count(num_patches, r) for r in ratios]
-    for s, (count, ratio) in enumerate(zip(counts, ratios)):
-        if count == 0 and not allow_empty_stage:
-            raise UserError(
-                f"stage {s} (before block {locations[s]}) keeps 0 of {num_patches} patch tokens: "
-                f"{schedule} schedule gives keep ratio {ratio:g} and floor({num_patches} x {ratio:g}) = 0; "
-                f"raise base_rate, use schedule='geometric', or set allow_empty_stage (--allow-empty-stage) to run "
-                f"those blocks on CLS alone (the study's degenerate row)")
-    return counts
 
 
 # ---------------------------------------------------------------- the score predictor
@@ -222,10 +147,7 @@ def config(model: nn.Module) -> dict[str, Any]:
 def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
     """Keep counts (patch tokens, CLS excluded) of an attached model for `num_patches` inputs."""
     model = unwrap(model)
-    cfg = config(model)
-    n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
-    return keep_counts(n, cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], cfg["locations"],
-                       cfg["allow_empty_stage"])
+    return recorded_keep_counts(model, config(model), num_patches)
 
 
 def tokens_per_block(model: nn.Module) -> list[int]:
@@ -289,18 +211,6 @@ def set_decision_mode(model: nn.Module, mode: str) -> None:
 # ---------------------------------------------------------------- forwards
 
 
-@dataclass
-class TrainAux:
-    """Side outputs of the training-mode forward that the DynamicViT losses need."""
-
-    decisions: list[torch.Tensor]  # per stage, [B, N] cumulative hard keep decisions (with ST gradient)
-    target_ratios: list[float]     # per stage, keep_count / N (what inference keeps)
-    tokens: torch.Tensor           # [B, N, C] final normed patch tokens
-    mask: torch.Tensor             # [B, N] final keep mask, detached
-    num_prefix_tokens: int
-    gathered: bool = False         # features came from the gathered forward (only kept tokens)
-
-
 class _TokenPruningMixin:
     """Forward of a token-pruned VisionTransformer (mixed in front of the model's own class)."""
 
@@ -333,19 +243,6 @@ class _TokenPruningMixin:
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
-
-
-def schedule_config(base_rate, schedule, keep_ratios, locations, allow_empty_stage) -> dict[str, Any]:
-    """The keep schedule as plain JSON-able values: what a patched model records and a
-    checkpoint stores, so loading can re-apply it."""
-    return {
-        "base_rate": None if base_rate is None else float(base_rate),
-        "schedule": schedule,
-        "keep_ratios": None if keep_ratios is None else [float(r) for r in keep_ratios],
-        "locations": list(locations),
-        "allow_empty_stage": bool(allow_empty_stage),
-    }
-
 
 def _pruned_class(base: type) -> type:
     return mixed_class(_TokenPruningMixin, base, "TokenPruned", sys.modules[__name__])
@@ -434,17 +331,6 @@ def _masked_features(model: nn.Module, images: torch.Tensor, topk: bool = False)
     return x, aux
 
 
-def pop_aux(model: nn.Module) -> TrainAux:
-    """The side outputs of the last training-mode forward (cleared once read)."""
-    bare = unwrap(model)
-    aux = getattr(bare, "_tp_aux", None)
-    if aux is None:
-        raise UserError("no training-mode token-pruning forward to read: attach token pruning and call "
-                        "the model in train mode before the DynamicViT loss")
-    bare._tp_aux = None
-    return aux
-
-
 @torch.no_grad()
 def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Eval-mode logits and, per stage, a bool mask [B, N] over the ORIGINAL patch grid of the
@@ -468,77 +354,7 @@ def _num_patches_of(model: nn.Module, images: torch.Tensor) -> int:
     return int(grid[0] * grid[1])
 
 
-# ---------------------------------------------------------------- losses and optimisation
-
-
-def make_loss_fn(clf_weight: float = 1.0, ratio_weight: float = 2.0, distill_weight: float = 0.5,
-                 token_distill_weight: float | None = None, label_smoothing: float = 0.1,
-                 temperature: float = 1.0) -> Callable:
-    """DynamicViT objective for engine.train's `loss_fn(model, images, targets, teacher)` hook.
-
-    loss = clf_weight * CE(label-smoothed)
-         + ratio_weight * mean_s (mean_b (kept fraction_{b,s}) - target_s)^2  (mean over stages)
-         + distill_weight * KL(teacher logits || student logits) * T^2
-         + token_distill_weight * MSE(kept student patch tokens, teacher tokens)
-    Defaults from the official DeiT recipe (main_dynamic_vit.py / losses.DistillDiffPruningLoss:
-    clf 1.0, ratiow 2.0, distillw 0.5 for both distillation terms, MSE token loss, T = 1). The
-    keep-ratio target per stage is keep_count / N, the fraction inference really keeps (the
-    official uses the ratio itself; they differ by under 1/N). Without a teacher the
-    distillation terms are 0.
-    """
-    token_w = distill_weight if token_distill_weight is None else token_distill_weight
-    for name, value in (("clf_weight", clf_weight), ("ratio_weight", ratio_weight),
-                        ("distill_weight", distill_weight), ("token_distill_weight", token_w),
-                        ("label_smoothing", label_smoothing)):
-        if value < 0:
-            raise UserError(f"{name} must be >= 0, got {value}")
-    if temperature <= 0:
-        raise UserError(f"temperature must be > 0, got {temperature}")
-
-    def loss_fn(model, images, targets, teacher=None):
-        logits = model(images)
-        aux = pop_aux(model)
-        if targets.dim() == 2:  # soft targets (mixup): soft cross-entropy
-            ce = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        else:
-            ce = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        # official: pos_ratio = decision.mean(1); ((pos_ratio - ratio)^2).mean(); summed, / stages
-        ratio_terms = [((d.mean(dim=1) - r) ** 2).mean() for d, r in zip(aux.decisions, aux.target_ratios)]
-        ratio_loss = torch.stack(ratio_terms).sum() / len(ratio_terms)
-        loss = clf_weight * ce + ratio_weight * ratio_loss
-        logs = {"ce": ce.item(), "ratio_loss": ratio_loss.item()}
-        for s, d in enumerate(aux.decisions):
-            logs[f"keep_frac_{s}"] = d.detach().mean().item()
-        if teacher is not None and (distill_weight > 0 or token_w > 0):
-            kl, token_mse = _distillation_terms(teacher, images, logits, aux, temperature)
-            loss = loss + distill_weight * kl + token_w * token_mse
-            logs.update(kl=kl.item(), token_mse=token_mse.item())
-        logs["loss"] = loss.item()
-        return loss, logits, logs
-
-    return loss_fn
-
-
-def _distillation_terms(teacher, images, logits, aux: TrainAux, temperature: float):
-    bare_teacher = unwrap(teacher)
-    if pruning_state.token(bare_teacher) is not None:
-        raise UserError("the DynamicViT teacher must be the unpruned model, but it has token pruning attached")
-    with torch.no_grad():
-        t_feats = bare_teacher.forward_features(images)
-        t_logits = bare_teacher.forward_head(t_feats)
-    t_tokens = t_feats[:, getattr(bare_teacher, "num_prefix_tokens", aux.num_prefix_tokens):]
-    if t_tokens.shape != aux.tokens.shape:
-        raise UserError(f"teacher patch tokens {tuple(t_tokens.shape)} do not match the student's "
-                        f"{tuple(aux.tokens.shape)}; the teacher must be the same architecture, unpruned")
-    T = temperature
-    kl = F.kl_div(F.log_softmax(logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1),
-                  reduction="batchmean", log_target=True) * (T * T)
-    keep = aux.mask > 0.5  # official: MSE over the tokens kept after the last stage
-    if keep.any():
-        token_mse = ((aux.tokens[keep] - t_tokens[keep]) ** 2).mean()
-    else:
-        token_mse = logits.new_zeros(())
-    return kl, token_mse
+# ---------------------------------------------------------------- optimisation (the loss: dynamicvit_loss)
 
 
 def predictor_parameters(model: nn.Module) -> list[nn.Parameter]:

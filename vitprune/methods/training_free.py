@@ -8,7 +8,7 @@ fuses the dropped tokens into one extra token and fine-tunes; this comparator do
 inattentive tokens are simply dropped and nothing is trained, so it answers "what does
 DynamicViT's learned predictor (and its fine-tuning) buy over a free heuristic?".
 
-Same locations and keep counts as DynamicViT (`token_pruning.keep_counts`: cumulative
+Same locations and keep counts as DynamicViT (`token_schedule.keep_counts`: cumulative
 fractions of the patch tokens, CLS excluded). The score at a location comes from the block
 just before it (the last block with attention heads since the previous location; a block
 pruned to `NoAttention` has none). If no such block exists, the patch tokens' L2 norm is used
@@ -28,14 +28,14 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from vitprune.errors import UserError
-from vitprune.methods import pruning_state, token_pruning, vit_ops
+from vitprune.methods import pruning_state, token_schedule, vit_ops
 
 CONFIG_ATTR = pruning_state.TRAINING_FREE_ATTR  # where apply() records its config (read via pruning_state)
 
 
 def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geometric",
           keep_ratios: Sequence[float] | None = None,
-          locations: Sequence[int] = token_pruning.DEFAULT_LOCATIONS,
+          locations: Sequence[int] = token_schedule.DEFAULT_LOCATIONS,
           allow_empty_stage: bool = False) -> nn.Module:
     """Make a timm VisionTransformer drop its least CLS-attended patch tokens (in place); returns it.
 
@@ -53,9 +53,9 @@ def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geom
     locs = vit_ops.check_locations(locations, len(model.blocks))
     vit_ops.check_blocks(model, "training-free pruning")
     # validates the schedule and the empty-stage rule before anything changes
-    token_pruning.keep_counts(int(model.patch_embed.num_patches), base_rate, schedule, keep_ratios, locs,
-                              allow_empty_stage)
-    pruning_state.set_training_free(model, token_pruning.schedule_config(
+    token_schedule.keep_counts(int(model.patch_embed.num_patches), base_rate, schedule, keep_ratios, locs,
+                               allow_empty_stage)
+    pruning_state.set_training_free(model, token_schedule.schedule_config(
         base_rate, schedule, keep_ratios, locs, allow_empty_stage))
     model.__class__ = _patched_class(type(model))
     return model
@@ -70,10 +70,7 @@ def config(model: nn.Module) -> dict[str, Any]:
 
 def keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
     """Patch tokens (CLS excluded) kept after each location: DynamicViT's counts for the same config."""
-    cfg = config(model)
-    n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
-    return token_pruning.keep_counts(n, cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], cfg["locations"],
-                                     cfg["allow_empty_stage"])
+    return token_schedule.recorded_keep_counts(model, config(model), num_patches)
 
 
 def tokens_per_block(model: nn.Module) -> list[int]:
