@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from vitprune import models
 from vitprune.methods import block_pruning
 from vitprune.methods import token_pruning as tp
-from vitprune.train import engine
+from vitprune.train import recipe
 
 
 def _timed(step, device: torch.device, warmup: int, steps: int) -> float:
@@ -97,7 +97,7 @@ def run(model_name: str = "deit_base_patch16_224", img_size: int = 224, batch_si
     block = block_pruning.remove(block_pruning.prune_to(models.create_model(model_name, img_size=img_size),
                                                        keep, keep, "magnitude"))
     dyvit_loss = tp.make_loss_fn()
-    block_loss = engine.default_loss_fn(label_smoothing=0.1, distill_weight=0.5)
+    block_loss = recipe.default_loss_fn(label_smoothing=0.1, distill_weight=0.5)
     out = {"model": model_name, "img_size": img_size, "batch_size": batch_size, "precision": precision,
            "device": str(dev), "base_rate": base_rate, "keep_heads": keep, "keep_mlp": keep,
            "warmup": warmup, "steps": steps, "threads": torch.get_num_threads()}

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine_data  # noqa: E402
 
 from vitprune.train import engine  # noqa: E402
+from vitprune.train.recipe import TrainConfig  # noqa: E402
 
 
 def linear_model() -> torch.nn.Module:
@@ -27,8 +28,8 @@ def main(out: str) -> None:
     train_set, eval_set = engine_data.tensor_sets(train_per_class=8, eval_per_class=11)  # 110: not a multiple of 2 x batch
     model = linear_model()
     accelerator = engine.make_accelerator(seed=0, cpu=True)
-    history = engine.train(model, train_set, None, epochs=1, batch_size=16, lr=3e-3, warmup_epochs=0,
-                           seed=0, accelerator=accelerator, progress=False)
+    history = engine.train(model, train_set, TrainConfig(epochs=1, batch_size=16, lr=3e-3, progress=False),
+                           accelerator=accelerator)
     result = engine.evaluate(model, eval_set, batch_size=16, accelerator=accelerator, progress=False)
     if accelerator.is_main_process:
         torch.save(model.state_dict(), out + ".pt")

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import fields
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ import torch.nn as nn
 import engine_data
 from vitprune import measure, models
 from vitprune.errors import UserError
-from vitprune.train import engine
+from vitprune.data.tensors import random_crop_flip
+from vitprune.train import engine, recipe
+from vitprune.train.recipe import Hooks, TrainConfig
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,9 +31,11 @@ def tiny_model(seed: int = 0) -> nn.Module:
 
 
 def run(model, train_set, eval_set=None, **kw):
-    args = dict(epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0.5, seed=0, progress=False)
-    args.update(kw)
-    return engine.train(model, train_set, eval_set, **args)
+    """engine.train with a small default TrainConfig; keywords go to the config, the hooks or train."""
+    settings = dict(epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0.5, seed=0, progress=False)
+    settings.update({k: kw.pop(k) for k in list(kw) if k in {f.name for f in fields(TrainConfig)}})
+    hooks = Hooks(**{k: kw.pop(k) for k in list(kw) if k in {f.name for f in fields(Hooks)}})
+    return engine.train(model, train_set, TrainConfig(**settings), eval_set, hooks=hooks, **kw)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -38,32 +43,32 @@ def run(model, train_set, eval_set=None, **kw):
 
 def test_warmup_cosine_schedule():
     total, warm = 100, 10
-    assert engine.warmup_cosine(0, total, warm) == pytest.approx(0.1)
-    assert engine.warmup_cosine(9, total, warm) == pytest.approx(1.0)
-    assert engine.warmup_cosine(10, total, warm) == pytest.approx(1.0)
-    assert engine.warmup_cosine(55, total, warm) == pytest.approx(0.5)
-    assert engine.warmup_cosine(100, total, warm) == pytest.approx(0.0)
-    assert engine.warmup_cosine(100, total, warm, min_lr_ratio=0.1) == pytest.approx(0.1)
-    values = [engine.warmup_cosine(s, total, warm) for s in range(warm, total)]
+    assert recipe.warmup_cosine(0, total, warm) == pytest.approx(0.1)
+    assert recipe.warmup_cosine(9, total, warm) == pytest.approx(1.0)
+    assert recipe.warmup_cosine(10, total, warm) == pytest.approx(1.0)
+    assert recipe.warmup_cosine(55, total, warm) == pytest.approx(0.5)
+    assert recipe.warmup_cosine(100, total, warm) == pytest.approx(0.0)
+    assert recipe.warmup_cosine(100, total, warm, min_lr_ratio=0.1) == pytest.approx(0.1)
+    values = [recipe.warmup_cosine(s, total, warm) for s in range(warm, total)]
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
 def test_distillation_loss():
     s = torch.randn(4, 10)
-    assert engine.distillation_loss(s, s.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert recipe.distillation_loss(s, s.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-6)
     t = torch.randn(4, 10)
     kl = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), reduction="batchmean", log_target=True)
-    assert engine.distillation_loss(s, t, 1.0).item() == pytest.approx(kl.item(), rel=1e-5)
+    assert recipe.distillation_loss(s, t, 1.0).item() == pytest.approx(kl.item(), rel=1e-5)
     kl4 = torch.nn.functional.kl_div((s / 4).log_softmax(-1), (t / 4).log_softmax(-1), reduction="batchmean",
                                      log_target=True)
-    assert engine.distillation_loss(s, t, 4.0).item() == pytest.approx(16 * kl4.item(), rel=1e-5)
+    assert recipe.distillation_loss(s, t, 4.0).item() == pytest.approx(16 * kl4.item(), rel=1e-5)
 
 
 def test_random_crop_flip_shifts_and_flips():
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
-    assert torch.equal(engine.random_crop_flip(x, pad=0, flip=False), x)
+    assert torch.equal(random_crop_flip(x, pad=0, flip=False), x)
     torch.manual_seed(0)
-    out = engine.random_crop_flip(x, pad=2, flip=True)
+    out = random_crop_flip(x, pad=2, flip=True)
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
     for i in range(2):  # every output is some 6x6 window of the padded image, maybe mirrored
@@ -73,15 +78,15 @@ def test_random_crop_flip_shifts_and_flips():
 
 def test_param_groups_split_decay_and_scale():
     model = tiny_model()
-    groups = engine.build_param_groups(model, 0.05)
+    groups = recipe.build_param_groups(model, 0.05)
     decayed = [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
     assert all(p.ndim > 1 for p in decayed)
     assert not any(p is model.pos_embed or p is model.cls_token for p in decayed)
     head = list(model.head.parameters())
     rest = [p for p in model.parameters() if all(p is not h for h in head)]
     with pytest.raises(UserError, match="twice"):
-        engine.build_param_groups(model, 0.05, [{"params": head}, {"params": head}])
-    groups = engine.build_param_groups(model, 0.05, [{"params": head, "lr_scale": 2.0},
+        recipe.build_param_groups(model, 0.05, [{"params": head}, {"params": head}])
+    groups = recipe.build_param_groups(model, 0.05, [{"params": head, "lr_scale": 2.0},
                                                      {"params": rest, "lr_scale": 0.5}])
     assert {g["lr_scale"] for g in groups} == {2.0, 0.5}
 
@@ -144,7 +149,7 @@ def test_handed_back_restores_device_and_own_attributes():
 
 def test_snapshot_saves_the_model_after_a_fraction_of_the_steps(tmp_path):
     train_set, _ = engine_data.tensor_sets(train_per_class=4)  # 40 images: 2 steps per epoch at batch 16
-    assert [engine.handoff_step(f, 4) for f in (0.01, 0.25, 0.6, 1.0)] == [1, 1, 2, 4]
+    assert [recipe.handoff_step(f, 4) for f in (0.01, 0.25, 0.6, 1.0)] == [1, 1, 2, 4]
     model = tiny_model()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     run(model, train_set, snapshot=(0.25, tmp_path / "one.pt"))  # after 1 of 2 x 2 steps
@@ -197,7 +202,7 @@ def test_resume_after_interrupted_epoch_retraces_the_run(tmp_path):
     train_set, eval_set = engine_data.tensor_sets(train_per_class=4)
     reference = tiny_model()
     ref_history = run(reference, train_set, eval_set, epochs=3, batch_size=8, checkpoint_dir=tmp_path / "ref",
-                      batch_transform=engine.random_crop_flip)
+                      batch_transform=random_crop_flip)
 
     def stop_mid_epoch_2(step, total, model):
         if step == 7:  # 5 steps per epoch: inside epoch 2
@@ -207,12 +212,12 @@ def test_resume_after_interrupted_epoch_retraces_the_run(tmp_path):
     ckpt = tmp_path / "run"
     with pytest.raises(Interrupt):
         run(model, train_set, eval_set, epochs=3, batch_size=8, checkpoint_dir=ckpt, on_step=stop_mid_epoch_2,
-            batch_transform=engine.random_crop_flip)
+            batch_transform=random_crop_flip)
     assert engine.load_train_state(ckpt)["epoch"] == 1
     steps = []
     resumed = tiny_model(seed=5)  # different init: everything must come from the checkpoint
     history = run(resumed, train_set, eval_set, epochs=3, batch_size=8, checkpoint_dir=ckpt,
-                  on_step=lambda s, t, m: steps.append(s), batch_transform=engine.random_crop_flip)
+                  on_step=lambda s, t, m: steps.append(s), batch_transform=random_crop_flip)
     assert steps == list(range(5, 15))
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for a, b in zip(history, ref_history):
@@ -242,7 +247,7 @@ class AugmentedInWorkers(torch.utils.data.Dataset):
 
 def test_resume_retraces_the_run_with_loader_workers_and_mixup(tmp_path):
     """Loader workers seeded once (persistent workers) and Mixup on numpy's unseeded generator made a
-    resumed run differ from the uninterrupted one; both are now seeded per epoch (engine.seed_epoch)."""
+    resumed run differ from the uninterrupted one; both are now seeded per epoch (recipe.seed_epoch)."""
     train_set = AugmentedInWorkers(engine_data.tensor_sets(train_per_class=4)[0])  # 40 images: 5 steps of 8
     options = dict(epochs=3, batch_size=8, num_workers=2, mixup_alpha=0.8, cutmix_alpha=1.0, lr=3e-3)
     reference = tiny_model()

@@ -11,6 +11,7 @@ import torch
 import engine_data
 from vitprune.errors import UserError
 from vitprune.train import engine, hardware, launch
+from vitprune.train.recipe import Hooks, TrainConfig
 
 # One process with batch 16 and two with batch 8 see the same 16 images per optimizer step
 # (accelerate's seedable sampler shards one seeded order), and DDP averages the two halves'
@@ -76,9 +77,9 @@ def test_two_processes_train_and_evaluate_like_one():
     train_set, eval_set = engine_data.tensor_sets(train_per_class=8, eval_per_class=11)  # 80 / 110 images
     one_model, two_model = tiny_vit(), tiny_vit()
     hook_one, hook_two = StepLog(), StepLog()
-    common = dict(epochs=6, lr=5e-3, warmup_epochs=0.5, seed=0, progress=False, trace_every=0)
-    one = engine.train(one_model, train_set, None, batch_size=16, on_step=hook_one, **common)
-    two = engine.train(two_model, train_set, None, batch_size=8, on_step=hook_two, num_processes=2, **common)
+    common = TrainConfig(epochs=6, batch_size=16, lr=5e-3, warmup_epochs=0.5, seed=0, progress=False, trace_every=0)
+    one = engine.train(one_model, train_set, common, hooks=Hooks(on_step=hook_one))
+    two = engine.train(two_model, train_set, common.replace(batch_size=8, num_processes=2), hooks=Hooks(on_step=hook_two))
     assert [h["num_processes"] for h in two] == [2] * 6 and [h["num_processes"] for h in one] == [1] * 6
     assert two[0]["global_batch"] == one[0]["global_batch"] == 16
     for a, b in zip(one, two):
@@ -122,9 +123,9 @@ def test_two_processes_fine_tune_dynamicvit_on_topk_masks():
     predictors = [p.detach().clone() for p in tp.predictor_parameters(student)]
     backbone = [p.detach().clone() for p in tp.backbone_parameters(student)]
     history = engine.train(
-        student, train_set, None, epochs=2, batch_size=8, lr=5e-3, warmup_epochs=0.0, seed=0, progress=False,
-        trace_every=0, teacher=teacher, loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
-        on_step=tp.frozen_backbone_hook(student, 2, then_decisions="topk"), num_processes=2)
+        student, train_set, TrainConfig(epochs=2, batch_size=8, lr=5e-3, progress=False, trace_every=0, num_processes=2),
+        teacher=teacher, hooks=Hooks(loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
+                                     on_step=tp.frozen_backbone_hook(student, 2, then_decisions="topk")))
     assert len(history) == 2 and all(h["num_processes"] == 2 for h in history)
     assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))
     assert any(not torch.equal(a, b) for a, b in zip(backbone, tp.backbone_parameters(student)))
@@ -145,8 +146,8 @@ def test_two_processes_fine_tune_dynamicvit_on_a_block_pruned_model(then_decisio
     tp.attach(student, 0.7, locations=[1])
     predictors = [p.detach().clone() for p in tp.predictor_parameters(student)]
     history = engine.train(
-        student, train_set, None, epochs=1, batch_size=8, lr=5e-3, warmup_epochs=0.0, seed=0, progress=False,
-        trace_every=0, teacher=teacher, loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
-        on_step=tp.frozen_backbone_hook(student, 2, then_decisions=then_decisions), num_processes=2)
+        student, train_set, TrainConfig(epochs=1, batch_size=8, lr=5e-3, progress=False, trace_every=0, num_processes=2),
+        teacher=teacher, hooks=Hooks(loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
+                                     on_step=tp.frozen_backbone_hook(student, 2, then_decisions=then_decisions)))
     assert len(history) == 1 and history[0]["num_processes"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))

@@ -10,9 +10,10 @@ import torch
 
 import engine_data
 from vitprune.errors import UserError
-from vitprune.train import engine
+from vitprune.train import engine, recipe
+from vitprune.train.recipe import TrainConfig
 
-COMMON = dict(epochs=2, lr=5e-3, warmup_epochs=0.5, seed=0, progress=False, trace_every=0)
+COMMON = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_epochs=0.5, seed=0, progress=False, trace_every=0)
 
 
 def tiny_vit() -> torch.nn.Module:
@@ -29,8 +30,8 @@ def sets():
 def test_gradient_accumulation_matches_the_larger_batch(sets):
     train_set, _ = sets
     big, accum = tiny_vit(), tiny_vit()
-    h_big = engine.train(big, train_set, batch_size=16, **COMMON)
-    h_acc = engine.train(accum, train_set, batch_size=8, grad_accum_steps=2, **COMMON)
+    h_big = engine.train(big, train_set, COMMON)
+    h_acc = engine.train(accum, train_set, COMMON.replace(batch_size=8, grad_accum_steps=2))
     assert h_acc[0]["steps_per_epoch"] == h_big[0]["steps_per_epoch"] == 5
     assert h_acc[0]["global_batch"] == 16
     for a, b in zip(h_big, h_acc):
@@ -42,34 +43,34 @@ def test_gradient_accumulation_matches_the_larger_batch(sets):
 def test_mixup_cutmix_and_ema(sets):
     train_set, eval_set = sets
     plain, mixed = tiny_vit(), tiny_vit()
-    engine.train(plain, train_set, batch_size=16, **COMMON)
-    hist = engine.train(mixed, train_set, eval_set, batch_size=16, mixup_alpha=0.8, cutmix_alpha=1.0,
-                        model_ema_decay=0.9, **COMMON)
+    engine.train(plain, train_set, COMMON)
+    hist = engine.train(mixed, train_set, COMMON.replace(mixup_alpha=0.8, cutmix_alpha=1.0, model_ema_decay=0.9),
+                        eval_set)
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist) and "eval_top1" in hist[-1]
     # soft targets reach the loss: the mixed run's loss differs from the plain one
     assert not any(torch.equal(p, q) for p, q in zip(plain.parameters(), mixed.parameters()))
     # EMA: with decay 0.9 over 10 steps the result is not the last raw weights of an identical run
     raw = tiny_vit()
-    engine.train(raw, train_set, batch_size=16, mixup_alpha=0.8, cutmix_alpha=1.0, **COMMON)
+    engine.train(raw, train_set, COMMON.replace(mixup_alpha=0.8, cutmix_alpha=1.0))
     assert any(not torch.allclose(p, q) for p, q in zip(raw.parameters(), mixed.parameters()))
 
 
 def test_recipe_errors(sets):
     train_set, _ = sets
     with pytest.raises(UserError, match="batch_size must be even"):
-        engine.train(tiny_vit(), train_set, batch_size=15, mixup_alpha=0.8, **COMMON)
+        engine.train(tiny_vit(), train_set, COMMON.replace(batch_size=15, mixup_alpha=0.8))
     with pytest.raises(UserError, match="model_ema_decay must be in"):
-        engine.train(tiny_vit(), train_set, batch_size=16, model_ema_decay=1.0, **COMMON)
+        engine.train(tiny_vit(), train_set, COMMON.replace(model_ema_decay=1.0))
     with pytest.raises(UserError, match="grad_accum_steps must be >= 1"):
-        engine.train(tiny_vit(), train_set, batch_size=16, grad_accum_steps=0, **COMMON)
+        engine.train(tiny_vit(), train_set, COMMON.replace(grad_accum_steps=0))
     with pytest.raises(UserError, match="mixed_precision must be one of"):
-        engine.train(tiny_vit(), train_set, batch_size=16, mixed_precision="fp8", **COMMON)
+        engine.train(tiny_vit(), train_set, COMMON.replace(mixed_precision="fp8"))
 
 
 def test_soft_target_loss_is_timms():
     logits = torch.randn(4, 10)
     hard = torch.tensor([1, 2, 3, 4])
     soft = torch.nn.functional.one_hot(hard, 10).float()
-    assert engine.classification_loss(logits, soft).item() == pytest.approx(
+    assert recipe.classification_loss(logits, soft).item() == pytest.approx(
         torch.nn.functional.cross_entropy(logits, hard).item(), rel=1e-6)
-    assert torch.equal(engine.hard_labels(soft), hard)
+    assert torch.equal(recipe.hard_labels(soft), hard)

@@ -90,10 +90,10 @@ RULES: dict[str, Rule] = {
     # rates, weights and schedule fractions
     "lr": above(0), "distill_temperature": above(0),
     **{name: at_least(0) for name in (
-        "weight_decay", "warmup_epochs", "frozen_epochs", "mixup", "cutmix", "backbone_lr_scale",
+        "weight_decay", "warmup_epochs", "frozen_epochs", "mixup_alpha", "cutmix_alpha", "backbone_lr_scale",
         "clf_weight", "ratio_weight", "distill_weight", "token_distill_weight")},
     **{name: FRACTION for name in (
-        "min_lr_ratio", "reprob", "keep_heads", "keep_mlp", "prune_start", "prune_end", "train_fraction",
+        "min_lr_ratio", "re_prob", "keep_heads", "keep_mlp", "prune_start", "prune_end", "train_fraction",
         "eval_fraction", "handoff")},
     "label_smoothing": DECAY, "model_ema_decay": DECAY, "importance_ema": DECAY,
     "base_rate": RATE,

@@ -195,10 +195,10 @@ class Splits:
         if augment not in AUGMENTS:
             raise UserError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         if (auto_augment or re_prob) and augment != "timm":
-            raise UserError(f"auto_augment / reprob are timm per-image transforms: set augment to 'timm' "
+            raise UserError(f"auto_augment / re_prob are timm per-image transforms: set augment to 'timm' "
                             f"(got augment={augment!r})")
         if not 0.0 <= re_prob <= 1.0:
-            raise UserError(f"reprob (random erasing probability) must be in [0, 1], got {re_prob}")
+            raise UserError(f"re_prob (random erasing probability) must be in [0, 1], got {re_prob}")
         self.train_options = {"auto_augment": auto_augment or None, "re_prob": float(re_prob)}
         self.model, self.augment, self.preload, self.crop_pct = model, augment, preload, crop_pct
         self.class_names = class_names(dsd)
