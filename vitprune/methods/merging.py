@@ -87,10 +87,7 @@ def apply(model: nn.Module, r: int | Sequence[int] = 8) -> nn.Module:
 
 
 def config(model: nn.Module) -> dict[str, Any]:
-    cfg = getattr(model, CONFIG_ATTR, None)
-    if cfg is None:
-        raise UserError("this model has no token merging; call merging.apply(model, r) first")
-    return cfg
+    return vit_ops.required_config(getattr(model, CONFIG_ATTR, None), "token merging", "merging.apply(model, r)")
 
 
 def merge_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
@@ -287,16 +284,13 @@ def merged_features(model: nn.Module, images: torch.Tensor, record: bool = False
 def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Logits and, after each block that merges, a bool mask [B, N] over the original patch grid of
     the patches whose own token still exists (the others were merged into one of them)."""
-    feats, kept = merged_features(model, images, record=True)
-    logits = model.forward_head(feats)
-    return logits, vit_ops.patch_masks(kept, int(model.patch_embed.num_patches))
+    return vit_ops.logits_and_kept_masks(model, images, merged_features)
 
 
 class _MergingMixin:
     """Forward of a token-merging VisionTransformer (same in train and eval mode)."""
 
     def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise UserError("a token-merging model takes no attn_mask / is_causal")
+        vit_ops.refuse_attn_mask(attn_mask, is_causal, "token-merging")
         return merged_features(self, x)
 

@@ -55,7 +55,8 @@ from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, LINEAR_STEP, SCH
 # attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
 # vit_ops (shared with training_free) and stay importable from here
 from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
-                              masked_attention, masked_block, mixed_class, patch_masks, tokens_entering_blocks)
+                              masked_attention, masked_block, mixed_class, patch_masks, refuse_attn_mask,
+                              required_config, tokens_entering_blocks)
 
 CONFIG_ATTR = pruning_state.TOKEN_ATTR  # where attach() records its config (read via pruning_state)
 PREDICTOR_ATTR = "score_predictor"
@@ -138,10 +139,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
 
 def config(model: nn.Module) -> dict[str, Any]:
     """The attach arguments of a token-pruned model (UserError if it has none)."""
-    cfg = pruning_state.token(model)
-    if cfg is None:
-        raise UserError("this model has no token pruning; call token_pruning.attach(model, base_rate) first")
-    return cfg
+    return required_config(pruning_state.token(model), "token pruning", "token_pruning.attach(model, base_rate)")
 
 
 def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
@@ -215,8 +213,7 @@ class _TokenPruningMixin:
     """Forward of a token-pruned VisionTransformer (mixed in front of the model's own class)."""
 
     def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise UserError("a token-pruned model takes no attn_mask / is_causal")
+        refuse_attn_mask(attn_mask, is_causal, "token-pruned")
         if self.training:
             if getattr(self, "_tp_decision", "gumbel") == "topk":
                 feats, aux = _topk_train_features(self, x)

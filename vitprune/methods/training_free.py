@@ -62,10 +62,8 @@ def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geom
 
 
 def config(model: nn.Module) -> dict[str, Any]:
-    cfg = pruning_state.training_free(model)
-    if cfg is None:
-        raise UserError("this model has no training-free token pruning; call training_free.apply(model, rate) first")
-    return cfg
+    return vit_ops.required_config(pruning_state.training_free(model), "training-free token pruning",
+                                   "training_free.apply(model, rate)")
 
 
 def keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
@@ -152,17 +150,14 @@ def pruned_features(model: nn.Module, images: torch.Tensor, record: bool = False
 @torch.no_grad()
 def kept_token_masks(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Logits and, per stage, a bool mask [B, N] over the original patch grid of the kept tokens."""
-    feats, kept = pruned_features(model, images, record=True)
-    logits = model.forward_head(feats)
-    return logits, vit_ops.patch_masks(kept, int(model.patch_embed.num_patches))
+    return vit_ops.logits_and_kept_masks(model, images, pruned_features)
 
 
 class _TrainingFreeMixin:
     """Forward of a training-free pruned VisionTransformer (same in train and eval mode)."""
 
     def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise UserError("a training-free pruned model takes no attn_mask / is_causal")
+        vit_ops.refuse_attn_mask(attn_mask, is_causal, "training-free pruned")
         return pruned_features(self, x)[0]
 
 

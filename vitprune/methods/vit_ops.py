@@ -1,14 +1,15 @@
 """timm VisionTransformer pieces the token pruners share (DynamicViT in `token_pruning`, the
-EViT-style comparator in `training_free`): argument checks, the token embedding, timm
-Attention split into its q/k/v and output halves, DynamicViT's masked attention, token counts
-per block and the ToMe-style class patch.
+EViT-style comparator in `training_free`, ToMe in `merging`): argument checks (blocks, locations,
+a recorded config, no attention mask), the token embedding, timm Attention split into its q/k/v
+and output halves, DynamicViT's masked attention, token counts per block, the ToMe-style class
+patch and the kept-token masks.
 
 Units: token counts include the prefix tokens (CLS); keep counts are patch tokens only.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,14 @@ def check_attention(attn: nn.Module, index: int) -> None:
                         f"timm's fused-qkv Attention (or block_pruning.NoAttention)")
 
 
+def required_config(cfg: dict | None, what: str, call: str) -> dict:
+    """A patched model's recorded config `cfg` (as pruning_state reads it), or a UserError when
+    the model has none, naming the `call` that patches one in."""
+    if cfg is None:
+        raise UserError(f"this model has no {what}; call {call} first")
+    return cfg
+
+
 # ---------------------------------------------------------------- forwards
 
 
@@ -67,6 +76,12 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def refuse_attn_mask(attn_mask, is_causal: bool, what: str) -> None:
+    """A patched `forward_features` keeps timm's signature but takes no attention mask."""
+    if attn_mask is not None or is_causal:
+        raise UserError(f"a {what} model takes no attn_mask / is_causal")
 
 
 def masked_block(blk: nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
@@ -154,6 +169,16 @@ def mixed_class(mixin: type, base: type, prefix: str, module) -> type:
         setattr(module, name, cls)
         _CLASSES[(mixin, base)] = cls
     return _CLASSES[(mixin, base)]
+
+
+def logits_and_kept_masks(model: nn.Module, images: torch.Tensor,
+                          features: Callable) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What a pruner's `kept_token_masks` returns: the logits of `features(model, images, record=True)`
+    (normed tokens, and per stage the original patch indices still carrying their own token) and
+    those indices as bool masks over the model's patch grid (`patch_masks`)."""
+    feats, kept = features(model, images, record=True)
+    logits = model.forward_head(feats)
+    return logits, patch_masks(kept, int(model.patch_embed.num_patches))
 
 
 def patch_masks(kept: list[torch.Tensor], num_patches: int) -> list[torch.Tensor]:
