@@ -89,24 +89,22 @@ def _checkpoint_base(path: str) -> nn.Module:
                                **dict(ckpt.get("model_kwargs") or {}))
 
 
-def _float_list(text: str | None, flag: str) -> list[float] | None:
+def _number_list(text: str | None, flag: str, kind: type, example: str) -> list | None:
+    """A comma-separated option value as numbers of `kind` (None when the option is absent)."""
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
-        raise UserError(f"{flag} takes comma-separated numbers like 0.7,0.49,0.34; "
-                        f"got {text!r}") from exc
+        raise UserError(f"{flag} takes comma-separated {example}; got {text!r}") from exc
+
+
+def _float_list(text: str | None, flag: str) -> list[float] | None:
+    return _number_list(text, flag, float, "numbers like 0.7,0.49,0.34")
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise UserError(f"{flag} takes comma-separated block indices like 3,6,9; "
-                        f"got {text!r}") from exc
+    return _number_list(text, flag, int, "block indices like 3,6,9")
 
 
 def _add_model_args(p: argparse.ArgumentParser,
