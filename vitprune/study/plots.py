@@ -5,7 +5,9 @@ returns a `matplotlib.figure.Figure`, or None when the runs hold nothing to draw
 speedup was measured); `make_all` folds the seeds of each configuration (`results.fold_seeds`:
 mean top-1 with `top1_std`, drawn as error bars) and draws and saves whatever is available. Figures are built
 with `Figure()` directly rather than pyplot: no global figure registry, no GUI backend
-needed (saving uses Agg), and a notebook shows a returned Figure exactly once.
+needed (saving uses Agg), and a notebook shows a returned Figure exactly once. What the
+figures share (method labels, markers and colours, the figure factory, the Pareto front) is
+`plot_kit`.
 
 Units: MACs are multiply-accumulates per image (`metrics["macs"]`), shown in M or G so the
 small Fashion-MNIST models and DeiT-B read naturally; accuracies are percent; tokens per
@@ -17,86 +19,18 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from vitprune.study import results, table1
+# method labels / markers and pareto_front are part of this module's interface; they live in plot_kit
+from vitprune.study.plot_kit import (METHOD_LABELS, METHOD_MARKERS, annotate_all, is_number, mac_scale,  # noqa: F401
+                                     metric, new_figure, palette, pareto_front, run_label)
 
-METHOD_LABELS = {
-    "baseline": "baseline",
-    "dynamicvit": "DynamicViT (token)",
-    "training_free": "training-free tokens",
-    "merging": "ToMe merging (no training)",
-    "block": "block (heads+MLP)",
-    "token_then_block": "token -> block",
-    "block_then_token": "block -> token",
-}
-METHOD_MARKERS = {"baseline": "*", "dynamicvit": "o", "training_free": "v", "merging": "^", "block": "s",
-                  "token_then_block": "D", "block_then_token": "P"}
 FORMATS = ("png", "pdf")
-
-
-def _palette() -> dict[str, Any]:
-    import seaborn as sns
-
-    colors = sns.color_palette("colorblind", len(METHOD_LABELS))
-    return dict(zip(METHOD_LABELS, colors))
-
-
-def _new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.0), **kw):
-    import seaborn as sns
-
-    fig = Figure(figsize=size, layout="constrained")
-    with sns.axes_style("whitegrid"):
-        axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
-    return fig, axes
-
-
-def _metric(run: dict, key: str) -> Any:
-    return run["metrics"].get(key)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _label(run: dict) -> str:
-    return str(_metric(run, "label") or run["run"])
-
-
-def _mac_scale(values: list[float]) -> tuple[float, str]:
-    """Divide MACs by 1e9 (G) for big models, by 1e6 (M) for the small ones."""
-    return (1e9, "GMACs") if max(values, default=0) >= 1e9 else (1e6, "MMACs")
-
-
-def _annotate_all(ax, points: list[tuple[float, float, str]]) -> None:
-    """Label scatter points; a label near an earlier one is pushed down a line so close
-    points (two combinations at similar MACs) stay readable."""
-    if not points:
-        return
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    dx = (max(xs) - min(xs)) or 1.0
-    dy = (max(ys) - min(ys)) or 1.0
-    placed: list[tuple[float, float]] = []
-    for x, y, text in sorted(points, key=lambda p: (p[0], -p[1])):
-        crowd = sum(abs(x - px) < 0.12 * dx and abs(y - py) < 0.06 * dy for px, py in placed)
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4 - 9 * crowd), fontsize=7)
-        placed.append((x, y))
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the (cost, accuracy) points no other point beats: lower or equal cost with
-    higher accuracy. Returned in order of increasing cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 # ---------------------------------------------------------------- figures
@@ -105,35 +39,35 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
     """Top-1 against MACs for every method (a swept method's runs joined in MAC order), with
     the Pareto frontier across all of them."""
-    pts = [r for r in runs if _is_number(_metric(r, "macs")) and _is_number(_metric(r, "top1"))]
+    pts = [r for r in runs if is_number(metric(r, "macs")) and is_number(metric(r, "top1"))]
     if not pts:
         return None
-    scale, unit = _mac_scale([_metric(r, "macs") for r in pts])
-    colors = _palette()
-    fig, axes = _new_figure(size=(7.0, 4.8))
+    scale, unit = mac_scale([metric(r, "macs") for r in pts])
+    colors = palette()
+    fig, axes = new_figure(size=(7.0, 4.8))
     ax = axes[0, 0]
-    methods = [m for m in METHOD_LABELS if any(_metric(r, "method") == m for r in pts)]
-    methods += sorted({str(_metric(r, "method")) for r in pts} - set(methods))
+    methods = [m for m in METHOD_LABELS if any(metric(r, "method") == m for r in pts)]
+    methods += sorted({str(metric(r, "method")) for r in pts} - set(methods))
     for method in methods:
-        group = [r for r in pts if str(_metric(r, "method")) == method]
-        xs = [_metric(r, "macs") / scale for r in group]
-        ys = [_metric(r, "top1") for r in group]
+        group = [r for r in pts if str(metric(r, "method")) == method]
+        xs = [metric(r, "macs") / scale for r in group]
+        ys = [metric(r, "top1") for r in group]
         ax.scatter(xs, ys, s=90 if method == "baseline" else 45, marker=METHOD_MARKERS.get(method, "o"),
                    color=colors.get(method), label=METHOD_LABELS.get(method, method), zorder=3)
-        spread = [_metric(r, "top1_std") if _is_number(_metric(r, "top1_std")) else 0.0 for r in group]
+        spread = [metric(r, "top1_std") if is_number(metric(r, "top1_std")) else 0.0 for r in group]
         if any(spread):  # seeds: mean ± one standard deviation
             ax.errorbar(xs, ys, yerr=spread, fmt="none", ecolor=colors.get(method), elinewidth=1, capsize=3, zorder=3)
         if len(group) >= 2 and method != "baseline":  # a sweep: its points joined in MAC order
             line = sorted(zip(xs, ys))
             ax.plot([x for x, _ in line], [y for _, y in line], "-", lw=1, alpha=0.6, color=colors.get(method), zorder=2)
-    _annotate_all(ax, [(_metric(r, "macs") / scale, _metric(r, "top1"), _label(r)) for r in pts])
-    coords = [(_metric(r, "macs") / scale, _metric(r, "top1")) for r in pts]
+    annotate_all(ax, [(metric(r, "macs") / scale, metric(r, "top1"), run_label(r)) for r in pts])
+    coords = [(metric(r, "macs") / scale, metric(r, "top1")) for r in pts]
     front = pareto_front(coords)
     ax.plot([coords[i][0] for i in front], [coords[i][1] for i in front], "--", color="0.4",
             lw=1.2, zorder=2, label="Pareto frontier")
     ax.set_xlabel(f"{unit} per image (multiply-accumulates)")
     ax.set_ylabel("top-1 accuracy (%)" + (", mean ± std over seeds" if any(
-        _is_number(_metric(r, "top1_std")) for r in pts) else ""))
+        is_number(metric(r, "top1_std")) for r in pts) else ""))
     ax.set_title("Accuracy vs compute, every method")
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -141,32 +75,32 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
 
 def rate_sweep(runs: list[dict]) -> Figure | None:
     """Top-1 and MACs against DynamicViT's base rate (and training-free rows at the same rates)."""
-    swept = [r for r in runs if _is_number(_metric(r, "base_rate"))
-             and _metric(r, "method") in ("dynamicvit", "training_free")]
+    swept = [r for r in runs if is_number(metric(r, "base_rate"))
+             and metric(r, "method") in ("dynamicvit", "training_free")]
     if not swept:
         return None
-    base = [r for r in runs if _metric(r, "method") == "baseline"]
-    macs_all = [_metric(r, "macs") for r in swept + base if _is_number(_metric(r, "macs"))]
-    scale, unit = _mac_scale(macs_all)
-    colors = _palette()
-    fig, axes = _new_figure(ncols=2, size=(9.0, 3.8))
+    base = [r for r in runs if metric(r, "method") == "baseline"]
+    macs_all = [metric(r, "macs") for r in swept + base if is_number(metric(r, "macs"))]
+    scale, unit = mac_scale(macs_all)
+    colors = palette()
+    fig, axes = new_figure(ncols=2, size=(9.0, 3.8))
     for ax, key, ylabel, div in ((axes[0, 0], "top1", "top-1 accuracy (%)", 1.0),
                                  (axes[0, 1], "macs", f"{unit} per image", scale)):
         # one line per (method, schedule): a linear-schedule run is not a point of the geometric sweep
-        series = sorted({(_metric(r, "method"), str(_metric(r, "schedule") or "geometric")) for r in swept},
+        series = sorted({(metric(r, "method"), str(metric(r, "schedule") or "geometric")) for r in swept},
                         key=lambda ms: (ms[0] != "dynamicvit", ms[1] != "geometric", ms[1]))
         for method, schedule in series:
-            group = sorted((r for r in swept if _metric(r, "method") == method
-                            and str(_metric(r, "schedule") or "geometric") == schedule
-                            and _is_number(_metric(r, key))), key=lambda r: _metric(r, "base_rate"))
+            group = sorted((r for r in swept if metric(r, "method") == method
+                            and str(metric(r, "schedule") or "geometric") == schedule
+                            and is_number(metric(r, key))), key=lambda r: metric(r, "base_rate"))
             if group:
                 label = METHOD_LABELS[method] + ("" if schedule == "geometric" else f", {schedule}")
-                ax.plot([_metric(r, "base_rate") for r in group], [_metric(r, key) / div for r in group],
+                ax.plot([metric(r, "base_rate") for r in group], [metric(r, key) / div for r in group],
                         marker=METHOD_MARKERS[method], color=colors[method], label=label,
                         ls="-" if schedule == "geometric" else ":")
         for r in base[:1]:
-            if _is_number(_metric(r, key)):
-                ax.axhline(_metric(r, key) / div, ls="--", color=colors["baseline"], label="baseline")
+            if is_number(metric(r, key)):
+                ax.axhline(metric(r, key) / div, ls="--", color=colors["baseline"], label="baseline")
         ax.set_xlabel("base rate (keep ratio at the first pruning stage)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
@@ -177,19 +111,19 @@ def rate_sweep(runs: list[dict]) -> Figure | None:
 
 def tokens_per_block(runs: list[dict]) -> Figure | None:
     """Tokens entering each block (CLS included) for each DynamicViT rate."""
-    rows = [r for r in runs if isinstance(_metric(r, "tokens_per_block"), list) and _metric(r, "tokens_per_block")
-            and _metric(r, "method") in ("dynamicvit", "token_then_block", "block_then_token")]
+    rows = [r for r in runs if isinstance(metric(r, "tokens_per_block"), list) and metric(r, "tokens_per_block")
+            and metric(r, "method") in ("dynamicvit", "token_then_block", "block_then_token")]
     if not rows:
         return None
-    rows.sort(key=lambda r: -(_metric(r, "base_rate") or 0))
+    rows.sort(key=lambda r: -(metric(r, "base_rate") or 0))
     import seaborn as sns
 
     colors = sns.color_palette("viridis", len(rows))
-    fig, axes = _new_figure(size=(6.5, 4.0))
+    fig, axes = new_figure(size=(6.5, 4.0))
     ax = axes[0, 0]
     for color, r in zip(colors, rows):
-        tokens = _metric(r, "tokens_per_block")
-        ax.step(range(len(tokens)), tokens, where="mid", marker="o", ms=3, color=color, label=_label(r))
+        tokens = metric(r, "tokens_per_block")
+        ax.step(range(len(tokens)), tokens, where="mid", marker="o", ms=3, color=color, label=run_label(r))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("block index")
     ax.set_ylabel("tokens entering the block (incl. CLS)")
@@ -203,33 +137,33 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
     """Measured CPU speedup against the MAC ratio (baseline MACs / variant MACs); y = x is
     the speedup the MAC count promises. A point above results.SUSPECT_SPEEDUP x its MAC ratio is drawn
     hollow in red and labelled suspect: it is not plotted as a finding."""
-    pts = [r for r in runs if _is_number(_metric(r, "speedup")) and _is_number(_metric(r, "mac_ratio"))]
+    pts = [r for r in runs if is_number(metric(r, "speedup")) and is_number(metric(r, "mac_ratio"))]
     if not pts:
         return None
     suspect = {id(r) for r in results.suspect_speedups(pts)}
-    colors = _palette()
-    fig, axes = _new_figure(size=(5.5, 4.5))
+    colors = palette()
+    fig, axes = new_figure(size=(5.5, 4.5))
     ax = axes[0, 0]
     for r in pts:
-        method = str(_metric(r, "method"))
-        x, y = _metric(r, "mac_ratio"), _metric(r, "speedup")
+        method = str(metric(r, "method"))
+        x, y = metric(r, "mac_ratio"), metric(r, "speedup")
         if id(r) in suspect:
             ax.scatter(x, y, facecolors="none", edgecolors="red", marker=METHOD_MARKERS.get(method, "o"), s=60, zorder=3)
             continue
         ax.scatter(x, y, color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"), s=45, zorder=3)
-        if _is_number(_metric(r, "speedup_std")):
-            ax.errorbar(x, y, yerr=_metric(r, "speedup_std"), fmt="none", ecolor=colors.get(method), capsize=3)
-    _annotate_all(ax, [(_metric(r, "mac_ratio"), _metric(r, "speedup"),
-                        _label(r) + (" (suspect)" if id(r) in suspect else "")) for r in pts])
-    hi = max(max(_metric(r, "mac_ratio"), _metric(r, "speedup")) for r in pts) * 1.1
+        if is_number(metric(r, "speedup_std")):
+            ax.errorbar(x, y, yerr=metric(r, "speedup_std"), fmt="none", ecolor=colors.get(method), capsize=3)
+    annotate_all(ax, [(metric(r, "mac_ratio"), metric(r, "speedup"),
+                        run_label(r) + (" (suspect)" if id(r) in suspect else "")) for r in pts])
+    hi = max(max(metric(r, "mac_ratio"), metric(r, "speedup")) for r in pts) * 1.1
     ax.plot([1, hi], [1, hi], ":", color="0.4", label="speedup = MAC ratio")
     ax.plot([1, hi], [results.SUSPECT_SPEEDUP, results.SUSPECT_SPEEDUP * hi], "-", lw=0.8, color="red", alpha=0.4,
             label=f"{results.SUSPECT_SPEEDUP:g} x MAC ratio: above is suspect")
-    for method in dict.fromkeys(str(_metric(r, "method")) for r in pts):
+    for method in dict.fromkeys(str(metric(r, "method")) for r in pts):
         ax.scatter([], [], color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"),
                    label=METHOD_LABELS.get(method, method))
-    precisions = sorted({str(_metric(r, "bench_precision") or "fp32") for r in pts})
-    devices = sorted({str(_metric(r, "bench_device") or "cpu").split(":")[0].upper() for r in pts})
+    precisions = sorted({str(metric(r, "bench_precision") or "fp32") for r in pts})
+    devices = sorted({str(metric(r, "bench_device") or "cpu").split(":")[0].upper() for r in pts})
     ax.set_xlabel("MAC ratio (baseline / variant)")
     ax.set_ylabel(f"measured {' / '.join(devices)} speedup (median latency ratio, {', '.join(precisions)} both sides)")
     ax.set_title("Does fewer MACs mean faster?")
@@ -292,7 +226,7 @@ def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
             arrays.append((r, data))
     if not arrays:
         return None
-    arrays.sort(key=lambda item: -(_metric(item[0], "base_rate") or 0))
+    arrays.sort(key=lambda item: -(metric(item[0], "base_rate") or 0))
     rows = [(r, d, i) for r, d in arrays for i in range(min(max_images, len(d["images"])))]
     ncols = 1 + max(d["masks"].shape[0] for _, d in arrays)
     fig = Figure(figsize=(1.6 * ncols + 0.8, 1.6 * len(rows) + 0.4), layout="constrained")
@@ -301,7 +235,7 @@ def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
         ax.axis("off")
     for row, (r, d, i) in enumerate(rows):
         axes[row, 0].imshow(_as_hwc(d["images"][i]), cmap="gray")
-        axes[row, 0].set_title(f"{_label(r)}\ninput", fontsize=7)
+        axes[row, 0].set_title(f"{run_label(r)}\ninput", fontsize=7)
         grid = tuple(d["grid"]) if "grid" in d else None
         for s in range(d["masks"].shape[0]):
             mask = d["masks"][s, i]
@@ -320,33 +254,33 @@ def training_curves(runs: list[dict]) -> Figure | None:
     Accuracy is the eval top-1 where the run evaluated every epoch, else the training
     accuracy (dashed, marked "train") -- fine-tuning runs often evaluate only at the end.
     """
-    rows = [r for r in runs if isinstance(_metric(r, "history"), list) and _metric(r, "history")
+    rows = [r for r in runs if isinstance(metric(r, "history"), list) and metric(r, "history")
             and "#" not in r["run"]]
     rows = [r for r in rows if any(isinstance(h, dict) and any(k in h for k in HISTORY_KEYS)
-                                   for h in _metric(r, "history"))]
+                                   for h in metric(r, "history"))]
     if not rows:
         return None
     import seaborn as sns
 
     colors = sns.color_palette("tab10", len(rows))
-    fig, axes = _new_figure(ncols=2, size=(10.0, 4.0))
+    fig, axes = new_figure(ncols=2, size=(10.0, 4.0))
     for n, r in enumerate(rows):
-        history = [h for h in _metric(r, "history") if isinstance(h, dict)]
-        epochs = [h["epoch"] if _is_number(h.get("epoch")) else i for i, h in enumerate(history)]
+        history = [h for h in metric(r, "history") if isinstance(h, dict)]
+        epochs = [h["epoch"] if is_number(h.get("epoch")) else i for i, h in enumerate(history)]
         if epochs and epochs[0] == 0:  # 0-based epoch indices are shown 1-based
             epochs = [e + 1 for e in epochs]
 
         def series(key):
-            return [(e, h[key]) for e, h in zip(epochs, history) if _is_number(h.get(key))]
+            return [(e, h[key]) for e, h in zip(epochs, history) if is_number(h.get(key))]
 
         loss = series("train_loss")
         if loss:
-            axes[0, 0].plot(*zip(*loss), marker="o", ms=3, color=colors[n], label=_label(r))
+            axes[0, 0].plot(*zip(*loss), marker="o", ms=3, color=colors[n], label=run_label(r))
         acc, style, suffix = series("eval_top1"), "-", ""
         if not acc:
             acc, style, suffix = series("train_acc"), "--", " (train)"
         if acc:
-            axes[0, 1].plot(*zip(*acc), marker="o", ms=3, ls=style, color=colors[n], label=_label(r) + suffix)
+            axes[0, 1].plot(*zip(*acc), marker="o", ms=3, ls=style, color=colors[n], label=run_label(r) + suffix)
     for ax, ylabel, title in ((axes[0, 0], "training loss", "Training loss"),
                               (axes[0, 1], "top-1 accuracy (%)", "Accuracy (eval; dashed: train)")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -361,23 +295,23 @@ def training_curves(runs: list[dict]) -> Figure | None:
 def _baseline_widths(run: dict, runs: list[dict]) -> tuple[list[int] | None, list[int] | None]:
     """Per-block original (heads, MLP channels): from the run, else the baseline run's spec,
     else the timm model named by the run (built lazily, random init)."""
-    depth = len(_metric(run, "block_spec"))
+    depth = len(metric(run, "block_spec"))
 
     def per_block(value):
-        if _is_number(value):
+        if is_number(value):
             return [int(value)] * depth
         if isinstance(value, list) and len(value) == depth:
             return [int(v) for v in value]
         return None
 
-    heads, mlp = per_block(_metric(run, "baseline_heads")), per_block(_metric(run, "baseline_mlp"))
+    heads, mlp = per_block(metric(run, "baseline_heads")), per_block(metric(run, "baseline_mlp"))
     if heads and mlp:
         return heads, mlp
     for r in runs:
-        spec = _metric(r, "block_spec")
-        if _metric(r, "method") == "baseline" and isinstance(spec, list) and len(spec) == depth:
+        spec = metric(r, "block_spec")
+        if metric(r, "method") == "baseline" and isinstance(spec, list) and len(spec) == depth:
             return heads or [b["heads"] for b in spec], mlp or [b["mlp"] for b in spec]
-    name = _metric(run, "model_name")
+    name = metric(run, "model_name")
     if name:
         try:
             import timm
@@ -397,19 +331,19 @@ def _baseline_widths(run: dict, runs: list[dict]) -> tuple[list[int] | None, lis
 def layer_widths(runs: list[dict]) -> Figure | None:
     """Per-layer attention heads and MLP channels kept by block pruning (fraction of the
     original width when it is known, else absolute counts)."""
-    rows = [r for r in runs if isinstance(_metric(r, "block_spec"), list) and _metric(r, "block_spec")
-            and _metric(r, "method") != "baseline" and "#" not in r["run"]]
+    rows = [r for r in runs if isinstance(metric(r, "block_spec"), list) and metric(r, "block_spec")
+            and metric(r, "method") != "baseline" and "#" not in r["run"]]
     if not rows:
         return None
     import seaborn as sns
 
     colors = sns.color_palette("colorblind", len(rows))
-    fig, axes = _new_figure(ncols=2, size=(10.0, 3.8))
+    fig, axes = new_figure(ncols=2, size=(10.0, 3.8))
     width = 0.8 / len(rows)
     relative = True
     series = []
     for r in rows:
-        spec = _metric(r, "block_spec")
+        spec = metric(r, "block_spec")
         heads0, mlp0 = _baseline_widths(r, runs)
         heads = [b.get("heads", 0) for b in spec]
         mlp = [b.get("mlp", 0) for b in spec]
@@ -420,7 +354,7 @@ def layer_widths(runs: list[dict]) -> Figure | None:
         x = np.arange(len(heads)) - 0.4 + width * (k + 0.5)
         for ax, kept, full in ((axes[0, 0], heads, heads0), (axes[0, 1], mlp, mlp0)):
             values = [a / b if b else 0.0 for a, b in zip(kept, full)] if relative else kept
-            ax.bar(x, values, width=width, color=colors[k], label=_label(r))
+            ax.bar(x, values, width=width, color=colors[k], label=run_label(r))
     for ax, what in ((axes[0, 0], "attention heads"), (axes[0, 1], "MLP channels")):
         ax.set_xticks(range(len(series[0][1])))
         ax.set_xlabel("block index")
@@ -440,7 +374,7 @@ def reported_in_one_unit(runs: list[dict] | None = None) -> Figure:
     same row in GMACs. Independent of our runs (the argument is accepted for uniformity).
     """
     rows = [r for r in table1.REFERENCE_ROWS if r["printed_G"] is not None and r["top1"] is not None]
-    fig, axes = _new_figure(size=(7.5, 4.8))
+    fig, axes = new_figure(size=(7.5, 4.8))
     ax = axes[0, 0]
     sources = {table1.STUDY: ("tab:red", "o"), table1.PAPER: ("tab:blue", "s")}
     for source, (color, marker) in sources.items():
@@ -494,9 +428,9 @@ def edge_latency(rows: list[dict]) -> Figure | None:
     panel per batch size (rows from `edge_latency.measure_runs`); y = x is what the MACs promise."""
     if not rows:
         return None
-    colors = _palette()
+    colors = palette()
     batches = sorted({r["batch_size"] for r in rows})
-    fig, axes = _new_figure(ncols=len(batches), size=(5.0 * len(batches), 4.3))
+    fig, axes = new_figure(ncols=len(batches), size=(5.0 * len(batches), 4.3))
     hi = max(max(r["mac_ratio"], r["speedup"]) for r in rows) * 1.1
     for ax, batch in zip(axes[0], batches):
         for r in (r for r in rows if r["batch_size"] == batch):
