@@ -50,3 +50,17 @@ def test_papermill_parses_every_parameter_line(path, caplog):
         parsed = PythonTranslator.inspect({"source": "".join(cell["source"])})
     assert not [r.getMessage() for r in caplog.records], "papermill could not parse a parameter line"
     assert [p.name for p in parsed] == list(config.declared_parameters(path))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_are_narrative_and_calls(path):
+    """No code cell over 25 lines (the parameters cell is a list of declarations); the training notebooks (01-04) draw no figure themselves: they
+    call study.run_plots (figures of one run) or study.plots (the study's, also notebook 05's)."""
+    nb = json.loads(path.read_text())
+    for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+        source = "".join(cell["source"])
+        if "parameters" in cell["metadata"].get("tags", []):
+            continue
+        assert len(source.splitlines()) <= 25, f"{path.name}: code cell {i} has {len(source.splitlines())} lines"
+        if path.stem[:2] in ("01", "02", "03", "04"):
+            assert "plt." not in source and "subplots(" not in source, f"{path.name}: code cell {i} draws a figure"
