@@ -64,3 +64,16 @@ def test_cells_are_narrative_and_calls(path):
         assert len(source.splitlines()) <= 25, f"{path.name}: code cell {i} has {len(source.splitlines())} lines"
         if path.stem[:2] in ("01", "02", "03", "04"):
             assert "plt." not in source and "subplots(" not in source, f"{path.name}: code cell {i} draws a figure"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_defaults_are_the_default_profile(path):
+    """A notebook opened in JupyterLab runs what the pipeline runs first: its parameters cell's
+    defaults are the default profile's values (and the first point of its sweep)."""
+    declared = config.declared_parameters(path)
+    wanted = config.lab_values(config.DEFAULT_PROFILE, path.stem)
+    drift = {k: (declared[k].default, v) for k, v in wanted.items()
+             if k in declared and (declared[k].default != v or type(declared[k].default) is not type(v))}
+    assert not drift, f"{path.name}: defaults differ from params/{config.DEFAULT_PROFILE}/ (default, profile): {drift}"
+    first = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
+    assert f"`{config.DEFAULT_PROFILE}`" in "".join(first["source"]), f"{path.name}: first cell must name its profile"

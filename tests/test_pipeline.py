@@ -313,3 +313,34 @@ def test_cli_prints_the_notebooks_own_error_line(toy, monkeypatch, capsys):
     assert "PapermillExecutionError" not in err and "second line" not in last
     assert cli(argv + ["-p", "fail=true"]) == 2
     assert "error: 00_data_cache failed: RuntimeError: asked to fail (the partial" in capsys.readouterr().err
+
+
+def test_a_folder_changed_outside_the_pipeline_is_not_up_to_date(toy, capsys):
+    """A notebook run by hand that wrote into a pipeline run folder (what a lab run of main
+    48741d8 did) leaves files its manifest does not know: the pipeline re-runs that run."""
+    runs = toy / "runs"
+    pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
+    run_dir = runs / "toy/00_data_cache"
+    time.sleep(0.01)  # a rewrite gets a later mtime even on coarse clocks
+    (run_dir / "metrics.json").write_text(json.dumps({"top1": 99.0, "value": 9}))
+    (run_dir / "model.pt").write_text("weights from a lab run")
+    again = pipeline.run_profile("toy", only="00_data_cache", runs_root=str(runs))
+    assert again[0]["status"] == "ran"
+    assert "re-running: metrics.json, model.pt changed since the pipeline wrote the folder" in capsys.readouterr().out
+    assert json.loads((run_dir / "metrics.json").read_text())["value"] == 2
+    assert config.changed_files(run_dir, manifest(run_dir)) == []
+
+
+def test_a_notebook_outside_the_pipeline_writes_under_lab(toy):
+    """Without an injected run_dir a run goes to <runs_root>/<profile>/lab/...; its upstream is
+    the lab's own run when it finished one, else the pipeline's."""
+    params = {"profile": "toy", "runs_root": str(toy / "runs"), "run_dir": "", "base_rate": 0.5}
+    assert config.own_run_dir(params, "02_token_pruning") == toy / "runs/toy/lab/02_token_pruning/base_rate_0.5"
+    assert config.upstream_run_dir(params, "00_data_cache", {}) == toy / "runs/toy/00_data_cache"
+    lab = toy / "runs/toy/lab/00_data_cache"
+    lab.mkdir(parents=True)
+    (lab / "metrics.json").write_text("{}")
+    assert config.upstream_run_dir(params, "00_data_cache", {}) == lab
+    injected = {**params, "run_dir": str(toy / "x")}
+    assert config.own_run_dir(injected, "02_token_pruning") == toy / "x"
+    assert config.upstream_run_dir(injected, "00_data_cache", {}) == toy / "runs/toy/00_data_cache"

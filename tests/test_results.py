@@ -11,7 +11,7 @@ import pytest
 
 from conftest import smoke_run
 from vitprune.errors import UserError
-from vitprune.study import comparisons, results, table1
+from vitprune.study import comparisons, config, results, table1
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def _history(epochs, start_loss, final_top1):
 
 def _write_run(run_dir: Path, metrics: dict, params: dict | None = None) -> None:
     results.write_metrics(run_dir, metrics)
-    manifest = {"status": "ok", "params": params or {}, "variant": run_dir.name}
+    manifest = {"status": "ok", "params": params or {}, "variant": run_dir.name, "files": config.run_files(run_dir)}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -84,6 +84,9 @@ def write_synthetic_runs(runs_root: Path, profile: str = "fmnist") -> dict[str, 
     np.savez(base / "02_token_pruning/base_rate_0.7/kept_tokens.npz",
              images=rng.random((3, 28, 28)).astype(np.float32),
              masks=rng.random((3, 3, 49)) > 0.4)
+    token_run = base / "02_token_pruning/base_rate_0.7"  # its manifest records the arrays too
+    recorded = json.loads((token_run / "manifest.json").read_text())
+    (token_run / "manifest.json").write_text(json.dumps({**recorded, "files": config.run_files(token_run)}))
     return written
 
 
@@ -100,6 +103,11 @@ def test_collect_runs_finds_every_model_run_and_expands_rows(runs_tree):
     assert set(written) <= names
     assert "02_token_pruning/base_rate_0.7#0" in names  # the training-free row
     assert "04_combination/order_broken" not in names  # failed manifest
+    # a file rewritten after the pipeline finished (a notebook run by hand into the folder): left out, said why
+    (root / "fmnist/03_block_pruning/metrics.json").write_text(json.dumps({"method": "block", "top1": 1.0}))
+    left_out = []
+    assert "03_block_pruning" not in {r["run"] for r in results.collect_runs(root, "fmnist", left_out=left_out)}
+    assert any("metrics.json changed since the pipeline wrote it" in line for line in left_out)
     assert not any(r["notebook"] == "00_data_cache" for r in runs)
     tf = next(r for r in runs if r["run"] == "02_token_pruning/base_rate_0.7#0")
     assert tf["metrics"]["method"] == "training_free" and tf["metrics"]["img_size"] == 28

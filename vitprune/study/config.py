@@ -130,6 +130,32 @@ def run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
     return path / variant if variant else path
 
 
+LAB = "lab"
+"""A notebook run not started by the pipeline (JupyterLab, papermill by hand: `run_dir` not
+injected) writes under `<runs_root>/<profile>/lab/<notebook>[/<variant>]`, never into the
+pipeline's run folders, which only the pipeline writes (with their manifest)."""
+
+
+def own_run_dir(params: dict[str, Any], notebook: str) -> Path:
+    """This run's folder: the injected `run_dir`, or the lab folder at the notebook's point."""
+    if params.get("run_dir"):
+        return Path(params["run_dir"])
+    pipeline_dir = point_run_dir(params.get("runs_root"), params["profile"], notebook, params)
+    profile_dir_ = runs_root_or_default(params.get("runs_root")) / params["profile"]
+    return profile_dir_ / LAB / pipeline_dir.relative_to(profile_dir_)
+
+
+def upstream_run_dir(params: dict[str, Any], notebook: str, point: dict[str, Any]) -> Path:
+    """The run folder of an earlier notebook that this run reads: for a lab run, the lab's own
+    run of it when one finished (it wrote metrics.json), else the pipeline's."""
+    pipeline_dir = point_run_dir(params.get("runs_root"), params["profile"], notebook, point)
+    if params.get("run_dir"):
+        return pipeline_dir
+    profile_dir_ = runs_root_or_default(params.get("runs_root")) / params["profile"]
+    lab_dir = profile_dir_ / LAB / pipeline_dir.relative_to(profile_dir_)
+    return lab_dir if (lab_dir / "metrics.json").is_file() else pipeline_dir
+
+
 PARTIAL_SUFFIX = ".partial"
 """A run executes in `<run_dir>.partial` beside its run folder and replaces the folder only when
 it succeeds (`pipeline.execute`); a failed or interrupted run stays there (partial notebook,
@@ -137,6 +163,34 @@ manifest with the error, training state to resume from), and the last good run s
 everything reads. Readers of a runs tree skip these folders."""
 REPLACED_SUFFIX = ".replaced"  # the old run folder, for the moment between two renames
 NOT_RUN_FOLDERS = (PARTIAL_SUFFIX, REPLACED_SUFFIX, ".new")
+
+REUSED_SUBDIRS = ("train_state", "dataset")  # a new run of a folder starts from hard links to these
+MANIFEST_FILE = "manifest.json"
+
+
+def run_files(run_dir: Path) -> dict[str, list[int]]:
+    """{path in the run folder: [size, mtime in ns]} of what a finished run wrote (not the manifest
+    and not REUSED_SUBDIRS, which later runs keep using): the pipeline records it in the manifest,
+    and a folder whose files no longer match (a notebook run by hand wrote into it) is neither
+    up to date nor read as a run."""
+    out = {}
+    for path in sorted(Path(run_dir).rglob("*")):
+        rel = path.relative_to(run_dir)
+        if path.is_file() and rel.parts[0] not in REUSED_SUBDIRS and rel.as_posix() != MANIFEST_FILE:
+            stat = path.stat()
+            out[rel.as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return out
+
+
+def changed_files(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """The files of a run folder that differ from what its manifest recorded (added, gone or
+    rewritten); a manifest from before files were recorded counts every file as changed."""
+    recorded = manifest.get("files")
+    now = run_files(run_dir)
+    if not isinstance(recorded, dict):
+        return sorted(now) or ["(no files recorded)"]
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+
 
 FIGURES_NOTEBOOK = "05_analysis"
 FIGURES_SUBDIR = "figures"  # notebook 05 writes Table 1, the figures and the audit here in its run folder
@@ -307,6 +361,19 @@ def profile_params(profile: str, notebook: str) -> dict[str, Any]:
     path = profile_dir(profile) / f"{notebook}.yaml"
     values = load_yaml(path) if path.exists() else {}
     return validate(declared_parameters(notebook), values, str(path.relative_to(project_root())))
+
+
+DEFAULT_PROFILE = "fmnist"  # what `make reproduce` runs and what a notebook opened in the lab runs
+
+
+def lab_values(profile: str, notebook: str) -> dict[str, Any]:
+    """What a run of `notebook` in `profile` sets: the profile's YAML and the first value of each
+    of its sweep axes. For DEFAULT_PROFILE these are the defaults of the notebook's parameters
+    cell, so Run All in the lab runs the pipeline's first run of it (tests/test_notebooks.py)."""
+    path = profile_dir(profile) / f"{notebook}.yaml"
+    values = load_yaml(path) if path.exists() else {}
+    values.update({k: v[0] for k, v in profile_sweep(profile).get(notebook, {}).items()})
+    return values
 
 
 def profile_sweep(profile: str) -> dict[str, dict[str, list]]:

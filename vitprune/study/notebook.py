@@ -34,8 +34,9 @@ class Session:
 
     def upstream(self, notebook: str, **point: Any) -> Path:
         """The run folder of an earlier notebook of this profile (`point`: its sweep values and
-        seed, where the profile names its runs by them)."""
-        return config.point_run_dir(self.params.get("runs_root"), self.params["profile"], notebook, point)
+        seed, where the profile names its runs by them); a lab run reads the lab's own run of
+        it when there is one (`config.upstream_run_dir`)."""
+        return config.upstream_run_dir(dict(self.params), notebook, point)
 
     def train_state(self, exclude: Sequence[str] = (), sources: Sequence[str | Path] = ()) -> Path:
         """Where this run keeps its per-epoch checkpoints, keyed by every parameter that shapes
@@ -61,8 +62,7 @@ def start(notebook: str, params: Mapping[str, Any]) -> Session:
     train_config = TrainConfig.from_params(params)
     plan = launch.plan(**train_config.scale)
     torch.manual_seed(int(params["seed"]))
-    run_dir = Path(params["run_dir"]) if params.get("run_dir") else config.point_run_dir(
-        params.get("runs_root"), params["profile"], notebook, dict(params))
+    run_dir = config.own_run_dir(dict(params), notebook)
     run_dir.mkdir(parents=True, exist_ok=True)
     print("run dir:", run_dir)
     return Session(notebook, params, run_dir, plan, train_config, started)

@@ -29,7 +29,7 @@ from typing import Any
 from vitprune.errors import UserError
 from vitprune.study import config, results
 
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = config.MANIFEST_FILE
 VERSIONED_PACKAGES = ("vitprune", "torch", "torchvision", "timm", "datasets", "papermill",
                       "accelerate", "fvcore", "numpy")
 
@@ -148,9 +148,16 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def is_up_to_date(run: Run) -> bool:
+    """The manifest says ok with this run's key, and the folder holds what it recorded."""
     manifest = read_manifest(run.run_dir)
-    return bool(manifest and manifest.get("status") == "ok" and manifest.get("key") == run.key
-                and (run.run_dir / "metrics.json").exists())
+    if not (manifest and manifest.get("status") == "ok" and manifest.get("key") == run.key
+            and (run.run_dir / "metrics.json").exists()):
+        return False
+    changed = config.changed_files(run.run_dir, manifest)
+    if changed:
+        print(f"[{run.name}] re-running: {', '.join(changed[:5])} changed since the pipeline wrote the folder "
+              "(a notebook run outside the pipeline?)", flush=True)
+    return not changed
 
 
 def git_sha() -> str:
@@ -227,7 +234,7 @@ def error_line(exc: BaseException, limit: int = 500) -> str:
     return text
 
 
-REUSED_SUBDIRS = ("train_state", "dataset")
+REUSED_SUBDIRS = config.REUSED_SUBDIRS
 """Folders of a good run that a re-run may reuse (engine checkpoints to resume or skip training,
 notebook 00's cache). They are hard-linked into the new run's folder, never copied: both are
 written only through a temp file or folder and a rename, so the new run never writes through a
@@ -339,6 +346,9 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     manifest.update({k: measured[k] for k in ("num_processes", "mixed_precision", "device") if k in measured})
     write_manifest(staging, manifest)
     _relocate(staging, run.run_dir)  # also points the manifest's "output" at the run folder
+    manifest = read_manifest(staging)
+    manifest["files"] = config.run_files(staging)  # renames keep sizes and mtimes
+    write_manifest(staging, manifest)
     _swap_in(staging, run.run_dir)
     return manifest
 

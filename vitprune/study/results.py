@@ -123,11 +123,14 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str,
             if not path.is_file():
                 continue
             manifest = _read_json(run_dir / "manifest.json")
-            if not manifest or manifest.get("status") != "ok":
+            changed = config.changed_files(run_dir, manifest) if manifest and manifest.get("status") == "ok" else []
+            if not manifest or manifest.get("status") != "ok" or changed:
                 if left_out is not None:
                     left_out.append(f"{run_dir}: " + ("metrics.json without a manifest (written outside the pipeline, "
                                                       "e.g. papermill or a notebook by hand)" if not manifest
-                                                      else f"manifest says {manifest.get('status')}"))
+                                                      else f"manifest says {manifest.get('status')}" if not changed
+                                                      else f"{', '.join(changed[:3])} changed since the pipeline "
+                                                           "wrote it (re-run it: python -m vitprune run)"))
                 continue
             try:
                 metrics = json.loads(path.read_text())
