@@ -11,7 +11,7 @@ SEEDS ?= 3
 FIGURES_SEEDS ?= 1
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup reproduce study test test-full gpu-check figures lab clean distclean data-package
+.PHONY: setup reproduce study test test-full gpu-check figures lab book clean distclean data-package
 
 setup: $(STAMP)
 
@@ -54,11 +54,17 @@ gpu-check: setup data-package
 figures: setup
 	$(BIN)/python -m vitprune run --profile $(PROFILE) --only 05_analysis --force --seeds $(FIGURES_SEEDS)
 
+# JupyterLab at the repository root (notebooks/ shown first), the pipeline's kernel settings,
+# notebooks/ saved as committed; as root too (vitprune/cli/lab.py)
 lab: setup
-	$(BIN)/python -m jupyter lab notebooks/
+	$(BIN)/python -m vitprune lab
+
+# the executed study as static pages: book/$(PROFILE)/index.html (after make reproduce)
+book: setup
+	$(BIN)/python -m vitprune book --profile $(PROFILE)
 
 clean:
-	rm -rf runs cache .pytest_cache
+	rm -rf runs cache book .pytest_cache
 
 distclean: clean
 	rm -rf $(VENV)

@@ -78,7 +78,7 @@ def test_function_local_vitprune_imports_state_a_reason():
 
 # docs/DESIGN.md's layer table: a module imports a lower layer or its own package
 LAYERS = [
-    ("vitprune", "vitprune.errors", "vitprune.hub", "vitprune.torchutil", "vitprune.param_rules"),
+    ("vitprune", "vitprune.errors", "vitprune.hub", "vitprune.torchutil", "vitprune.param_rules", "vitprune.progress"),
     ("vitprune.data", "vitprune.measure", "vitprune.measure.counts", "vitprune.measure.latency"),
     ("vitprune.methods",),
     ("vitprune.models",),

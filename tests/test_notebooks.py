@@ -1,6 +1,7 @@
 """Committed notebooks: outputs stripped, a tagged parameters cell, and every profile valid."""
 
 import json
+import os
 
 import pytest
 
@@ -77,3 +78,38 @@ def test_defaults_are_the_default_profile(path):
     assert not drift, f"{path.name}: defaults differ from params/{config.DEFAULT_PROFILE}/ (default, profile): {drift}"
     first = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
     assert f"`{config.DEFAULT_PROFILE}`" in "".join(first["source"]), f"{path.name}: first cell must name its profile"
+
+
+
+def test_a_lab_save_writes_the_committed_notebook(tmp_path):
+    """What JupyterLab sends on (auto)save -- outputs, execution counts, kernel metadata -- goes
+    through `make lab`'s pre-save hook: notebooks/ keep their committed bytes (git status stays
+    clean); a notebook elsewhere (a copy under runs/) keeps its outputs."""
+    import shutil
+
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "runs").mkdir()
+    name = NOTEBOOKS[1].name
+    shutil.copy(NOTEBOOKS[1], tmp_path / "notebooks" / name)
+    shutil.copy(NOTEBOOKS[1], tmp_path / "runs" / name)
+    manager = FileContentsManager(root_dir=str(tmp_path), pre_save_hook="vitprune.cli.lab.strip_before_save")
+    for folder in ("notebooks", "runs"):
+        model = manager.get(f"{folder}/{name}")
+        code = next(c for c in model["content"]["cells"] if c["cell_type"] == "code")
+        code.update(execution_count=3, outputs=[{"output_type": "stream", "name": "stderr", "text": "epoch 1\n"}])
+        code["metadata"]["execution"] = {"iopub.status.busy": "2026-12-03T17:00:00Z"}
+        model["content"]["metadata"]["language_info"] = {"name": "python", "version": "3.11.2"}
+        manager.save(model, f"{folder}/{name}")
+    assert (tmp_path / "notebooks" / name).read_bytes() == NOTEBOOKS[1].read_bytes()
+    assert '"execution_count": 3' in (tmp_path / "runs" / name).read_text()
+
+
+def test_lab_command_uses_the_pipeline_kernel_settings():
+    from vitprune.cli import lab
+
+    command = lab.lab_command(port=9999, token="t", open_browser=False)
+    assert f"--ServerApp.root_dir={ROOT}" in command and "--LabApp.default_url=/lab/tree/notebooks" in command
+    assert "--KernelManager.transport=ipc" in command and "--ContentsManager.pre_save_hook=vitprune.cli.lab.strip_before_save" in command
+    assert ("--allow-root" in command) == (os.geteuid() == 0)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import nbformat
 
+from vitprune.study import config
+
 
 def build(src: Path, out: Path) -> None:
     cells, kind, lines = [], None, []
@@ -40,7 +42,7 @@ def build(src: Path, out: Path) -> None:
     first_code = next(c for c in cells if c.cell_type == "code")
     first_code.metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = dict(config.KERNELSPEC)
     nb.metadata["language_info"] = {"name": "python"}
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:02d}"
@@ -62,13 +64,8 @@ def script(path: Path, out: Path) -> None:
 
 
 def strip(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-        cell.metadata.pop("execution", None)
-        cell.metadata.pop("papermill", None)
-    nb.metadata.pop("papermill", None)
+    """Rewrite a notebook as committed (the same stripping `make lab` applies when it saves)."""
+    nb = nbformat.from_dict(config.stripped_notebook(nbformat.read(path, as_version=4)))
     path.write_text(nbformat.writes(nb) + "\n")
 
 

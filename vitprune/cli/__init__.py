@@ -21,6 +21,8 @@ COMMANDS = {
     "table": ("vitprune.cli.table", "main", "assemble Table 1 from a profile's runs"),
     "export": ("vitprune.cli.export", "main", "write a model or pruned variant as ONNX, checked in onnxruntime"),
     "gpu-check": ("vitprune.cli.gpu_check", "main", "smoke profile on 1 and all GPUs + throughput: run first on GPUs"),
+    "lab": ("vitprune.cli.lab", "main", "JupyterLab at the repository root (saves notebooks/ as committed)"),
+    "book": ("vitprune.cli.book", "main", "the executed study as static pages (book/<profile>/)"),
 }
 
 

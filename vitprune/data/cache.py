@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from vitprune import param_rules
+from vitprune.progress import bar as progress_bar
 from vitprune.data.folders import (IMG_EXTENSIONS, export_folder_name, imagefolder_dataset, imagefolder_splits,
                                    scan_imagefolder)
 from vitprune.data.format import (TRAIN_SPLIT, BadImageError, class_names, column, features, labels_of,
@@ -316,7 +316,7 @@ def export_imagefolder(split, out_dir: str | os.PathLike) -> dict[str, int]:
             (tmp / folder).mkdir(parents=True)
         raw = split.cast_column("image", datasets.Image(decode=False))
         width = len(str(max(len(raw) - 1, 0)))
-        for i, row in enumerate(tqdm(raw, total=len(raw), desc="export", unit="img", mininterval=1.0)):
+        for i, row in enumerate(progress_bar(raw, total=len(raw), desc="export", unit="img", mininterval=1.0)):
             data = row["image"]["bytes"]
             (tmp / folders[row["label"]] / f"{i:0{width}d}{_image_ext(data)}").write_bytes(data)
         scan = scan_imagefolder(tmp, names)

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
-from tqdm import tqdm  # plain text bars: also fine in papermill logs and without ipywidgets
 
+from vitprune.progress import bar as progress_bar
 from vitprune.errors import UserError
 
 # Reading truncated files must fail loudly, never pad them silently with grey.
@@ -127,7 +127,7 @@ def from_arrays(images: np.ndarray, labels: np.ndarray, class_names: Sequence[st
     import pyarrow as pa
 
     blobs = []
-    for array in tqdm(images, desc=desc, unit="img", mininterval=1.0):
+    for array in progress_bar(images, desc=desc, unit="img", mininterval=1.0):
         blobs.append(encode_png(Image.fromarray(array)))
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table({

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm import tqdm
 
 from vitprune import param_rules
+from vitprune.progress import bar as progress_bar
 from vitprune.data.format import TRAIN_SPLIT, class_names, labels_of, to_rgb
 from vitprune.data.subsets import balanced_subset
 from vitprune.errors import UserError
@@ -114,7 +114,7 @@ class TorchView(Dataset):
             # Straight from the Arrow column (respects select()), skipping per-row overhead.
             blobs = hf_split.with_format("arrow")["image"].combine_chunks().field("bytes").to_pylist()
             arrays = [np.asarray(to_rgb(Image.open(io.BytesIO(b))))
-                      for b in tqdm(blobs, desc="decode", unit="img", mininterval=1.0)]
+                      for b in progress_bar(blobs, desc="decode", unit="img", mininterval=1.0)]
             shapes = {a.shape for a in arrays}
             self._arrays = np.stack(arrays) if len(shapes) == 1 else arrays
 
@@ -156,7 +156,7 @@ def preload(dataset: Dataset, batch_size: int = 512, desc: str = "preload") -> T
     Fashion-MNIST then cost nothing per epoch (augment on batches with `batch_transform`)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     xs, ys = [], []
-    for x, y in tqdm(loader, desc=desc, unit="batch", mininterval=10.0, leave=False):
+    for x, y in progress_bar(loader, desc=desc, unit="batch", mininterval=10.0, leave=False):
         xs.append(x)
         ys.append(torch.as_tensor(y))
     if not xs:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vitprune import param_rules
+from vitprune.progress import bar as progress_bar
 from vitprune.errors import UserError
 
 BENCH_PRECISIONS = param_rules.CHOICES["bench_precision"]  # both models of a comparison run at the one precision asked for
@@ -58,8 +59,7 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: 
     times: dict[str, list[float]] = {name: [] for name in names}
     rounds = range(repeats)
     if desc:
-        from tqdm.auto import tqdm
-        rounds = tqdm(rounds, desc=desc, file=sys.stderr)
+        rounds = progress_bar(rounds, desc=desc, file=sys.stderr)
     for i in rounds:
         for name in (names if i % 2 == 0 else names[::-1]):
             times[name].append(timed(name, calls))

@@ -276,6 +276,22 @@ def _matches(node: ast.expr, value: Any) -> tuple[bool, Any]:
     raise ValueError(f"unsupported parameter annotation {ast.unparse(node)!r}")
 
 
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def stripped_notebook(nb: dict) -> dict:
+    """A notebook as committed: no outputs or execution counts, cells keep only their tags, the
+    notebook only its kernelspec and language name (what JupyterLab or papermill add goes)."""
+    out = {**nb, "metadata": {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}, "cells": []}
+    for cell in nb.get("cells", []):
+        tags = cell.get("metadata", {}).get("tags")
+        cell = {**cell, "metadata": {"tags": list(tags)} if tags else {}}
+        if cell.get("cell_type") == "code":
+            cell.update(outputs=[], execution_count=None)
+        out["cells"].append(cell)
+    return out
+
+
 def parameters_cell(nb: dict) -> dict:
     """The first code cell; it must carry the `parameters` tag."""
     code_cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]

@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vitprune import progress
 from vitprune.errors import UserError
 from vitprune.study import config, results
 
@@ -121,13 +122,19 @@ def _seed_list(profile: str, overrides: dict[str, Any], seeds: int) -> list[int]
     return [start + i for i in range(seeds)]
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def notebook_hash(path: Path) -> str:
+    """What a run's key takes from its notebook: each cell's type, tags and source. Outputs and
+    metadata a JupyterLab save adds (or papermill's) do not change what the notebook computes."""
+    nb = json.loads(path.read_text())
+    cells = [[c.get("cell_type"), c.get("metadata", {}).get("tags", []),
+              "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", "")]
+             for c in nb.get("cells", [])]
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:16]
 
 
 def run_key(run: Run, upstream_keys: list[str]) -> str:
     own = {k: v for k, v in run.params.items() if k not in config.INJECTED}
-    blob = json.dumps({"params": own, "notebook": _file_hash(config.notebook_path(run.notebook)),
+    blob = json.dumps({"params": own, "notebook": notebook_hash(config.notebook_path(run.notebook)),
                        "upstream": upstream_keys, "variant": run.variant}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -185,6 +192,7 @@ def environment() -> dict[str, Any]:
 
     return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
             "device": "cuda" if hardware.gpu_count() else "cpu", "gpus": hardware.gpu_count(),
+            "cpu": hardware.cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads(), "git_sha": git_sha()}
 
 
@@ -321,11 +329,14 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", **env}
     write_manifest(staging, manifest)
     start = time.perf_counter()
+    saved_env = {name: os.environ.get(name) for name in progress.KERNEL_ENV}
+    os.environ.update(progress.KERNEL_ENV)  # the kernel inherits them: text progress in the executed notebook
     try:
         papermill.execute_notebook(str(config.notebook_path(run.notebook)), str(output),
                                    parameters={**run.params, "run_dir": str(staging)},
                                    cwd=str(config.project_root()),
                                    kernel_name="python3", progress_bar=False,
+                                   coalesce_streams=True,  # one stdout / stderr box per cell, bars at their last state
                                    kernel_manager_class=_ipc_kernel_manager())
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -337,6 +348,12 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
             raise
         raise UserError(f"{run.name} failed: {manifest['error']} (the partial notebook is at {output}; "
                         f"the last good run in {run.run_dir} is untouched)") from exc
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     manifest.update(status="ok", wall_time_s=round(time.perf_counter() - start, 2))
     if not (staging / "metrics.json").exists():
         manifest.update(status="failed", error="notebook finished without writing metrics.json")

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from vitprune.progress import bar as progress_bar
 from vitprune.errors import UserError
 from vitprune.torchutil import logits as logits_of
 from vitprune.train import launch
@@ -326,7 +326,7 @@ class _Trainer:
         log_sums: dict[str, float] = {}
         trace: list[list[float]] = []
         t0 = time.perf_counter()
-        bar = tqdm(self.loader, desc=f"{self.desc} {epoch + 1}/{epochs}", unit="batch", mininterval=10.0,
+        bar = progress_bar(self.loader, desc=f"{self.desc} {epoch + 1}/{epochs}", unit="batch", mininterval=10.0,
                    disable=not (c.progress and acc.is_local_main_process), leave=False)
         for batch_idx, (images, targets) in enumerate(bar):
             if self.hooks.batch_transform is not None:
@@ -432,7 +432,7 @@ def _evaluate(model: nn.Module, eval_set: Dataset, batch_size: int, class_names:
     was_training = model.training
     model = model.to(accelerator.device).eval()
     preds, top5_hits, labels = [], [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", mininterval=10.0, leave=False,
+    for images, targets in progress_bar(loader, desc=desc, unit="batch", mininterval=10.0, leave=False,
                                 disable=not (progress and accelerator.is_local_main_process)):
         with accelerator.autocast():
             logits = logits_of(model(images)).float()

@@ -154,6 +154,9 @@ def _worker(fn: Callable[..., Any], args: tuple, out_dir: str) -> None:
     torch.set_num_threads(1)
     if hardware.gpu_count() == 0:  # accelerate picks gloo / MULTI_CPU only when told it is on the CPU
         os.environ["ACCELERATE_USE_CPU"] = "true"
+        # else accelerate's MULTI_CPU state sets physical cores / processes threads (warning that it
+        # does): more than one on a bigger machine, the hang above
+        os.environ["OMP_NUM_THREADS"] = "1"
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     try:

@@ -1,0 +1,111 @@
+"""The executed study as static pages a reader opens in a browser (`make book`): an index with
+the README's results (default profile), Table 1, the figures and the audit, and each executed
+notebook of the pipeline's runs with its outputs. Built with nbconvert (offline, seconds; a
+jupyter-book 2 build fetches its theme from the network), into an ignored folder."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from vitprune.errors import UserError
+from vitprune.study import config
+
+BOOK_DIR = "book"  # <repo>/book/<profile>/ (ignored)
+STYLE = """body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;line-height:1.5}
+nav a{margin-right:1rem} table{border-collapse:collapse;font-size:.85rem} td,th{border:1px solid #ccc;padding:.2rem .4rem}
+img{max-width:100%} figure{margin:1rem 0} figcaption{color:#555;font-size:.9rem} pre{overflow-x:auto}"""
+
+
+def _markdown(text: str) -> str:
+    import mistune  # nbconvert's markdown renderer
+
+    return mistune.create_markdown(plugins=["table"], escape=False)(text)
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><nav><a href='#results'>Results</a><a href='#table1'>Table 1</a>"
+            f"<a href='#notebooks'>Executed notebooks</a></nav>{body}</body></html>")
+
+
+def executed_notebooks(runs_root: str | Path | None, profile: str) -> list[tuple[str, Path]]:
+    """(run name, executed notebook) of every run the pipeline finished (manifest ok), in
+    notebook order; lab runs and unfinished folders are not the study's."""
+    root = config.runs_root_or_default(runs_root) / profile
+    found = []
+    for notebook in config.NOTEBOOKS:
+        base = root / notebook
+        folders = [base] + sorted(p for p in base.glob("*") if p.is_dir()) if base.is_dir() else []
+        for folder in folders:
+            if folder.name.endswith(config.NOT_RUN_FOLDERS) or not (folder / f"{notebook}.ipynb").is_file():
+                continue
+            manifest = folder / config.MANIFEST_FILE
+            if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "ok":
+                found.append((folder.relative_to(root).as_posix(), folder / f"{notebook}.ipynb"))
+    return found
+
+
+def readme_results() -> str:
+    """The README's "Results" section (markdown), or empty."""
+    readme = config.project_root() / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    match = re.search(r"^## Results.*?(?=^## |\Z)", text, flags=re.S | re.M)
+    return match.group(0) if match else ""
+
+
+def _notebook_page(path: Path, title: str) -> str:
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    exporter.mathjax_url = ""  # offline: no script from a CDN (the study's notebooks hold no LaTeX to typeset)
+    exporter.require_js_url = ""
+    body, _ = exporter.from_filename(str(path), resources={"metadata": {"name": title}})
+    return body
+
+
+def build(profile: str = config.DEFAULT_PROFILE, runs_root: str | Path | None = None,
+          figures_dir: str | Path | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Write the book of `profile` to `out` (default <repo>/book/<profile>/, replaced whole);
+    returns {"out", "pages", "seconds"}."""
+    start = time.perf_counter()
+    notebooks = executed_notebooks(runs_root, profile)
+    if not notebooks:
+        raise UserError(f"no finished runs of profile {profile!r} under {config.runs_root_or_default(runs_root)}: "
+                        f"run `python -m vitprune run --profile {profile}` (make reproduce) first")
+    figures = Path(figures_dir) if figures_dir else config.figures_dir(profile)
+    if not figures.is_dir():
+        figures = config.runs_root_or_default(runs_root) / profile / config.FIGURES_NOTEBOOK / config.FIGURES_SUBDIR
+    out = Path(out) if out else config.project_root() / BOOK_DIR / profile
+    staging = out.with_name(out.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "notebooks").mkdir(parents=True)
+    sections = [f"<h1>ViT pruning study: profile <code>{html.escape(profile)}</code></h1>"]
+    results = readme_results() if profile == config.DEFAULT_PROFILE else ""
+    for folder in sorted(set(re.findall(r"\((figures/[\w.-]+)/", results))):  # what the README's images show
+        if (config.project_root() / folder).is_dir():
+            shutil.copytree(config.project_root() / folder, staging / folder, dirs_exist_ok=True)
+    if results:
+        sections.append("<div id='results'>" + _markdown(results) + "</div>")
+    if figures.is_dir():
+        shutil.copytree(figures, staging / "figures" / profile, dirs_exist_ok=True)
+        for name in ("table1.md", "equal_macs.md", "audit.md", "edge_latency.md"):
+            if (figures / name).is_file():
+                sections.append(f"<h2 id='{name[:-3]}'>{name}</h2>" + _markdown((figures / name).read_text()))
+        sections += [f"<figure><img src='figures/{profile}/{png.name}' alt='{png.stem}'>"
+                     f"<figcaption>{png.stem}</figcaption></figure>" for png in sorted(figures.glob("*.png"))]
+    items = []
+    for run, path in notebooks:
+        page = "notebooks/" + run.replace("/", "__") + ".html"
+        (staging / page).write_text(_notebook_page(path, run))
+        items.append(f"<li><a href='{page}'>{html.escape(run)}</a></li>")
+    sections.append("<h2 id='notebooks'>Executed notebooks</h2><ul>" + "".join(items) + "</ul>")
+    (staging / "index.html").write_text(_page(f"vitprune: {profile}", "\n".join(sections)))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return {"out": out, "pages": 1 + len(notebooks), "seconds": time.perf_counter() - start}
