@@ -1,6 +1,7 @@
 """DynamicViT token pruning: schedules, keep counts, masked vs gathered forward, losses, checkpoints."""
 
 import argparse
+import json
 import types
 
 import numpy as np
@@ -458,3 +459,19 @@ def test_gathered_macs_match_the_official_model_zoo(name, released_gmacs):
     model = tp.attach(timm.create_model(name, pretrained=False), 0.7).eval()
     gmacs = measure.count(model)["macs"] / 1e9
     assert released_gmacs <= gmacs < released_gmacs + 0.1
+
+
+def test_notebook_02_rerun_that_resumes_past_the_handoff_still_writes_it(smoke_runs, tmp_path):
+    """A re-run with the same training settings (here: another bench_repeats, or a second Run All
+    in the lab) resumes from the finished per-epoch checkpoint and trains no step, so it takes no
+    new hand-off snapshot: the one kept beside that checkpoint becomes handoff.pt again."""
+    import shutil
+
+    from vitprune.study import pipeline
+
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_runs.parent, runs)
+    pipeline.run_profile("smoke", only="02_token_pruning", overrides={"bench_repeats": 3},
+                         runs_root=str(runs))
+    run_dir = smoke_run(runs / "smoke", "02_token_pruning", base_rate=0.7)
+    assert (run_dir / "handoff.pt").is_file() and json.loads((run_dir / "metrics.json").read_text())["budget"]["steps"] > 0

@@ -272,14 +272,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 
 
 def checkpoint_from_state(template: nn.Module, state_path: str | os.PathLike, path: str | os.PathLike,
-                          **extra: Any) -> Path:
+                          keep_state: bool = False, **extra: Any) -> Path:
     """Save, as a checkpoint at `path`, a model of `template`'s architecture and pruning state
     holding the weights an `engine.train` snapshot wrote to `state_path` (a bare state dict, gate
-    values included); the state file is removed once the checkpoint is written."""
+    values included); the state file is removed once the checkpoint is written, unless
+    `keep_state` (a snapshot kept beside resumable training state: a re-run that resumes past
+    the hand-off takes no new snapshot)."""
     model = copy.deepcopy(unwrap(template))
     model.load_state_dict(torch_load(state_path))
     out = save_checkpoint(path, model, **extra)
-    Path(state_path).unlink()
+    if not keep_state:
+        Path(state_path).unlink()
     return out
 
 

@@ -5,6 +5,7 @@
 - kernels on IPC sockets in the Jupyter runtime folder, as the pipeline's (no TCP ports, no
   "without encryption" warning, no socket files in the repository);
 - as root (a container) with `--allow-root`;
+- a notebook's kernel starts without a "Select Kernel" dialog, no news pop-up;
 - a pre-save hook that writes notebooks/ as committed (outputs, execution counts and kernel
   metadata stripped), so autosave and Ctrl-S never dirty the repository. Executed copies come
   from the pipeline (runs/) and the book (`make book`).
@@ -14,8 +15,8 @@ A lab run of a notebook writes under runs/<profile>/lab/ (see the notebooks' fir
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from typing import Any
 from vitprune.study import config
 
 COMMITTED = "notebooks/"  # API paths (relative to the server root) of the committed notebooks
+# JupyterLab settings for this server (overrides.json in its app settings folder): a notebook
+# opened starts its python3 kernel without a "Select Kernel" dialog, and no news pop-up asks to
+# reach the internet
+SETTINGS = {"@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True},
+            "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
 
 
 def strip_before_save(model: dict[str, Any], path: str, **kwargs: Any) -> None:
@@ -37,10 +43,13 @@ def lab_command(port: int = 8888, token: str | None = None, open_browser: bool =
     from jupyter_core.paths import jupyter_runtime_dir
 
     runtime = Path(jupyter_runtime_dir())
-    runtime.mkdir(parents=True, exist_ok=True)
+    settings = runtime / "vitprune-lab-settings"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "overrides.json").write_text(json.dumps(SETTINGS, indent=1))
     command = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={config.project_root()}",
                "--LabApp.default_url=/lab/tree/notebooks", f"--ServerApp.port={port}",
                "--ServerApp.ip=127.0.0.1", f"--ServerApp.open_browser={open_browser}",
+               f"--LabApp.app_settings_dir={settings}",
                f"--ContentsManager.pre_save_hook={__name__}.strip_before_save",
                "--KernelManager.transport=ipc", f"--KernelManager.ip={runtime / f'vitprune-lab-{os.getpid()}'}"]
     if token is not None:
@@ -56,4 +65,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=None, help="the server's token (default: a random one, printed)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser (a container, CI)")
     args = parser.parse_args(argv)
-    return subprocess.call(lab_command(args.port, args.token, not args.no_browser))
+    command = lab_command(args.port, args.token, not args.no_browser)
+    os.execv(command[0], command)  # this process becomes the server: Ctrl-C and kill reach JupyterLab itself

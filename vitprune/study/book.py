@@ -17,6 +17,8 @@ from vitprune.errors import UserError
 from vitprune.study import config
 
 BOOK_DIR = "book"  # <repo>/book/<profile>/ (ignored)
+TABLES = {"table1": "Table 1", "equal_macs": "Methods at equal MACs", "audit": "Audit of the study's numbers",
+          "edge_latency": "Edge latency (onnxruntime)"}  # notebook 05's markdown files, in reading order
 STYLE = """body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;line-height:1.5}
 nav a{margin-right:1rem} table{border-collapse:collapse;font-size:.85rem} td,th{border:1px solid #ccc;padding:.2rem .4rem}
 img{max-width:100%} figure{margin:1rem 0} figcaption{color:#555;font-size:.9rem} pre{overflow-x:auto}"""
@@ -94,9 +96,9 @@ def build(profile: str = config.DEFAULT_PROFILE, runs_root: str | Path | None = 
         sections.append("<div id='results'>" + _markdown(results) + "</div>")
     if figures.is_dir():
         shutil.copytree(figures, staging / "figures" / profile, dirs_exist_ok=True)
-        for name in ("table1.md", "equal_macs.md", "audit.md", "edge_latency.md"):
-            if (figures / name).is_file():
-                sections.append(f"<h2 id='{name[:-3]}'>{name}</h2>" + _markdown((figures / name).read_text()))
+        for name, title in TABLES.items():
+            if (figures / f"{name}.md").is_file():
+                sections.append(f"<h2 id='{name}'>{title}</h2>" + _markdown((figures / f"{name}.md").read_text()))
         sections += [f"<figure><img src='figures/{profile}/{png.name}' alt='{png.stem}'>"
                      f"<figcaption>{png.stem}</figcaption></figure>" for png in sorted(figures.glob("*.png"))]
     items = []
