@@ -122,3 +122,9 @@ def test_imports_follow_the_layer_rule():
 def test_the_package_is_places_not_prefixes():
     top_level = sorted(p.stem for p in PKG.glob("*.py") if p.stem not in ("__init__", "__main__"))
     assert len(top_level) <= 6, f"vitprune/ holds {len(top_level)} modules beside its sub-packages: {top_level}"
+
+
+def test_no_module_over_500_lines():
+    """A module a newcomer reads in one sitting: past 500 lines it is two concerns (split by one)."""
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"modules over 500 lines: {long}"

@@ -6,6 +6,7 @@ nothing outside a live lab)."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any, Iterable
 
 KERNEL_ENV = {"VITPRUNE_PROGRESS": "text", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
@@ -22,3 +23,18 @@ def bar(iterable: Iterable | None = None, **options: Any):
     else:
         from tqdm.auto import tqdm
     return tqdm(iterable, **options)
+
+
+@contextmanager
+def kernel_env():
+    """KERNEL_ENV in os.environ while the pipeline starts a kernel (it inherits them), then as before."""
+    saved = {name: os.environ.get(name) for name in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -329,15 +329,14 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", **env}
     write_manifest(staging, manifest)
     start = time.perf_counter()
-    saved_env = {name: os.environ.get(name) for name in progress.KERNEL_ENV}
-    os.environ.update(progress.KERNEL_ENV)  # the kernel inherits them: text progress in the executed notebook
     try:
-        papermill.execute_notebook(str(config.notebook_path(run.notebook)), str(output),
-                                   parameters={**run.params, "run_dir": str(staging)},
-                                   cwd=str(config.project_root()),
-                                   kernel_name="python3", progress_bar=False,
-                                   coalesce_streams=True,  # one stdout / stderr box per cell, bars at their last state
-                                   kernel_manager_class=_ipc_kernel_manager())
+        with progress.kernel_env():  # text progress bars in the executed notebook
+            papermill.execute_notebook(str(config.notebook_path(run.notebook)), str(output),
+                                       parameters={**run.params, "run_dir": str(staging)},
+                                       cwd=str(config.project_root()),
+                                       kernel_name="python3", progress_bar=False,
+                                       coalesce_streams=True,  # one stdout / stderr box per cell, bars at their last state
+                                       kernel_manager_class=_ipc_kernel_manager())
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         manifest.update(status="interrupted" if interrupted else "failed",
@@ -348,12 +347,6 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
             raise
         raise UserError(f"{run.name} failed: {manifest['error']} (the partial notebook is at {output}; "
                         f"the last good run in {run.run_dir} is untouched)") from exc
-    finally:
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     manifest.update(status="ok", wall_time_s=round(time.perf_counter() - start, 2))
     if not (staging / "metrics.json").exists():
         manifest.update(status="failed", error="notebook finished without writing metrics.json")
