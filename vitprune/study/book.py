@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vitprune.errors import UserError
-from vitprune.study import config
+from vitprune.study import config, results
 
 BOOK_DIR = "book"  # <repo>/book/<profile>/ (ignored)
 TABLES = {"table1": "Table 1", "equal_macs": "Methods at equal MACs", "audit": "Audit of the study's numbers",
@@ -37,19 +37,17 @@ def _page(title: str, body: str) -> str:
 
 
 def executed_notebooks(runs_root: str | Path | None, profile: str) -> list[tuple[str, Path]]:
-    """(run name, executed notebook) of every run the pipeline finished (manifest ok), in
-    notebook order; lab runs and unfinished folders are not the study's."""
+    """(run name, executed notebook) of every run the pipeline finished (`results.not_a_run`), in
+    notebook order; lab runs, unfinished folders and folders changed since are not the study's."""
     root = config.runs_root_or_default(runs_root) / profile
     found = []
     for notebook in config.NOTEBOOKS:
-        base = root / notebook
-        folders = [base] + sorted(p for p in base.glob("*") if p.is_dir()) if base.is_dir() else []
-        for folder in folders:
-            if folder.name.endswith(config.NOT_RUN_FOLDERS) or not (folder / f"{notebook}.ipynb").is_file():
-                continue
+        for folder in config.run_folders(runs_root, profile, notebook):
+            executed = folder / f"{notebook}.ipynb"
             manifest = folder / config.MANIFEST_FILE
-            if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "ok":
-                found.append((folder.relative_to(root).as_posix(), folder / f"{notebook}.ipynb"))
+            if executed.is_file() and manifest.is_file() and \
+                    results.not_a_run(folder, json.loads(manifest.read_text())) is None:
+                found.append((folder.relative_to(root).as_posix(), executed))
     return found
 
 

@@ -136,13 +136,17 @@ injected) writes under `<runs_root>/<profile>/lab/<notebook>[/<variant>]`, never
 pipeline's run folders, which only the pipeline writes (with their manifest)."""
 
 
+def _lab_twin(params: dict[str, Any], pipeline_dir: Path) -> Path:
+    """The lab's folder for a pipeline run folder: <runs_root>/<profile>/lab/<the same relative path>."""
+    profile_root = runs_root_or_default(params.get("runs_root")) / params["profile"]
+    return profile_root / LAB / pipeline_dir.relative_to(profile_root)
+
+
 def own_run_dir(params: dict[str, Any], notebook: str) -> Path:
     """This run's folder: the injected `run_dir`, or the lab folder at the notebook's point."""
     if params.get("run_dir"):
         return Path(params["run_dir"])
-    pipeline_dir = point_run_dir(params.get("runs_root"), params["profile"], notebook, params)
-    profile_dir_ = runs_root_or_default(params.get("runs_root")) / params["profile"]
-    return profile_dir_ / LAB / pipeline_dir.relative_to(profile_dir_)
+    return _lab_twin(params, point_run_dir(params.get("runs_root"), params["profile"], notebook, params))
 
 
 def upstream_run_dir(params: dict[str, Any], notebook: str, point: dict[str, Any]) -> Path:
@@ -151,8 +155,7 @@ def upstream_run_dir(params: dict[str, Any], notebook: str, point: dict[str, Any
     pipeline_dir = point_run_dir(params.get("runs_root"), params["profile"], notebook, point)
     if params.get("run_dir"):
         return pipeline_dir
-    profile_dir_ = runs_root_or_default(params.get("runs_root")) / params["profile"]
-    lab_dir = profile_dir_ / LAB / pipeline_dir.relative_to(profile_dir_)
+    lab_dir = _lab_twin(params, pipeline_dir)
     return lab_dir if (lab_dir / "metrics.json").is_file() else pipeline_dir
 
 
@@ -164,6 +167,15 @@ everything reads. Readers of a runs tree skip these folders."""
 REPLACED_SUFFIX = ".replaced"  # the old run folder, for the moment between two renames
 NOT_RUN_FOLDERS = (PARTIAL_SUFFIX, REPLACED_SUFFIX, ".new")
 
+
+def run_folders(runs_root: str | os.PathLike | None, profile: str, notebook: str) -> list[Path]:
+    """The folders on disk that may hold a run of `notebook`: its folder and its variant folders
+    (not the `.partial` / `.replaced` ones)."""
+    base = runs_root_or_default(runs_root) / profile / notebook
+    if not base.is_dir():
+        return []
+    return [base] + sorted(p for p in base.glob("*") if p.is_dir() and not p.name.endswith(NOT_RUN_FOLDERS))
+
 REUSED_SUBDIRS = ("train_state", "dataset")  # a new run of a folder starts from hard links to these
 MANIFEST_FILE = "manifest.json"
 
@@ -174,12 +186,15 @@ def run_files(run_dir: Path) -> dict[str, list[int]]:
     and a folder whose files no longer match (a notebook run by hand wrote into it) is neither
     up to date nor read as a run."""
     out = {}
-    for path in sorted(Path(run_dir).rglob("*")):
-        rel = path.relative_to(run_dir)
-        if path.is_file() and rel.parts[0] not in REUSED_SUBDIRS and rel.as_posix() != MANIFEST_FILE:
-            stat = path.stat()
-            out[rel.as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return out
+    for folder, subfolders, files in os.walk(run_dir):
+        if folder == str(run_dir):
+            subfolders[:] = [d for d in subfolders if d not in REUSED_SUBDIRS]  # not walked at all
+        for name in files:
+            rel = os.path.relpath(os.path.join(folder, name), run_dir)
+            if rel != MANIFEST_FILE:
+                stat = os.stat(os.path.join(folder, name))
+                out[Path(rel).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return dict(sorted(out.items()))
 
 
 def changed_files(run_dir: Path, manifest: dict[str, Any]) -> list[str]:

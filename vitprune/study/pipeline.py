@@ -190,10 +190,10 @@ def environment() -> dict[str, Any]:
 
     from vitprune.train import hardware  # here: torch is imported only once a run starts, not for a bad-input error
 
+    facts = hardware.describe()
     return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
-            "device": "cuda" if hardware.gpu_count() else "cpu", "gpus": hardware.gpu_count(),
-            "cpu": hardware.cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch_threads": torch.get_num_threads(), "git_sha": git_sha()}
+            "device": "cuda" if facts["gpus"] else "cpu", "gpus": facts["gpus"], "cpu": facts["cpu"],
+            "cpu_capability": facts["cpu_capability"], "torch_threads": torch.get_num_threads(), "git_sha": git_sha()}
 
 
 def _ipc_kernel_manager() -> type:

@@ -112,25 +112,18 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str,
     parent's own summary is left out when a row has its method (it repeats that row).
     Missing notebooks are simply absent.
     """
-    root = config.runs_root_or_default(runs_root) / profile
     runs: list[dict[str, Any]] = []
     for notebook in MODEL_NOTEBOOKS:
-        base = root / notebook
-        candidates = [base] + sorted(p for p in base.glob("*") if p.is_dir()
-                                     and not p.name.endswith(config.NOT_RUN_FOLDERS)) if base.is_dir() else []
-        for run_dir in candidates:
+        base = config.run_dir(runs_root, profile, notebook)
+        for run_dir in config.run_folders(runs_root, profile, notebook):
             path = run_dir / METRICS_FILE
             if not path.is_file():
                 continue
-            manifest = _read_json(run_dir / "manifest.json")
-            changed = config.changed_files(run_dir, manifest) if manifest and manifest.get("status") == "ok" else []
-            if not manifest or manifest.get("status") != "ok" or changed:
+            manifest = _read_json(run_dir / config.MANIFEST_FILE)
+            reason = not_a_run(run_dir, manifest)
+            if reason:
                 if left_out is not None:
-                    left_out.append(f"{run_dir}: " + ("metrics.json without a manifest (written outside the pipeline, "
-                                                      "e.g. papermill or a notebook by hand)" if not manifest
-                                                      else f"manifest says {manifest.get('status')}" if not changed
-                                                      else f"{', '.join(changed[:3])} changed since the pipeline "
-                                                           "wrote it (re-run it: python -m vitprune run)"))
+                    left_out.append(f"{run_dir}: {reason}")
                 continue
             try:
                 metrics = json.loads(path.read_text())
@@ -152,6 +145,18 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str,
             for i, row in enumerate(extra):
                 runs.append({**entry, "run": f"{name}#{i}", "metrics": {**inherit, **row}})
     return runs
+
+
+def not_a_run(run_dir: Path, manifest: dict | None) -> str | None:
+    """Why a folder holding a run's files is not a run the pipeline finished (None: it is one)."""
+    if not manifest:
+        return "metrics.json without a manifest (written outside the pipeline, e.g. papermill or a notebook by hand)"
+    if manifest.get("status") != "ok":
+        return f"manifest says {manifest.get('status')}"
+    changed = config.changed_files(run_dir, manifest)
+    if changed:
+        return f"{', '.join(changed[:3])} changed since the pipeline wrote it (re-run it: python -m vitprune run)"
+    return None
 
 
 def _read_json(path: Path) -> dict | None:

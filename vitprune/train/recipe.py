@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, fields
+import dataclasses
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -105,7 +106,7 @@ class TrainConfig:
         return cls(**{**values, **overrides})
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        return type(self)(**{**asdict(self), **changes})
+        return dataclasses.replace(self, **changes)
 
     @property
     def scale(self) -> dict[str, Any]:
