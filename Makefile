@@ -11,7 +11,7 @@ SEEDS ?= 3
 FIGURES_SEEDS ?= 1
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup reproduce study test test-full gpu-check figures lab book clean distclean data-package
+.PHONY: setup reproduce study baseline test test-full gpu-check figures lab book clean distclean data-package
 
 setup: $(STAMP)
 
@@ -34,10 +34,16 @@ data-package:
 reproduce: setup data-package
 	$(BIN)/python -m vitprune run --profile $(PROFILE)
 
-# the fine-tunes (notebooks 02-04) over SEEDS seeds from the one baseline; seed 0 is make reproduce's
-# run, reused when up to date; Table 1 and figures go to figures/$(PROFILE)-$(SEEDS)seeds/
+# the fine-tunes (notebooks 02-04) over SEEDS seeds from the one released baseline, with the runs
+# params/$(PROFILE)/study.yaml adds (every control, the study's linear rate); seed 0 of make reproduce's
+# runs is reused when up to date; Table 1 and figures go to figures/$(PROFILE)-$(SEEDS)seeds/
 study: setup data-package
-	$(BIN)/python -m vitprune run --profile $(PROFILE) --seeds $(SEEDS)
+	$(BIN)/python -m vitprune run --profile $(PROFILE) --seeds $(SEEDS) --study
+
+# trains the profile's baseline once (notebook 01 with params/$(PROFILE)/baseline.yaml) under runs/baseline/;
+# nothing is released until `python -m vitprune release runs/baseline/$(PROFILE)/01_deit_baseline` (it says so)
+baseline: setup data-package
+	$(BIN)/python -m vitprune baseline --profile $(PROFILE)
 
 test: setup
 	$(BIN)/python -m pytest
@@ -50,9 +56,10 @@ test-full: setup
 gpu-check: setup data-package
 	$(BIN)/python -m vitprune gpu-check
 
-# notebook 05 again on the existing runs (FIGURES_SEEDS=3: the study's Table 1 and figures)
+# notebook 05 again on the existing runs (FIGURES_SEEDS=3: make study's Table 1 and figures)
 figures: setup
-	$(BIN)/python -m vitprune run --profile $(PROFILE) --only 05_analysis --force --seeds $(FIGURES_SEEDS)
+	$(BIN)/python -m vitprune run --profile $(PROFILE) --only 05_analysis --force --seeds $(FIGURES_SEEDS) \
+		$(if $(filter-out 1,$(FIGURES_SEEDS)),--study)
 
 # JupyterLab at the repository root (notebooks/ shown first), the pipeline's kernel settings,
 # notebooks/ saved as committed; as root too (vitprune/cli/lab.py)

@@ -25,12 +25,13 @@ def smoke_runs(tmp_path_factory, tiny_idx_dir) -> Path:
     from vitprune.study import pipeline
 
     runs_root = tmp_path_factory.mktemp("runs")
-    pipeline.run_profile("smoke", overrides={"idx_dir": str(tiny_idx_dir)}, runs_root=str(runs_root))
+    pipeline.run_profile("smoke", overrides={"idx_dir": str(tiny_idx_dir)}, runs_root=str(runs_root), study=True)
     return runs_root / "smoke"
 
 
-def smoke_run(smoke_runs: Path, notebook: str, **values) -> Path:
-    """The smoke pipeline's run folder of `notebook` at seed 0 and the given sweep values."""
-    from vitprune.study import config
+def smoke_run(smoke_runs: Path, notebook: str, point: str | None = None, **values) -> Path:
+    """The smoke pipeline's run folder of `notebook` at seed 0 and the given sweep values (or the
+    named point `point`: "control", "linear_0.4")."""
+    from vitprune.study import run_folders
 
-    return config.point_run_dir(smoke_runs.parent, "smoke", notebook, {"seed": 0, **values})
+    return run_folders.point_run_dir(smoke_runs.parent, "smoke", notebook, {"seed": 0, **values}, point)

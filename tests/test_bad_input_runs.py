@@ -7,7 +7,7 @@ import pytest
 
 from vitprune import param_rules
 from vitprune.__main__ import main as cli
-from vitprune.study import config
+from vitprune.study import config, run_folders
 
 BAD = [
     ("01_deit_baseline", "epochs=-1", "parameter 'epochs' must be >= 0, got -1"),
@@ -51,7 +51,7 @@ def test_every_profile_value_obeys_the_rules():
     from vitprune.study import pipeline
 
     for profile in ("fmnist", "smoke", "imagenet"):
-        assert pipeline.plan(profile, pipeline.available_notebooks(), {}, config.runs_root_or_default(None))
+        assert pipeline.plan(profile, pipeline.available_notebooks(), {}, run_folders.runs_root_or_default(None))
 
 
 def test_every_rule_names_a_declared_parameter():

@@ -68,3 +68,32 @@ def test_combined_models_reload(smoke_runs):
 
 def base_classes(smoke_runs):
     return results.read_metrics(smoke_runs / "00_data_cache")["class_names"]
+
+
+def test_controls_prune_nothing_and_continue_the_controls(smoke_runs):
+    """The controls (sweep.yaml's points, study.yaml's for 04) run each recipe with nothing pruned:
+    DynamicViT keeps every token, block pruning every head and channel, and 04's control continues
+    02's and 03's controls from their hand-offs without pruning in either stage."""
+    base = results.read_metrics(smoke_runs / "01_deit_baseline")
+    token = results.read_metrics(smoke_run(smoke_runs, "02_token_pruning", point="control"))
+    assert token["control"] and token["base_rate"] == 1.0 and token["label"].endswith("control (nothing pruned)")
+    assert token["keep_counts"] == [token["tokens_per_block"][0] - 1] * 3  # every patch token, CLS not counted
+    assert token["macs"] == base["macs"]  # no token dropped: the gathered forward skips a stage that keeps all
+    block = results.read_metrics(smoke_run(smoke_runs, "03_block_pruning", point="control"))
+    assert block["control"] and block["macs"] == base["macs"] and block["params"] == base["params"]
+    assert block["block_spec"] == [{"heads": h, "mlp": m} for h, m in zip(block["baseline_heads"], block["baseline_mlp"])]
+    combo = results.read_metrics(smoke_run(smoke_runs, "04_combination", point="control"))
+    rows = {r["method"]: r for r in combo["rows"]}
+    assert set(rows) == {"token_then_block", "block_then_token"} and all(r["control"] for r in rows.values())
+    run = smoke_run(smoke_runs, "04_combination", point="control")
+    assert rows["token_then_block"]["source_run"] == str(smoke_run(smoke_runs, "02_token_pruning", point="control")
+                                                        / "handoff.pt")
+    assert rows["token_then_block"]["params"] == token["params"] and rows["block_then_token"]["macs"] >= base["macs"]
+    assert (run / "model.pt").is_file()
+
+
+def test_the_studys_linear_rate_keeps_no_token_after_its_last_stage(smoke_runs):
+    """study.yaml's linear 0.4 (the study's text: keep 0.4, 0.2, 0.0): block 9 on sees CLS alone."""
+    m = results.read_metrics(smoke_run(smoke_runs, "02_token_pruning", point="linear_0.4"))
+    assert m["schedule"] == "linear" and m["keep_counts"][-1] == 0 and m["tokens_per_block"][-1] == 1
+    assert m["label"].endswith("(linear)")

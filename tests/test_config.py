@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vitprune.errors import UserError
-from vitprune.study import config
+from vitprune.study import config, run_folders
 
 CELL = '''profile: str = "fmnist"
 runs_root: str = ""
@@ -76,19 +76,19 @@ def test_override_values_are_read_as_yaml():
 
 
 def test_variant_names_are_stable():
-    assert config.variant_name({"base_rate": 0.7}) == "base_rate_0.7"
-    assert config.variant_name({"b": 1, "a": 2}) == "a_2__b_1"
+    assert run_folders.variant_name({"base_rate": 0.7}) == "base_rate_0.7"
+    assert run_folders.variant_name({"b": 1, "a": 2}) == "a_2__b_1"
 
 
 def test_train_state_dir_is_keyed_by_settings_and_source_checkpoint(tmp_path):
     source = tmp_path / "model.pt"
     source.write_bytes(b"v1")
-    first = config.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source])
+    first = run_folders.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source])
     assert first.parent == tmp_path / "run" / "train_state"
-    assert config.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source]) == first
-    assert config.train_state_dir(tmp_path / "run", {"lr": 0.2}, sources=[source]) != first
+    assert run_folders.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source]) == first
+    assert run_folders.train_state_dir(tmp_path / "run", {"lr": 0.2}, sources=[source]) != first
     source.write_bytes(b"retrained")  # a new baseline: old per-epoch state must not be resumed
-    assert config.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source]) != first
+    assert run_folders.train_state_dir(tmp_path / "run", {"lr": 0.1}, sources=[source]) != first
 
 
 def test_training_settings_are_every_declared_parameter_but_the_excluded(tmp_path):
@@ -101,7 +101,7 @@ def test_training_settings_are_every_declared_parameter_but_the_excluded(tmp_pat
     grown = write_notebook(tmp_path / "grown.ipynb", CELL + "threads: int = 2\nmixup: float = 0.0\n")
     key = config.training_settings(str(grown), {**values, "mixup": 0.8}, exclude=["threads"])
     assert key["mixup"] == 0.8
-    assert config.train_state_dir(tmp_path, key) != config.train_state_dir(tmp_path, settings)
+    assert run_folders.train_state_dir(tmp_path, key) != run_folders.train_state_dir(tmp_path, settings)
     with pytest.raises(ValueError, match="thread"):
         config.training_settings(str(nb), values, exclude=["thread"])
 

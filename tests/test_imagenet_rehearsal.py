@@ -16,6 +16,7 @@ from vitprune.study import config, pipeline, results
 from vitprune.train import hardware
 
 pytestmark = pytest.mark.rehearsal
+TOKEN_RUN = "02_token_pruning/base_rate_0.7__seed_0"
 
 IMG = 48  # DeiT-Tiny at 48x48: 9 patches + CLS (so every training-free rate down to 0.5 keeps a token at
 # block 9: 9 x 0.5^3 = 1.1), and 1000 classes train in seconds
@@ -48,13 +49,16 @@ def inputs(tmp_path_factory):
 def profile_run(inputs):
     root, overrides = inputs
     runs = root / "runs"
-    return runs, pipeline.run_profile("imagenet", overrides=overrides, runs_root=str(runs))
+    return runs, pipeline.run_profile("imagenet", overrides=overrides, runs_root=str(runs), study=True)
 
 
 def test_imagenet_profile_end_to_end(profile_run):
     runs, summaries = profile_run
-    assert [s["run"] for s in summaries] == ["00_data_cache", "01_deit_baseline", "02_token_pruning/seed_0",
-                                             "03_block_pruning/seed_0", "04_combination/seed_0", "05_analysis"]
+    # the study's four base rates; --study adds a control of every fine-tune recipe (off by default)
+    assert [s["run"] for s in summaries] == [
+        "00_data_cache", "01_deit_baseline", *[f"02_token_pruning/base_rate_{r}__seed_0" for r in (0.7, 0.6, 0.5, 0.4)],
+        "02_token_pruning/control__seed_0", "03_block_pruning/seed_0", "03_block_pruning/control__seed_0",
+        "04_combination/seed_0", "04_combination/control__seed_0", "05_analysis"]
     base = runs / "imagenet"
     cache = results.read_metrics(base / "00_data_cache")
     assert cache["num_classes"] == 1000 if "num_classes" in cache else True
@@ -62,12 +66,17 @@ def test_imagenet_profile_end_to_end(profile_run):
     # the profile's num_processes: auto is one worker per core here (no GPU): the whole profile rehearses DDP
     assert baseline["eval_samples"] == 1000 and baseline["num_processes"] == hardware.auto_processes()
     assert baseline["mixed_precision"] == "no" and baseline["device"] == "cpu"
-    token = results.read_metrics(base / "02_token_pruning/seed_0")  # no sweep in this profile: no base_rate_ folder
+    token = results.read_metrics(base / TOKEN_RUN)
     assert token["base_rate"] == 0.7 and token["recipe"]["mixup_alpha"] == 0.8
+    control = results.read_metrics(base / "02_token_pruning/control__seed_0")
+    assert control["control"] and control["keep_counts"] == [control["tokens_per_block"][0] - 1] * 3
     combo = results.read_metrics(base / "04_combination/seed_0")
     t2b = next(r for r in combo["rows"] if r["method"] == "token_then_block")
-    assert t2b["source_run"] == str(base / "02_token_pruning/seed_0/model.pt")  # no hand-off in this profile
-    manifest = json.loads((base / "02_token_pruning/seed_0" / "manifest.json").read_text())
+    assert t2b["source_run"] == str(base / TOKEN_RUN / "model.pt")  # no hand-off in this profile
+    combo_control = results.read_metrics(base / "04_combination/control__seed_0")
+    assert [r["control"] for r in combo_control["rows"]] == [True, True]
+    assert combo_control["rows"][0]["source_run"] == str(base / "02_token_pruning/control__seed_0/model.pt")
+    manifest = json.loads((base / TOKEN_RUN / "manifest.json").read_text())
     assert manifest["num_processes"] == hardware.auto_processes() and manifest["status"] == "ok"
     table = list((base / "05_analysis").rglob("table1.md"))
     assert table and "DyViT" in table[0].read_text()
@@ -99,14 +108,14 @@ def test_released_dynamicvit_checkpoint_is_evaluated_and_block_pruned(inputs, pr
     root, overrides = inputs
     runs, _ = profile_run
     base = runs / "imagenet"
-    before = results.read_metrics(base / "02_token_pruning/seed_0")
-    official = dynamicvit_io.save_official_checkpoint(models.load_checkpoint(base / "02_token_pruning/seed_0/model.pt"),
-                                           root / "dynamicvit_official.pth")
+    before = results.read_metrics(base / TOKEN_RUN)
+    official = dynamicvit_io.save_official_checkpoint(models.load_checkpoint(base / TOKEN_RUN / "model.pt"),
+                                                      root / "dynamicvit_official.pth")
     again = pipeline.run_profile("imagenet", only="02_token_pruning", runs_root=str(runs),
                                  overrides={**declared_only(overrides, "02_token_pruning"),
-                                            "token_checkpoint": str(official), "epochs": 0})
-    assert again[0]["status"] == "ran"
-    evaluated = results.read_metrics(base / "02_token_pruning/seed_0")
+                                            "token_checkpoint": str(official), "epochs": 0, "base_rate": 0.7})
+    assert [s["status"] for s in again] == ["ran"]
+    evaluated = results.read_metrics(base / TOKEN_RUN)
     assert evaluated["top1"] == pytest.approx(before["top1"]) and evaluated["train_samples"] == 0
     combo = pipeline.run_profile("imagenet", only="04_combination", runs_root=str(runs),
                                  overrides={**declared_only(overrides, "04_combination"),

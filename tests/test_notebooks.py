@@ -34,9 +34,24 @@ def test_every_profile_validates_against_the_notebooks(profile):
     for path in NOTEBOOKS:
         config.profile_params(profile, path.stem)
     config.profile_sweep(profile)
+    config.profile_points(profile, study=True)
+    baseline = ROOT / "params" / profile / config.BASELINE_FILE
+    if baseline.exists():
+        config.validate(config.declared_parameters("01_deit_baseline"), config.load_yaml(baseline), str(baseline))
     stray = [p.name for p in (ROOT / "params" / profile).glob("*.yaml")
-             if p.stem not in config.NOTEBOOKS and p.name != config.SWEEP_FILE]
+             if p.stem not in config.NOTEBOOKS and p.name not in config.PROFILE_FILES]
     assert not stray, f"params/{profile} holds files no notebook reads: {stray}"
+
+
+def test_the_lab_trains_what_make_baseline_trains():
+    """Notebook 01 opened in the lab evaluates the released baseline; set train=True and
+    checkpoint="" and it trains with make baseline's recipe (params/fmnist/baseline.yaml)."""
+    declared = config.declared_parameters("01_deit_baseline")
+    recipe = config.load_yaml(ROOT / "params" / config.DEFAULT_PROFILE / config.BASELINE_FILE)
+    drift = {k: (declared[k].default, v) for k, v in recipe.items()
+             if k not in ("train", "checkpoint", "num_processes", "threads") and declared[k].default != v}
+    assert not drift, f"01's parameters cell differs from baseline.yaml (default, baseline.yaml): {drift}"
+    assert recipe["train"] and not recipe["checkpoint"] and not declared["train"].default
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -12,11 +12,12 @@ import pytest
 
 from vitprune.__main__ import main as cli
 from vitprune.errors import UserError
-from vitprune.study import config, pipeline
+from vitprune.study import execution, pipeline, run_folders
 
 PARAMS = 'profile: str = "fmnist"\nruns_root: str = ""\nrun_dir: str = ""\n'
 BODY = '''
-import json, pathlib
+import json, pathlib, time
+started = time.time()
 if fail:
     raise RuntimeError("asked to fail")
 if globals().get("user_error"):
@@ -26,7 +27,8 @@ if globals().get("sleep"):
     pathlib.Path(run_dir, "started").write_text("")
     import time; time.sleep(sleep)
 pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
-pathlib.Path(run_dir, "metrics.json").write_text(json.dumps({"top1": value * 10, "value": value, "where": run_dir}))
+pathlib.Path(run_dir, "metrics.json").write_text(json.dumps({"top1": value * 10, "value": value, "where": run_dir,
+                                                             "started": started, "ended": time.time()}))
 '''
 
 
@@ -44,9 +46,11 @@ def toy(tmp_path, monkeypatch):
     """A project with notebooks 00 and 02 (02 swept over base_rate) and a `toy` profile."""
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks/00_data_cache.ipynb").write_text(
-        json.dumps(notebook("value: int = 1\nfail: bool = False\nuser_error: str = ''\nsleep: float = 0.0\n")))
+        json.dumps(notebook("value: int = 1\nfail: bool = False\nuser_error: str = ''\nsleep: float = 0.0\n"
+                            "threads: int = 2\n")))
     (tmp_path / "notebooks/02_token_pruning.ipynb").write_text(
-        json.dumps(notebook("value: float = 0.5\nbase_rate: float = 0.7\nfail: bool = False\n")))
+        json.dumps(notebook("value: float = 0.5\nbase_rate: float = 0.7\nfail: bool = False\nsleep: float = 0.0\n"
+                            "threads: int = 2\n")))
     prof = tmp_path / "params/toy"
     prof.mkdir(parents=True)
     (prof / "00_data_cache.yaml").write_text("value: 2\n")
@@ -188,7 +192,7 @@ def test_a_runs_root_that_is_a_file_or_read_only_is_one_line(toy, capsys):
 
 def test_the_error_line_keeps_the_fix_at_the_end_of_a_long_message():
     exc = UserError("checkpoint is deit_tiny, the notebook wants deit_small: " + "x" * 900 + " fix: set model_name")
-    line = pipeline.error_line(exc)
+    line = execution.error_line(exc)
     assert len(line) <= 505 and line.startswith("checkpoint is deit_tiny") and line.endswith("fix: set model_name")
 
 
@@ -286,7 +290,7 @@ def test_kernel_runs_over_ipc_without_the_tcp_warning(toy, capfd):
     pipeline.run_profile("toy", only="00_data_cache", runs_root=str(toy / "runs"))
     err = capfd.readouterr().err
     assert "without encryption" not in err
-    assert pipeline._ipc_kernel_manager()().transport == "ipc"
+    assert execution._ipc_kernel_manager()().transport == "ipc"
     assert {p.name for p in set(toy.iterdir()) - before} == {"runs"}
 
 
@@ -294,7 +298,7 @@ def test_concurrent_kernels_get_their_own_ipc_sockets():
     """jupyter_client's default IPC prefix is "kernel-ipc" in the working directory, so two runs
     started at once from one folder shared socket files and each kernel got the other's messages
     ("Invalid Signature", then "Kernel didn't respond"); each manager now has its own prefix."""
-    manager = pipeline._ipc_kernel_manager()
+    manager = execution._ipc_kernel_manager()
     first, second = manager().ip, manager().ip
     assert first != second
     assert all(Path(ip).is_absolute() and Path(ip).parent.is_dir() for ip in (first, second))
@@ -328,19 +332,105 @@ def test_a_folder_changed_outside_the_pipeline_is_not_up_to_date(toy, capsys):
     assert again[0]["status"] == "ran"
     assert "re-running: metrics.json, model.pt changed since the pipeline wrote the folder" in capsys.readouterr().out
     assert json.loads((run_dir / "metrics.json").read_text())["value"] == 2
-    assert config.changed_files(run_dir, manifest(run_dir)) == []
+    assert run_folders.changed_files(run_dir, manifest(run_dir)) == []
 
 
 def test_a_notebook_outside_the_pipeline_writes_under_lab(toy):
     """Without an injected run_dir a run goes to <runs_root>/<profile>/lab/...; its upstream is
     the lab's own run when it finished one, else the pipeline's."""
     params = {"profile": "toy", "runs_root": str(toy / "runs"), "run_dir": "", "base_rate": 0.5}
-    assert config.own_run_dir(params, "02_token_pruning") == toy / "runs/toy/lab/02_token_pruning/base_rate_0.5"
-    assert config.upstream_run_dir(params, "00_data_cache", {}) == toy / "runs/toy/00_data_cache"
+    assert run_folders.own_run_dir(params, "02_token_pruning") == toy / "runs/toy/lab/02_token_pruning/base_rate_0.5"
+    assert run_folders.upstream_run_dir(params, "00_data_cache", {}) == toy / "runs/toy/00_data_cache"
     lab = toy / "runs/toy/lab/00_data_cache"
     lab.mkdir(parents=True)
     (lab / "metrics.json").write_text("{}")
-    assert config.upstream_run_dir(params, "00_data_cache", {}) == lab
+    assert run_folders.upstream_run_dir(params, "00_data_cache", {}) == lab
     injected = {**params, "run_dir": str(toy / "x")}
-    assert config.own_run_dir(injected, "02_token_pruning") == toy / "x"
-    assert config.upstream_run_dir(injected, "00_data_cache", {}) == toy / "runs/toy/00_data_cache"
+    assert run_folders.own_run_dir(injected, "02_token_pruning") == toy / "x"
+    assert run_folders.upstream_run_dir(injected, "00_data_cache", {}) == toy / "runs/toy/00_data_cache"
+
+
+def _span(run_dir: Path) -> tuple[float, float]:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return m["started"], m["ended"]
+
+
+def test_runs_go_side_by_side_where_their_threads_fit_the_cores(toy, monkeypatch):
+    """Two 1-thread runs of the sweep overlap on a 2-core machine, each after the run they read;
+    --jobs 1 runs them one after the other (as do runs whose threads fill the cores)."""
+    monkeypatch.setattr(pipeline, "environment", lambda: {"cpu_cores": 2})
+    runs = toy / "runs"
+    pipeline.run_profile("toy", runs_root=str(runs), overrides={"sleep": 1.0, "threads": 1})
+    first, second = (_span(runs / f"toy/02_token_pruning/base_rate_{r}") for r in (0.9, 0.5))
+    cache = _span(runs / "toy/00_data_cache")
+    assert first[0] < second[1] and second[0] < first[1]  # they overlapped
+    assert cache[1] <= min(first[0], second[0])  # both read 00's run, so they started after it
+    assert manifest(runs / "toy/02_token_pruning/base_rate_0.5")["side_by_side"] is True
+    pipeline.run_profile("toy", only="02_token_pruning", runs_root=str(runs), jobs=1,
+                         overrides={"sleep": 0.2, "value": 3, "threads": 1})
+    first, second = (_span(runs / f"toy/02_token_pruning/base_rate_{r}") for r in (0.9, 0.5))
+    assert first[1] <= second[0]  # one after the other, in plan order
+    run = pipeline.plan("toy", ["02_token_pruning"], {"threads": 2}, runs)[0]
+    assert pipeline._cores_used(run, 2) == 2 and pipeline._cores_used(run, 8) == 2
+    run.params["num_processes"] = "auto"  # one process per GPU or core: the machine to itself
+    assert pipeline._cores_used(run, 8) == 8
+
+
+def test_side_by_side_a_failure_stops_new_runs_and_keeps_the_good_ones(toy, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "environment", lambda: {"cpu_cores": 2})
+    runs = toy / "runs"
+    pipeline.run_profile("toy", runs_root=str(runs))
+    good = _files(runs / "toy/02_token_pruning/base_rate_0.9")
+    with pytest.raises(UserError, match=r"base_rate_0\.[59] failed: RuntimeError: asked to fail .*is untouched"):
+        pipeline.run_profile("toy", only="02_token_pruning", runs_root=str(runs), overrides={"fail": True, "threads": 1})
+    assert _files(runs / "toy/02_token_pruning/base_rate_0.9") == good
+    assert manifest(runs / "toy/02_token_pruning/base_rate_0.9.partial")["status"] == "failed"
+    assert "asked to fail" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="no SIGINT on this platform")
+def test_ctrl_c_stops_every_run_under_way_and_keeps_the_good_ones(toy):
+    runs = toy / "runs"
+    pipeline.run_profile("toy", runs_root=str(runs))
+    good = {r: _files(runs / f"toy/02_token_pruning/base_rate_{r}") for r in (0.9, 0.5)}
+    proc = subprocess.Popen([sys.executable, "-m", "vitprune", "run", "--profile", "toy", "--only", "02_token_pruning",
+                             "--runs-root", str(runs), "-p", "sleep=60", "-p", "threads=1", "--jobs", "2"], cwd=toy,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = [runs / f"toy/02_token_pruning/base_rate_{r}.partial/started" for r in (0.9, 0.5)]
+    deadline = time.time() + 120
+    while not all(p.exists() for p in started) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert all(p.exists() for p in started), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("interrupted: `run` stopped")
+    for r in (0.9, 0.5):
+        assert _files(runs / f"toy/02_token_pruning/base_rate_{r}") == good[r]
+        assert manifest(runs / f"toy/02_token_pruning/base_rate_{r}.partial")["status"] == "interrupted"
+
+
+def test_named_points_run_beside_the_sweep_and_study_adds_its_own(toy):
+    """sweep.yaml's `points` (a control) run at every seed in a folder of their name; study.yaml's
+    only with --study; a lab run of the point writes to the lab twin of that folder."""
+    seeded = "value: float = 0.5\nbase_rate: float = 0.7\nfail: bool = False\nseed: int = 0\ncontrol: bool = False\n"
+    (toy / "notebooks/02_token_pruning.ipynb").write_text(json.dumps(notebook(seeded)))
+    (toy / "params/toy/sweep.yaml").write_text("02_token_pruning: {base_rate: [0.9]}\n"
+                                               "points:\n  02_token_pruning: {control: {control: true}}\n")
+    (toy / "params/toy/study.yaml").write_text("points:\n  02_token_pruning: {slow: {base_rate: 0.2, value: 4}}\n")
+    runs = toy / "runs"
+    usual = pipeline.plan("toy", ["02_token_pruning"], {}, runs, seeds=2)
+    assert [r.name for r in usual] == ["02_token_pruning/base_rate_0.9__seed_0", "02_token_pruning/base_rate_0.9__seed_1",
+                                       "02_token_pruning/control__seed_0", "02_token_pruning/control__seed_1"]
+    assert usual[3].params["control"] is True and usual[3].params["seed"] == 1
+    study = pipeline.plan("toy", ["02_token_pruning"], {}, runs, study=True)
+    assert [r.name for r in study][-1] == "02_token_pruning/slow__seed_0" and study[-1].params["value"] == 4
+    pipeline.run_profile("toy", runs_root=str(runs), only="02_token_pruning", study=True, jobs=1,
+                         overrides={"seed": 3})
+    assert manifest(runs / "toy/02_token_pruning/slow__seed_3")["params"]["base_rate"] == 0.2
+    lab = {"profile": "toy", "runs_root": str(runs), "run_dir": "", "seed": 0, "control": True, "base_rate": 0.9}
+    assert run_folders.own_run_dir(lab, "02_token_pruning") == runs / "toy/lab/02_token_pruning/control__seed_0"
+    with pytest.raises(UserError, match="-p control: the controls are runs of their own"):
+        pipeline.plan("toy", ["02_token_pruning"], {"control": True}, runs)
+    (toy / "params/toy/study.yaml").write_text("02_token_pruning: {base_rate: [0.3]}\n")
+    with pytest.raises(UserError, match="holds only 'points'"):
+        pipeline.plan("toy", ["02_token_pruning"], {}, runs, study=True)

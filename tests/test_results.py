@@ -11,7 +11,7 @@ import pytest
 
 from conftest import smoke_run
 from vitprune.errors import UserError
-from vitprune.study import comparisons, config, results, table1
+from vitprune.study import comparisons, results, run_folders, table1
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def _history(epochs, start_loss, final_top1):
 
 def _write_run(run_dir: Path, metrics: dict, params: dict | None = None) -> None:
     results.write_metrics(run_dir, metrics)
-    manifest = {"status": "ok", "params": params or {}, "variant": run_dir.name, "files": config.run_files(run_dir)}
+    manifest = {"status": "ok", "params": params or {}, "variant": run_dir.name, "files": run_folders.run_files(run_dir)}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -86,7 +86,7 @@ def write_synthetic_runs(runs_root: Path, profile: str = "fmnist") -> dict[str, 
              masks=rng.random((3, 3, 49)) > 0.4)
     token_run = base / "02_token_pruning/base_rate_0.7"  # its manifest records the arrays too
     recorded = json.loads((token_run / "manifest.json").read_text())
-    (token_run / "manifest.json").write_text(json.dumps({**recorded, "files": config.run_files(token_run)}))
+    (token_run / "manifest.json").write_text(json.dumps({**recorded, "files": run_folders.run_files(token_run)}))
     return written
 
 

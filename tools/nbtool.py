@@ -3,6 +3,7 @@
     python tools/nbtool.py build SRC.py notebooks/NN_name.ipynb
     python tools/nbtool.py script notebooks/NN_name.ipynb SRC.py   # the reverse, to edit as text
     python tools/nbtool.py strip notebooks/*.ipynb
+    python tools/nbtool.py defaults notebooks/*.ipynb   # parameters cell = params/fmnist/ (the lab runs it)
 
 SRC.py uses `# %%` for code cells and `# %% [markdown]` for markdown cells (lines of a
 markdown cell start with `# `). The first code cell gets the `parameters` tag. Outputs are
@@ -11,6 +12,7 @@ never written, so committed notebooks stay stripped.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -69,6 +71,29 @@ def strip(path: Path) -> None:
     path.write_text(nbformat.writes(nb) + "\n")
 
 
+def defaults(path: Path) -> list[str]:
+    """Set the parameters cell's defaults to the default profile's values (`config.lab_values`:
+    params/fmnist/ and the first point of its sweep), keeping each line's type and comment; returns
+    the names changed. tests/test_notebooks.py fails when they drift."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    wanted = config.lab_values(config.DEFAULT_PROFILE, path.stem)
+    lines, changed = [], []
+    for line in cell.source.splitlines():
+        head, sep, rest = line.partition(" = ")
+        name = head.split(":")[0].strip()
+        if sep and name in wanted:
+            literal, hash_, comment = rest.partition("  #")
+            new = json.dumps(wanted[name]) if isinstance(wanted[name], str) else repr(wanted[name])
+            if literal.strip() != new:
+                changed.append(name)
+            line = f"{head} = {new}" + (f"  #{comment}" if hash_ else "")
+        lines.append(line)
+    cell.source = "\n".join(lines)
+    path.write_text(nbformat.writes(nb) + "\n")
+    return changed
+
+
 if __name__ == "__main__":
     verb, *args = sys.argv[1:]
     if verb == "build":
@@ -78,5 +103,8 @@ if __name__ == "__main__":
     elif verb == "strip":
         for arg in args:
             strip(Path(arg))
+    elif verb == "defaults":
+        for arg in args:
+            print(arg, defaults(Path(arg)) or "unchanged")
     else:
         sys.exit(__doc__)

@@ -80,11 +80,11 @@ DECAY = interval(0, 1, high_open=True)
 RULES: dict[str, Rule] = {
     # counts of things (epochs 0: evaluate given weights, e.g. 02 with token_checkpoint)
     **{name: at_least(1) for name in (
-        "batch_size", "eval_batch_size", "img_size", "threads", "bench_batch_size",
+        "batch_size", "eval_batch_size", "img_size", "threads",
         "bench_repeats", "edge_repeats", "grad_accum_steps", "update_every", "num_proc",
         "max_grid_classes")},
     **{name: at_least(0) for name in (
-        "epochs", "lr_batch", "train_per_class", "eval_per_class", "eval_every", "num_workers", "seed", "min_heads",
+        "epochs", "lr_batch", "bench_batch_size", "train_per_class", "eval_per_class", "eval_every", "num_workers", "seed", "min_heads",
         "min_mlp", "crop_pad", "num_viz", "samples_per_class", "max_kept_images")},
     "num_processes": Rule(lambda v: v == "auto" or (_number(v) and v >= 1), ">= 1 or auto (one per GPU, else per core)"),
     # rates, weights and schedule fractions

@@ -15,6 +15,8 @@ from vitprune.errors import UserError
 
 COMMANDS = {
     "run": ("vitprune.cli.run", "main", "execute a profile's notebooks with papermill"),
+    "baseline": ("vitprune.cli.baseline", "main", "train the profile's baseline (make baseline); nothing released"),
+    "release": ("vitprune.cli.baseline", "release_main", "make a finished baseline run the released baseline"),
     "measure": ("vitprune.cli.measure", "main", "params, MACs and FLOPs of a model or pruned variant"),
     "bench": ("vitprune.cli.measure", "bench_main", "interleaved latency of baseline vs variant"),
     "data": ("vitprune.cli.data", "main", "cache | export | check datasets"),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vitprune.errors import UserError
-from vitprune.study import config, pipeline
+from vitprune.study import config, pipeline, run_folders
 from vitprune.train import hardware
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
@@ -38,7 +38,7 @@ def _stage(name: str, work: Callable[[], Any]) -> dict[str, Any]:
 def _smoke(root: Path, num_processes: int | str) -> dict[str, Any]:
     pipeline.run_profile("smoke", overrides={"num_processes": num_processes, "mixed_precision": "auto"},
                          runs_root=str(root), force=True)
-    base = pipeline.headline(config.run_dir(str(root), "smoke", "01_deit_baseline"))
+    base = pipeline.headline(run_folders.run_dir(str(root), "smoke", "01_deit_baseline"))
     return {"runs": str(root / "smoke"), "baseline": base}
 
 

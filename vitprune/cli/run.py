@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from vitprune.errors import UserError
 from vitprune.study import config, pipeline
 
 
@@ -20,10 +21,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="repeat the fine-tunes (notebooks 02-04) over N seeds from the same baseline, each a run "
                              "of its own; 05 then reports mean, std and paired intervals (default: 1)")
+    parser.add_argument("--study", action="store_true",
+                        help="also the runs params/<profile>/study.yaml names (make study: every control, the study's "
+                             "linear-schedule rate)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="runs at most N notebooks at once (default: as many as their threads fit the cores; "
+                             "1: one after the other)")
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     overrides = dict(config.parse_override(text) for text in args.param)
     start = time.perf_counter()
-    summaries = pipeline.run_profile(args.profile, args.only, args.force, overrides, args.runs_root, args.seeds)
+    summaries = pipeline.run_profile(args.profile, args.only, args.force, overrides, args.runs_root, args.seeds,
+                                     study=args.study, jobs=args.jobs)
     ran = sum(s["status"] == "ran" for s in summaries)
     print(f"done: {ran} run(s) executed, {len(summaries) - ran} up to date, "
           f"{time.perf_counter() - start:.1f} s in all", flush=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vitprune.errors import UserError
-from vitprune.study import config, pipeline, results, table1
+from vitprune.study import comparisons, pipeline, results, run_folders, table1
 
 
 def main(argv: list[str]) -> int:
@@ -21,20 +21,22 @@ def main(argv: list[str]) -> int:
                                       "its <N>seeds/ subfolder; the committed figures/ come from notebook 05)")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="gather the fine-tune seeds 0..N-1 of notebooks 02-04 (default: every seed on disk)")
+    parser.add_argument("--study", action="store_true", help="also the runs of params/<profile>/study.yaml (make study)")
     parser.add_argument("--measured-only", action="store_true", help="leave out the reported reference rows")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     left_out: list[str] = []
     runs = results.collect_runs(args.runs_root, args.profile,
-                                seeds=list(range(args.seeds)) if args.seeds else None, left_out=left_out)
+                                seeds=list(range(args.seeds)) if args.seeds else None, left_out=left_out,
+                                study=args.study)
     results.require_runs(runs, args.runs_root, args.profile)
-    for line in pipeline.missing_runs(args.profile, args.runs_root, args.seeds or 1):
+    for line in pipeline.missing_runs(args.profile, args.runs_root, args.seeds or 1, args.study):
         print(f"missing row: {line}", file=sys.stderr)
     for line in left_out:
         print(f"left out: {line}", file=sys.stderr)
-    df = table1.table1(runs, include_reference=not args.measured_only)
-    out = Path(args.out) if args.out else config.runs_root_or_default(args.runs_root) / args.profile / "table"
+    df = table1.table1(runs, include_reference=not args.measured_only, drops=comparisons.baseline_drops(runs))
+    out = Path(args.out) if args.out else run_folders.runs_root_or_default(args.runs_root) / args.profile / "table"
     if not args.out and (args.seeds or 1) > 1:
         out /= f"{args.seeds}seeds"
     paths = table1.write_table1(df, out)

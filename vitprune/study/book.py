@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vitprune.errors import UserError
-from vitprune.study import config, results
+from vitprune.study import config, results, run_folders
 
 BOOK_DIR = "book"  # <repo>/book/<profile>/ (ignored)
 TABLES = {"table1": "Table 1", "equal_macs": "Methods at equal MACs", "audit": "Audit of the study's numbers",
@@ -39,12 +39,12 @@ def _page(title: str, body: str) -> str:
 def executed_notebooks(runs_root: str | Path | None, profile: str) -> list[tuple[str, Path]]:
     """(run name, executed notebook) of every run the pipeline finished (`results.not_a_run`), in
     notebook order; lab runs, unfinished folders and folders changed since are not the study's."""
-    root = config.runs_root_or_default(runs_root) / profile
+    root = run_folders.runs_root_or_default(runs_root) / profile
     found = []
     for notebook in config.NOTEBOOKS:
-        for folder in config.run_folders(runs_root, profile, notebook):
+        for folder in run_folders.run_folders(runs_root, profile, notebook):
             executed = folder / f"{notebook}.ipynb"
-            manifest = folder / config.MANIFEST_FILE
+            manifest = folder / run_folders.MANIFEST_FILE
             if executed.is_file() and manifest.is_file() and \
                     results.not_a_run(folder, json.loads(manifest.read_text())) is None:
                 found.append((folder.relative_to(root).as_posix(), executed))
@@ -76,11 +76,11 @@ def build(profile: str = config.DEFAULT_PROFILE, runs_root: str | Path | None = 
     start = time.perf_counter()
     notebooks = executed_notebooks(runs_root, profile)
     if not notebooks:
-        raise UserError(f"no finished runs of profile {profile!r} under {config.runs_root_or_default(runs_root)}: "
+        raise UserError(f"no finished runs of profile {profile!r} under {run_folders.runs_root_or_default(runs_root)}: "
                         f"run `python -m vitprune run --profile {profile}` (make reproduce) first")
-    figures = Path(figures_dir) if figures_dir else config.figures_dir(profile)
+    figures = Path(figures_dir) if figures_dir else run_folders.figures_dir(profile)
     if not figures.is_dir():
-        figures = config.runs_root_or_default(runs_root) / profile / config.FIGURES_NOTEBOOK / config.FIGURES_SUBDIR
+        figures = run_folders.runs_root_or_default(runs_root) / profile / run_folders.FIGURES_NOTEBOOK / run_folders.FIGURES_SUBDIR
     out = Path(out) if out else config.project_root() / BOOK_DIR / profile
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)

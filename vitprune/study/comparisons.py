@@ -15,6 +15,11 @@ from vitprune.study.table1 import REFERENCE_ROWS, STUDY, STUDY_BASELINE
 SWEPT_METHODS = ("dynamicvit", "block")  # methods the profile sweeps over a compute knob
 
 
+def is_control(m: dict[str, Any]) -> bool:
+    """A control row: a fine-tune recipe run with nothing pruned (`control: true` in its metrics)."""
+    return bool(m.get("control"))
+
+
 def interpolate_top1(points: list[tuple[float, float]], macs: float) -> float | None:
     """Top-1 of a method's sweep at `macs`, linear in MACs between the two sweep points around
     it (points: (MACs, top-1)); None outside the sweep's MAC range (no extrapolation)."""
@@ -32,14 +37,14 @@ def _seed_sweeps(runs: list[dict[str, Any]]) -> dict[Any, dict[str, list[tuple[f
     out: dict[Any, dict[str, list[tuple[float, float]]]] = {}
     for r in runs:
         m = r["metrics"]
-        if m.get("method") in SWEPT_METHODS and is_model_row(m):
+        if m.get("method") in SWEPT_METHODS and is_model_row(m) and not is_control(m):
             out.setdefault(seed_of(r), {}).setdefault(m["method"], []).append((float(m["macs"]), float(m["top1"])))
     return out
 
 
 def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every pruned configuration (not the baseline) against the swept single methods at its own
-    MACs, seed by seed.
+    """Every pruned configuration (not the baseline, not a control) against the swept single methods
+    at its own MACs, seed by seed.
 
     For each configuration and each swept method other than its own, at every seed both have:
     the top-1 that method's sweep of the same seed reaches at the configuration's MACs
@@ -51,7 +56,7 @@ def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for point in fold_seeds([r for r in runs if is_model_row(r["metrics"])]):
         m = point["metrics"]
-        if m.get("method") == "baseline":
+        if m.get("method") == "baseline" or is_control(m):
             continue
         entry = {"label": m.get("label", ""), "method": m.get("method", ""), "run": point["run"],
                  "macs": float(m["macs"]), "top1": float(m["top1"]), "top1_std": m.get("top1_std"),
@@ -92,29 +97,39 @@ def study_drop(base_rate: float = 0.7) -> float | None:
 
 
 def baseline_drops(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every trained pruned configuration's top-1 minus the baseline's, seed by seed, with the 95 %
-    t interval of the mean drop; DynamicViT rows at a rate the study ran also carry the study's
-    drop and whether our interval holds it. The baseline is one run (the start of every seed), so
-    the interval is the fine-tunes' spread only."""
+    """Every trained configuration's top-1 minus the baseline's, seed by seed, with the 95 % t
+    interval of the mean drop; a pruned row also against its control (the same method's run with
+    nothing pruned, same recipe, budget and seed: `control`, the same kind of interval, paired by
+    seed; None without a control run of every seed). The cost of pruning is the drop against the
+    control; the drop against the baseline is what the study reports (DynamicViT rows at a rate the
+    study ran carry its drop and whether our interval holds it). The baseline is one run (the start
+    of every seed), so its intervals hold the fine-tunes' spread only."""
     base = [r["metrics"] for r in runs if r["metrics"].get("method") == "baseline" and is_model_row(r["metrics"])]
     if not base:
         return []
     base_top1 = float(base[0]["top1"])
+    points = fold_seeds([r for r in runs if is_model_row(r["metrics"])])
+    controls = {(r["metrics"].get("method"), seed_of(r)): float(r["metrics"]["top1"])
+                for point in points if is_control(point["metrics"]) for r in point["seed_runs"]}
     out = []
-    for point in fold_seeds([r for r in runs if is_model_row(r["metrics"])]):
+    for point in points:
         m = point["metrics"]
         if m.get("method") == "baseline" or not m.get("trained", True):
             continue
         interval = stats.paired_interval([float(r["metrics"]["top1"]) - base_top1 for r in point["seed_runs"]])
         row = {"label": m.get("label", ""), "method": m.get("method"), "run": point["run"], "macs": float(m["macs"]),
-               "baseline_top1": base_top1, **interval}
+               "baseline_top1": base_top1, "is_control": is_control(m), "control": None, **interval}
+        paired = [(r, controls.get((m.get("method"), seed_of(r)))) for r in point["seed_runs"]]
+        if not is_control(m) and paired and all(c is not None for _, c in paired):
+            row["control"] = stats.paired_interval([float(r["metrics"]["top1"]) - c for r, c in paired])
         rate = m.get("base_rate")
-        if m.get("method") == "dynamicvit" and (m.get("schedule") or "geometric") == "geometric" and rate is not None:
+        if m.get("method") == "dynamicvit" and not is_control(m) and rate is not None and \
+                (m.get("schedule") or "geometric") == "geometric":
             reported = study_drop(float(rate))
             if reported is not None:
                 row.update(study_drop=reported, holds_study_drop=stats.contains(interval, reported))
         out.append(row)
-    return sorted(out, key=lambda row: (method_rank(row["method"]), row["macs"]))
+    return sorted(out, key=lambda row: (method_rank(row["method"]), not row["is_control"], -row["macs"]))
 
 
 VERDICT_WORDS = {"better": "above", "worse": "below"}
@@ -136,18 +151,23 @@ def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] |
 
     lines = []
     if drops:
-        lines += ["## Against the baseline", "",
-                  "| row | MACs (M) | top-1 − baseline, mean [95 % interval] | seeds | the study's drop |",
-                  "|---|---:|---:|---:|---|"]
+        lines += ["## Against the baseline and against the control", "",
+                  "| row | MACs (M) | top-1 − baseline, mean [95 % interval] | top-1 − control: the cost of pruning "
+                  "| seeds | the study's drop |", "|---|---:|---:|---:|---:|---|"]
         for d in drops:
             study = "—"
             if "study_drop" in d:
                 held = d["holds_study_drop"]
                 study = f"{d['study_drop']:+.2f}: " + ("one seed, no interval" if held is None else
                                                        "inside our interval" if held else "outside our interval")
-            lines.append(f"| {d['label']} | {d['macs'] / 1e6:.2f} | {stats.format_interval(d)} | {d['n']} | {study} |")
-        lines += ["", "Baseline: one run (top-1 {:.2f} %); the interval is Student's t over the fine-tune seeds."
-                  .format(drops[0]["baseline_top1"]), ""]
+            versus_control = ("(the control)" if d["is_control"] else
+                              "no control run" if d["control"] is None else stats.format_interval(d["control"]))
+            lines.append(f"| {d['label']} | {d['macs'] / 1e6:.2f} | {stats.format_interval(d)} | {versus_control} "
+                         f"| {d['n']} | {study} |")
+        lines += ["", "Baseline: one run (top-1 {:.2f} %), the start of every fine-tune. A control is its method's "
+                  "fine-tune with nothing pruned (same recipe, budget and seed): its own drop is what the fine-tune "
+                  "alone does, and a row minus its control, seed by seed, is what pruning costs. Intervals: "
+                  "Student's t over the fine-tune seeds.".format(drops[0]["baseline_top1"]), ""]
     lines += ["## At equal MACs", "",
               "| row | method | MACs (M) | top-1 % | seeds | DynamicViT at these MACs; row − it | "
               "block pruning at these MACs; row − it |", "|---|---|---:|---:|---:|---|---|"]

@@ -24,6 +24,7 @@ import yaml
 
 from vitprune import param_rules
 from vitprune.errors import UserError
+from vitprune.study import release
 
 NOTEBOOKS = (
     "00_data_cache",
@@ -53,10 +54,18 @@ def read_yaml(text: str) -> Any:
     """YAML text -> Python values, with YAML 1.2 booleans (see _Yaml12Loader)."""
     return yaml.load(text, Loader=_Yaml12Loader)
 SWEEP_FILE = "sweep.yaml"
+STUDY_FILE = "study.yaml"  # named runs `run --study` (make study) adds to sweep.yaml's: its `points` only
+BASELINE_FILE = "baseline.yaml"  # notebook 01's parameters for training the released baseline (make baseline)
+PROFILE_FILES = (SWEEP_FILE, STUDY_FILE, BASELINE_FILE)  # the YAML files of a profile that are not a notebook's
+POINTS = "points"
+"""sweep.yaml's key for named runs beside a notebook's sweep: `points: {notebook: {name: {param: value}}}`,
+one run per seed each, in a folder of their name (`control__seed_0`). A control (`{control: true}`:
+the same fine-tune with nothing pruned) is one; so is the study's linear-schedule rate."""
 # Injected by the pipeline into every notebook; every notebook declares them.
 INJECTED = ("profile", "runs_root", "run_dir")
-# Set by the pipeline where declared (notebook 05: the fine-tune seeds it gathers; `run --seeds N`).
-PIPELINE_SET = ("seeds",)
+# Set by the pipeline where declared (notebook 05: the fine-tune seeds it gathers, `run --seeds N`, and
+# whether study.yaml's runs count, `run --study`).
+PIPELINE_SET = ("seeds", "study")
 # Fine-tunes repeated over seeds (`run --seeds N`, from the same baseline): every seed is a run
 # folder of its own (`..._seed_<s>`), and a seed's run reads the same seed's upstream runs, so
 # methods compare seed by seed (paired).
@@ -87,16 +96,6 @@ def project_root() -> Path:
     return here
 
 
-def runs_root_or_default(runs_root: str | os.PathLike | None) -> Path:
-    return Path(runs_root).resolve() if runs_root else project_root() / "runs"
-
-
-def variant_name(values: dict[str, Any]) -> str:
-    """Directory name of a sweep point, e.g. {"base_rate": 0.7, "seed": 1} -> "base_rate_0.7__seed_1"
-    (keys sorted, the seed last)."""
-    return "__".join(f"{key}_{values[key]}" for key in sorted(values, key=lambda k: (k == "seed", k)))
-
-
 def point_axes(profile: str, notebook: str) -> list[str]:
     """The parameters that name a run folder of `notebook` in `profile`: its sweep axes, and
     `seed` for a SEEDED notebook (one that declares it)."""
@@ -104,118 +103,18 @@ def point_axes(profile: str, notebook: str) -> list[str]:
     return axes + ["seed"] if is_seeded(notebook) else axes
 
 
+def point_named(profile: str, notebook: str, values: dict[str, Any]) -> str | None:
+    """The name of the profile's named point (sweep.yaml or study.yaml `points`) that `values` are
+    at: every parameter the point sets has its value there (None: a point of the sweep)."""
+    for name, point in profile_points(profile, study=True).get(notebook, {}).items():
+        if all(values.get(k) == v for k, v in point.items()):
+            return name
+    return None
+
+
 def is_seeded(notebook: str) -> bool:
     """Whether the pipeline repeats `notebook` over fine-tune seeds (SEEDED, and it declares `seed`)."""
     return notebook in SEEDED and "seed" in declared_parameters(notebook)
-
-
-def point_run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
-                  values: dict[str, Any]) -> Path:
-    """The run folder of `notebook` at the parameter `values` (at least its `point_axes`), as the
-    pipeline names it: `02_token_pruning/base_rate_0.7__seed_0` in fmnist, `02_token_pruning/seed_0`
-    in a profile that does not sweep 02. Notebooks use it for their own default run folder and for
-    the upstream runs they read."""
-    axes = point_axes(profile, notebook)
-    missing = [k for k in axes if k not in values]
-    if missing:
-        raise UserError(f"{notebook}'s runs in profile {profile!r} are named by {axes}; no value for {missing}")
-    point = {k: values[k] for k in axes}
-    return run_dir(runs_root, profile, notebook, variant_name(point) if point else None)
-
-
-def run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
-            variant: str | None = None) -> Path:
-    """Where a notebook's executed copy, metrics.json and manifest live."""
-    path = runs_root_or_default(runs_root) / profile / notebook
-    return path / variant if variant else path
-
-
-LAB = "lab"
-"""A notebook run not started by the pipeline (JupyterLab, papermill by hand: `run_dir` not
-injected) writes under `<runs_root>/<profile>/lab/<notebook>[/<variant>]`, never into the
-pipeline's run folders, which only the pipeline writes (with their manifest)."""
-
-
-def _lab_twin(params: dict[str, Any], pipeline_dir: Path) -> Path:
-    """The lab's folder for a pipeline run folder: <runs_root>/<profile>/lab/<the same relative path>."""
-    profile_root = runs_root_or_default(params.get("runs_root")) / params["profile"]
-    return profile_root / LAB / pipeline_dir.relative_to(profile_root)
-
-
-def own_run_dir(params: dict[str, Any], notebook: str) -> Path:
-    """This run's folder: the injected `run_dir`, or the lab folder at the notebook's point."""
-    if params.get("run_dir"):
-        return Path(params["run_dir"])
-    return _lab_twin(params, point_run_dir(params.get("runs_root"), params["profile"], notebook, params))
-
-
-def upstream_run_dir(params: dict[str, Any], notebook: str, point: dict[str, Any]) -> Path:
-    """The run folder of an earlier notebook that this run reads: for a lab run, the lab's own
-    run of it when one finished (it wrote metrics.json), else the pipeline's."""
-    pipeline_dir = point_run_dir(params.get("runs_root"), params["profile"], notebook, point)
-    if params.get("run_dir"):
-        return pipeline_dir
-    lab_dir = _lab_twin(params, pipeline_dir)
-    return lab_dir if (lab_dir / "metrics.json").is_file() else pipeline_dir
-
-
-PARTIAL_SUFFIX = ".partial"
-"""A run executes in `<run_dir>.partial` beside its run folder and replaces the folder only when
-it succeeds (`pipeline.execute`); a failed or interrupted run stays there (partial notebook,
-manifest with the error, training state to resume from), and the last good run stays what
-everything reads. Readers of a runs tree skip these folders."""
-REPLACED_SUFFIX = ".replaced"  # the old run folder, for the moment between two renames
-NOT_RUN_FOLDERS = (PARTIAL_SUFFIX, REPLACED_SUFFIX, ".new")
-
-
-def run_folders(runs_root: str | os.PathLike | None, profile: str, notebook: str) -> list[Path]:
-    """The folders on disk that may hold a run of `notebook`: its folder and its variant folders
-    (not the `.partial` / `.replaced` ones)."""
-    base = runs_root_or_default(runs_root) / profile / notebook
-    if not base.is_dir():
-        return []
-    return [base] + sorted(p for p in base.glob("*") if p.is_dir() and not p.name.endswith(NOT_RUN_FOLDERS))
-
-REUSED_SUBDIRS = ("train_state", "dataset")  # a new run of a folder starts from hard links to these
-MANIFEST_FILE = "manifest.json"
-
-
-def run_files(run_dir: Path) -> dict[str, list[int]]:
-    """{path in the run folder: [size, mtime in ns]} of what a finished run wrote (not the manifest
-    and not REUSED_SUBDIRS, which later runs keep using): the pipeline records it in the manifest,
-    and a folder whose files no longer match (a notebook run by hand wrote into it) is neither
-    up to date nor read as a run."""
-    out = {}
-    for folder, subfolders, files in os.walk(run_dir):
-        if folder == str(run_dir):
-            subfolders[:] = [d for d in subfolders if d not in REUSED_SUBDIRS]  # not walked at all
-        for name in files:
-            rel = os.path.relpath(os.path.join(folder, name), run_dir)
-            if rel != MANIFEST_FILE:
-                stat = os.stat(os.path.join(folder, name))
-                out[Path(rel).as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return dict(sorted(out.items()))
-
-
-def changed_files(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
-    """The files of a run folder that differ from what its manifest recorded (added, gone or
-    rewritten); a manifest from before files were recorded counts every file as changed."""
-    recorded = manifest.get("files")
-    now = run_files(run_dir)
-    if not isinstance(recorded, dict):
-        return sorted(now) or ["(no files recorded)"]
-    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
-
-
-FIGURES_NOTEBOOK = "05_analysis"
-FIGURES_SUBDIR = "figures"  # notebook 05 writes Table 1, the figures and the audit here in its run folder
-
-
-def figures_dir(profile: str, n_seeds: int = 1) -> Path:
-    """Where the pipeline publishes notebook 05's figures when it runs under the repository's own
-    runs/: `figures/<profile>/` for a one-seed run (`make reproduce`), `figures/<profile>-<n>seeds/`
-    for the seeded study, so the two never overwrite each other."""
-    return project_root() / "figures" / (profile if n_seeds == 1 else f"{profile}-{n_seeds}seeds")
 
 
 def notebook_path(notebook: str) -> Path:
@@ -344,10 +243,31 @@ def validate(declared: dict[str, Param], values: dict[str, Any], source: str) ->
     checked = {key: declared[key].check(value, source) for key, value in values.items()}
     for key, value in checked.items():
         param_rules.check(key, value, source)
-        if key in param_rules.PATHS and value and not (project_root() / Path(value).expanduser()).exists():
-            raise UserError(f"{source}: parameter {key!r} names {value}, which does not exist; "
-                            f"give an existing path (relative paths start at {project_root()}) or \"\" for none")
+        if key in param_rules.PATHS and value:
+            path = resolve_path(value)
+            if release.is_release(path):  # the released baseline: the file its record names, or one line why not
+                release.check(path, shown_as=value, where=f"{source}: parameter {key!r}: ")
+            elif not path.exists():
+                raise UserError(f"{source}: parameter {key!r} names {value}, which does not exist; "
+                                f"give an existing path (relative paths start at {project_root()}) or \"\" for none")
     return checked
+
+
+def resolve_path(value: str | os.PathLike) -> Path:
+    """A path parameter as every notebook reads it: relative paths start at the repository root
+    (the pipeline's kernels run there, a JupyterLab kernel in notebooks/)."""
+    return project_root() / Path(value).expanduser()
+
+
+def released_inputs(values: dict[str, Any]) -> dict[str, str]:
+    """{parameter: sha256} of the released files a run's path parameters name: part of its run key,
+    so a new release re-runs what starts from it (the path alone stays the same)."""
+    out = {}
+    for key in param_rules.PATHS:
+        value = values.get(key)
+        if value and release.record_path(resolve_path(value)).is_file():
+            out[key] = json.loads(release.record_path(resolve_path(value)).read_text()).get("sha256")
+    return out
 
 
 # ---------------------------------------------------------------- profiles
@@ -408,21 +328,61 @@ def lab_values(profile: str, notebook: str) -> dict[str, Any]:
 
 
 def profile_sweep(profile: str) -> dict[str, dict[str, list]]:
-    """`params/<profile>/sweep.yaml`: {notebook: {param: [values...]}}; one run per combination."""
+    """`params/<profile>/sweep.yaml`: {notebook: {param: [values...]}}; one run per combination
+    (its `points` are `profile_points`)."""
     path = profile_dir(profile) / SWEEP_FILE
     if not path.exists():
         return {}
     data = _read_mapping(path, "a mapping of notebook: {param: [values]}")
+    data.pop(POINTS, None)
     for notebook, axes in data.items():
         if notebook not in NOTEBOOKS or not isinstance(axes, dict):
-            raise UserError(f"{path}: keys must be notebook names mapping to {{param: [values]}}, got {notebook!r}")
+            raise UserError(f"{path}: keys must be notebook names mapping to {{param: [values]}} (or {POINTS!r}), "
+                            f"got {notebook!r}")
         declared = declared_parameters(notebook)
         for key, values in axes.items():
             if not isinstance(values, list) or not values:
                 raise UserError(f"{path}: {notebook}.{key} must be a non-empty list")
             for value in values:
                 validate(declared, {key: value}, f"{path} ({notebook})")
+    _read_points(path)
     return data
+
+
+def _read_points(path: Path, only_points: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """The `points` of a sweep or study file, checked: {notebook: {name: {param: value}}}; a study
+    file (`only_points`) holds nothing else."""
+    if not path.exists():
+        return {}
+    data = _read_mapping(path, f"a mapping with notebook sweeps and {POINTS!r}")
+    others = sorted(k for k in data if k != POINTS)
+    if only_points and others:
+        raise UserError(f"{path}: holds only {POINTS!r} (the sweep axes are sweep.yaml's); found {others}")
+    points = data.get(POINTS) or {}
+    shape = f"{POINTS}: {{notebook: {{name: {{param: value}}}}}}"
+    if not isinstance(points, dict):
+        raise UserError(f"{path}: must hold {shape}")
+    for notebook, named in points.items():
+        if notebook not in NOTEBOOKS or not is_seeded(notebook) or not isinstance(named, dict):
+            raise UserError(f"{path}: {POINTS} are runs of the fine-tunes {', '.join(SEEDED)}: {shape}; got {notebook!r}")
+        for name, values in named.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_.]*", str(name)) or "__" in str(name) or not isinstance(values, dict):
+                raise UserError(f"{path}: {POINTS}.{notebook}.{name}: a point is a name (lower case, digits, _ and .) "
+                                "mapping to {param: value}")
+            validate(declared_parameters(notebook), values, f"{path} ({POINTS}.{notebook}.{name})")
+    return points
+
+
+def profile_points(profile: str, study: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """The named runs of a profile: sweep.yaml's `points`, with study.yaml's added when `study`
+    (`run --study`, make study): {notebook: {name: {param: value}}}, one run per seed each."""
+    folder = profile_dir(profile)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in [folder / SWEEP_FILE] + ([folder / STUDY_FILE] if study else []):
+        for notebook, named in _read_points(path, only_points=path.name == STUDY_FILE).items():
+            out.setdefault(notebook, {}).update(named)
+    return out
+
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -440,20 +400,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 def params_hash(values: dict[str, Any]) -> str:
     blob = json.dumps(values, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def train_state_dir(run_dir: str | os.PathLike, settings: dict[str, Any],
-                    sources: Sequence[str | os.PathLike] = ()) -> Path:
-    """Where engine.train keeps a run's per-epoch checkpoint: `<run_dir>/train_state/<hash>`,
-    keyed by the settings that shape training and by the checkpoints it starts from (size and
-    modification time of each `sources` file). An interrupted run with the same key resumes;
-    a re-run with changed settings or a retrained starting model starts afresh instead of
-    tripping over the old state."""
-    stamps = []
-    for src in sources:
-        stat = Path(src).stat()
-        stamps.append([str(src), stat.st_size, stat.st_mtime_ns])
-    return Path(run_dir) / "train_state" / params_hash({"settings": settings, "sources": stamps})
 
 
 def training_settings(notebook: str, values: dict[str, Any], exclude: Sequence[str] = ()) -> dict[str, Any]:

@@ -35,13 +35,14 @@ def checkpoint_of(run: dict[str, Any]) -> Path | None:
 
 def pick_runs(runs: list[dict[str, Any]], target_mac_ratio: float = 0.0) -> tuple[dict, list[dict]]:
     """(baseline run, pruned runs to time): per method the saved run whose MAC ratio is nearest
-    `target_mac_ratio`; 0 takes every saved pruned run."""
+    `target_mac_ratio`; 0 takes every saved pruned run (never a control)."""
     saved = [r for r in runs if checkpoint_of(r) is not None and isinstance(r["metrics"].get("macs"), (int, float))]
     base = next((r for r in saved if r["metrics"].get("method") == "baseline"), None)
     if base is None:
         raise UserError("edge latency needs the baseline's saved model (01_deit_baseline/model.pt); "
                         "run notebook 01 first, or set edge_latency: false")
-    pruned = [r for r in saved if r["metrics"].get("method") != "baseline"]
+    # a control prunes nothing: nothing to time against the baseline
+    pruned = [r for r in saved if r["metrics"].get("method") != "baseline" and not r["metrics"].get("control")]
     if target_mac_ratio <= 0:
         return base, pruned
     best: dict[str, tuple[float, dict]] = {}

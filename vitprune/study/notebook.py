@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from vitprune.study import config, results
+from vitprune.study import config, release, results, run_folders
 from vitprune.train import launch
 from vitprune.train.recipe import TrainConfig
 
@@ -32,18 +32,28 @@ class Session:
     train_config: TrainConfig
     started: float = field(default_factory=time.perf_counter)
 
-    def upstream(self, notebook: str, **point: Any) -> Path:
-        """The run folder of an earlier notebook of this profile (`point`: its sweep values and
-        seed, where the profile names its runs by them); a lab run reads the lab's own run of
-        it when there is one (`config.upstream_run_dir`)."""
-        return config.upstream_run_dir(dict(self.params), notebook, point)
+    def upstream(self, notebook: str, point: str | None = None, **values: Any) -> Path:
+        """The run folder of an earlier notebook of this profile (`values`: its sweep values and
+        seed, where the profile names its runs by them; `point`: a named point's name, such as
+        "control"); a lab run reads the lab's own run of it when there is one
+        (`run_folders.upstream_run_dir`)."""
+        return run_folders.upstream_run_dir(dict(self.params), notebook, values, point)
+
+    def weights(self, value: str) -> tuple[Path | None, dict[str, Any] | None]:
+        """A path parameter naming weights (`checkpoint`): (its path, resolved from the repository
+        root as the pipeline's kernels see it, or None when empty; the release record when it is a
+        released baseline, its sha256 checked: `release.check`, else None)."""
+        if not value:
+            return None, None
+        path = config.resolve_path(value)
+        return path, release.check(path, shown_as=value) if release.is_release(path) else None
 
     def train_state(self, exclude: Sequence[str] = (), sources: Sequence[str | Path] = ()) -> Path:
         """Where this run keeps its per-epoch checkpoints, keyed by every parameter that shapes
         training (all but NOT_TRAINING and `exclude`) and by the `sources` it starts from: an
         interrupted run resumes, changed settings (or a retrained upstream model) start afresh."""
         settings = config.training_settings(self.notebook, dict(self.params), NOT_TRAINING + tuple(exclude))
-        return config.train_state_dir(self.run_dir, settings, sources=list(sources))
+        return run_folders.train_state_dir(self.run_dir, settings, sources=list(sources))
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Write `metrics` (a `results.metrics_row`, or the notebook's own record) as this run's
@@ -62,7 +72,7 @@ def start(notebook: str, params: Mapping[str, Any]) -> Session:
     train_config = TrainConfig.from_params(params)
     plan = launch.plan(**train_config.scale)
     torch.manual_seed(int(params["seed"]))
-    run_dir = config.own_run_dir(dict(params), notebook)
+    run_dir = run_folders.own_run_dir(dict(params), notebook)
     run_dir.mkdir(parents=True, exist_ok=True)
     print("run dir:", run_dir)
     return Session(notebook, params, run_dir, plan, train_config, started)

@@ -52,8 +52,13 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
         group = [r for r in pts if str(metric(r, "method")) == method]
         xs = [metric(r, "macs") / scale for r in group]
         ys = [metric(r, "top1") for r in group]
-        ax.scatter(xs, ys, s=90 if method == "baseline" else 45, marker=METHOD_MARKERS.get(method, "o"),
-                   color=colors.get(method), label=METHOD_LABELS.get(method, method), zorder=3)
+        filled = [not metric(r, "control") for r in group]  # a control (nothing pruned) is drawn hollow
+        for keep, label in ((True, METHOD_LABELS.get(method, method)), (False, None)):
+            sel = [i for i, f in enumerate(filled) if f == keep]
+            if sel:
+                ax.scatter([xs[i] for i in sel], [ys[i] for i in sel], s=90 if method == "baseline" else 45,
+                           marker=METHOD_MARKERS.get(method, "o"), label=label if keep else None, zorder=3,
+                           facecolors=colors.get(method) if keep else "none", edgecolors=colors.get(method))
         spread = [metric(r, "top1_std") if is_number(metric(r, "top1_std")) else 0.0 for r in group]
         if any(spread):  # seeds: mean ± one standard deviation
             ax.errorbar(xs, ys, yerr=spread, fmt="none", ecolor=colors.get(method), elinewidth=1, capsize=3, zorder=3)
@@ -61,14 +66,16 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
             line = sorted(zip(xs, ys))
             ax.plot([x for x, _ in line], [y for _, y in line], "-", lw=1, alpha=0.6, color=colors.get(method), zorder=2)
     annotate_all(ax, [(metric(r, "macs") / scale, metric(r, "top1"), run_label(r)) for r in pts])
-    coords = [(metric(r, "macs") / scale, metric(r, "top1")) for r in pts]
+    pruned = [r for r in pts if not metric(r, "control")]  # the frontier of what pruning reaches
+    coords = [(metric(r, "macs") / scale, metric(r, "top1")) for r in pruned]
     front = pareto_front(coords)
     ax.plot([coords[i][0] for i in front], [coords[i][1] for i in front], "--", color="0.4",
             lw=1.2, zorder=2, label="Pareto frontier")
     ax.set_xlabel(f"{unit} per image (multiply-accumulates)")
     ax.set_ylabel("top-1 accuracy (%)" + (", mean ± std over seeds" if any(
         is_number(metric(r, "top1_std")) for r in pts) else ""))
-    ax.set_title("Accuracy vs compute, every method")
+    ax.set_title("Accuracy vs compute, every method (hollow: its control, nothing pruned)"
+                 if any(metric(r, "control") for r in pts) else "Accuracy vs compute, every method")
     ax.legend(fontsize=8, loc="lower right")
     return fig
 
@@ -95,13 +102,17 @@ def rate_sweep(runs: list[dict]) -> Figure | None:
                             and is_number(metric(r, key))), key=lambda r: metric(r, "base_rate"))
             if group:
                 label = METHOD_LABELS[method] + ("" if schedule == "geometric" else f", {schedule}")
-                ax.plot([metric(r, "base_rate") for r in group], [metric(r, key) / div for r in group],
-                        marker=METHOD_MARKERS[method], color=colors[method], label=label,
+                xs, ys = [metric(r, "base_rate") for r in group], [metric(r, key) / div for r in group]
+                ax.plot(xs, ys, marker=METHOD_MARKERS[method], color=colors[method], label=label,
                         ls="-" if schedule == "geometric" else ":")
+                spread = [metric(r, "top1_std") if key == "top1" and is_number(metric(r, "top1_std")) else 0.0
+                          for r in group]
+                if any(spread):  # seeds: mean ± one standard deviation
+                    ax.errorbar(xs, ys, yerr=spread, fmt="none", ecolor=colors[method], elinewidth=1, capsize=3)
         for r in base[:1]:
             if is_number(metric(r, key)):
                 ax.axhline(metric(r, key) / div, ls="--", color=colors["baseline"], label="baseline")
-        ax.set_xlabel("base rate (keep ratio at the first pruning stage)")
+        ax.set_xlabel("base rate (keep ratio at the first pruning stage; 1: the control, nothing pruned)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
     axes[0, 0].set_title("Accuracy vs base rate")

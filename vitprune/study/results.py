@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vitprune.errors import UserError
-from vitprune.study import config, stats
+from vitprune.study import config, run_folders, stats
 
 METRICS_FILE = "metrics.json"
 
@@ -97,15 +97,17 @@ def _run_command(profile: str, notebook: str, variant: str | None, manifest: dic
 
 
 def collect_runs(runs_root: str | os.PathLike | None, profile: str,
-                 seeds: Sequence[int] | None = None, left_out: list[str] | None = None) -> list[dict[str, Any]]:
+                 seeds: Sequence[int] | None = None, left_out: list[str] | None = None,
+                 study: bool = True) -> list[dict[str, Any]]:
     """Every model run (notebooks 01-04) of a profile that wrote metrics.json; with `seeds`,
-    only those fine-tune seeds of the SEEDED notebooks (02-04) (other seeds on disk are left out).
+    only those fine-tune seeds of the SEEDED notebooks (02-04) (other seeds on disk are left out);
+    without `study`, not the runs of study.yaml's named points (`run --study` makes them).
 
     Returns one dict per run: {"run" ("02_token_pruning/base_rate_0.7"), "notebook",
     "variant", "profile", "run_dir", "command", "metrics"}. Only runs the pipeline finished
     (manifest status ok) count; the others (a manifest that says failed, metrics written outside
     the pipeline without one) are left out and, with `left_out`, named there with the reason.
-    A run's `.partial` folder (`config.PARTIAL_SUFFIX`) is never a run. A metrics.json may hold
+    A run's `.partial` folder (`run_folders.PARTIAL_SUFFIX`) is never a run. A metrics.json may hold
     extra table rows under `rows` (a list of metrics-like dicts, e.g. notebook 04's combinations
     and training-free rows); each becomes
     a run of its own named "<run>#<i>", inheriting the parent's keys it does not set. The
@@ -113,13 +115,16 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str,
     Missing notebooks are simply absent.
     """
     runs: list[dict[str, Any]] = []
+    study_only = {} if study else _study_only_points(profile)
     for notebook in MODEL_NOTEBOOKS:
-        base = config.run_dir(runs_root, profile, notebook)
-        for run_dir in config.run_folders(runs_root, profile, notebook):
+        base = run_folders.run_dir(runs_root, profile, notebook)
+        for run_dir in run_folders.run_folders(runs_root, profile, notebook):
+            if run_dir != base and run_dir.name.split("__")[0] in study_only.get(notebook, ()):
+                continue
             path = run_dir / METRICS_FILE
             if not path.is_file():
                 continue
-            manifest = _read_json(run_dir / config.MANIFEST_FILE)
+            manifest = _read_json(run_dir / run_folders.MANIFEST_FILE)
             reason = not_a_run(run_dir, manifest)
             if reason:
                 if left_out is not None:
@@ -147,13 +152,22 @@ def collect_runs(runs_root: str | os.PathLike | None, profile: str,
     return runs
 
 
+def _study_only_points(profile: str) -> dict[str, set[str]]:
+    """{notebook: names of the points only study.yaml adds} (what `run --study` runs)."""
+    try:
+        everything, usual = config.profile_points(profile, study=True), config.profile_points(profile)
+    except UserError:  # a profile folder that is not there (runs of another checkout): nothing to leave out
+        return {}
+    return {nb: set(named) - set(usual.get(nb, {})) for nb, named in everything.items()}
+
+
 def not_a_run(run_dir: Path, manifest: dict | None) -> str | None:
     """Why a folder holding a run's files is not a run the pipeline finished (None: it is one)."""
     if not manifest:
         return "metrics.json without a manifest (written outside the pipeline, e.g. papermill or a notebook by hand)"
     if manifest.get("status") != "ok":
         return f"manifest says {manifest.get('status')}"
-    changed = config.changed_files(run_dir, manifest)
+    changed = run_folders.changed_files(run_dir, manifest)
     if changed:
         return f"{', '.join(changed[:3])} changed since the pipeline wrote it (re-run it: python -m vitprune run)"
     return None
@@ -280,6 +294,6 @@ def suspect_speedups(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def require_runs(runs: list[dict[str, Any]], runs_root: str | os.PathLike | None, profile: str) -> None:
     if not runs:
-        where = config.runs_root_or_default(runs_root) / profile
+        where = run_folders.runs_root_or_default(runs_root) / profile
         raise UserError(f"no model runs with metrics.json under {where} (notebooks "
                         f"{', '.join(MODEL_NOTEBOOKS)}); run `python -m vitprune run --profile {profile}` first")

@@ -79,8 +79,10 @@ REFERENCE_ROWS: tuple[dict[str, Any], ...] = (
 )
 # fmt: on
 
-TABLE1_COLUMNS = ("model", "source", "method", "dataset", "img_size", "params_M", "gmacs", "gflops",
+TABLE1_COLUMNS = ("model", "source", "method", "control", "dataset", "img_size", "params_M", "gmacs", "gflops",
                   "top1", "top1_std", "n_seeds", "top5", "d_params_M", "d_gmacs", "d_gflops", "d_top1",
+                  "d_top1_low", "d_top1_high", "d_top1_control", "d_top1_control_low", "d_top1_control_high",
+                  "study_d_top1",
                   "train_steps", "train_images", "train_wall_s", "train_stages", "printed_G",
                   "printed_unit", "reference", "note", "run", "command")
 
@@ -106,6 +108,7 @@ def _measured_row(run: dict[str, Any]) -> dict[str, Any]:
     flops = _num(m.get("flops")) if m.get("flops") is not None else 2 * macs
     return {
         "model": m.get("label") or run["run"], "source": MEASURED, "method": m.get("method", ""),
+        "control": bool(m.get("control")),
         "dataset": m.get("dataset") or DATASET_NAMES.get(run.get("profile", ""), run.get("profile", "")),
         "img_size": m.get("img_size"), "params_M": _num(m.get("params"), 1e6),
         "gmacs": macs / 1e9, "gflops": flops / 1e9, "top1": _num(m.get("top1")), "top5": _num(m.get("top5")),
@@ -137,7 +140,7 @@ def _reference_row(ref: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def table1(runs: list[dict[str, Any]], include_reference: bool = True):
+def table1(runs: list[dict[str, Any]], include_reference: bool = True, drops: list[dict[str, Any]] | None = None):
     """Table 1 as a pandas DataFrame: our measured rows, then the study's and the papers' rows.
 
     Columns (see TABLE1_COLUMNS): params_M, gmacs, gflops (= 2 x gmacs), top1/top5 (%), and
@@ -146,14 +149,25 @@ def table1(runs: list[dict[str, Any]], include_reference: bool = True):
     `printed_unit` record a reported row's number as printed and what unit it really is.
     Measured rows are ordered baseline, DynamicViT (rate high to low), training-free, block,
     token->block, block->token. `runs` are `collect_runs`'s; the seeds of one configuration are
-    folded into one row (`fold_seeds`: mean, std, n).
+    folded into one row (`fold_seeds`: mean, std, n). `drops` (`comparisons.baseline_drops`) add
+    the seeded drops with their 95 % intervals: against the baseline (d_top1_low/high), against
+    the row's control (d_top1_control*) and the study's drop at the same rate (study_d_top1).
+    Controls follow their method's baseline-like position: before its pruned rows.
     """
     import pandas as pd
 
     measured = sorted((_measured_row(r) for r in fold_seeds(runs)),
-                      key=lambda row: (method_rank(row["method"]),
+                      key=lambda row: (method_rank(row["method"]), not row["control"],
                                        -row["_base_rate"] if not math.isnan(row["_base_rate"]) else 0.0,
                                        row["run"]))
+    by_run = {d["run"]: d for d in drops or []}
+    for row in measured:
+        drop = by_run.get(row["run"])
+        if drop:
+            control = drop.get("control") or {}
+            row.update(d_top1_low=_num(drop.get("low")), d_top1_high=_num(drop.get("high")),
+                       d_top1_control=_num(control.get("mean")), d_top1_control_low=_num(control.get("low")),
+                       d_top1_control_high=_num(control.get("high")), study_d_top1=_num(drop.get("study_drop")))
     baselines = [row for row in measured if row["method"] == "baseline"]
     for row in measured:
         _set_deltas(row, baselines[0] if baselines else None)
@@ -245,6 +259,22 @@ def display_table1(df):
             out.append(text + (f" ({int(stages)} stages)" if not _missing(stages) and stages > 1 else ""))
         return out
 
+    def interval_column(key):
+        """"mean [95 % interval]" of a measured row's seeded drop (`key`: d_top1 against the baseline,
+        d_top1_control against its control)."""
+        out = []
+        for _, row in df.iterrows():
+            mean, low, high = row[key], row[f"{key}_low"], row[f"{key}_high"]
+            if row["source"] != MEASURED or row["method"] == "baseline" or _missing(mean):
+                out.append("(the control)" if key == "d_top1_control" and row["control"] else "")
+            elif row["n_seeds"] == 0:
+                out.append(f"{mean:+.2f} (no training)")
+            elif _missing(low):
+                out.append(f"{mean:+.2f} (one seed)")
+            else:
+                out.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+        return out
+
     out = pd.DataFrame({
         "Model": df["model"],
         "Source": df["source"],
@@ -256,6 +286,9 @@ def display_table1(df):
         "GFLOPs": column("gflops"),
         "Top-1 (%)": top1_column(),
         "Seeds": seeds_column(),
+        "Δ baseline [95 %]": interval_column("d_top1"),
+        "Δ control [95 %]": interval_column("d_top1_control"),
+        "Study's Δ": ["" if _missing(v) else f"{v:+.1f}" for v in df["study_d_top1"]],
         "Training (steps, images, wall)": budget_column(),
         "As printed": [f"{_fmt(p)} = {u}" if u and not math.isnan(p) else ("counted" if s == MEASURED else "")
                        for p, u, s in zip(df["printed_G"], df["printed_unit"], df["source"])],
