@@ -18,8 +18,8 @@ from vitprune.train import hardware
 pytestmark = pytest.mark.rehearsal
 TOKEN_RUN = "02_token_pruning/base_rate_0.7__seed_0"
 
-IMG = 48  # DeiT-Tiny at 48x48: 9 patches + CLS (so every training-free rate down to 0.5 keeps a token at
-# block 9: 9 x 0.5^3 = 1.1), and 1000 classes train in seconds
+IMG = 64  # DeiT-Tiny at 64x64: 16 patches + CLS, so the study's lowest base rate still keeps a token
+# at block 9 (floor(16 x 0.4^3) = 1; at 48x48 its 9 patches keep none), and 1000 classes train in seconds
 # one torch thread: on a loaded 2-core machine two threads per process measured 3-15 s per DynamicViT
 # step against 0.4-0.65 s with one (OpenMP spin-waiting when oversubscribed)
 SMALL = {"epochs": 1, "batch_size": 32, "eval_batch_size": 250, "num_workers": 0, "threads": 1,

@@ -434,3 +434,15 @@ def test_named_points_run_beside_the_sweep_and_study_adds_its_own(toy):
     (toy / "params/toy/study.yaml").write_text("02_token_pruning: {base_rate: [0.3]}\n")
     with pytest.raises(UserError, match="holds only 'points'"):
         pipeline.plan("toy", ["02_token_pruning"], {}, runs, study=True)
+
+
+def test_notebook_04_waits_only_for_the_two_runs_it_continues(tmp_path):
+    """The pipeline starts 04 once 02's run at its base_rate and 03's at its block_mac_ratio (or
+    their controls) are done, not after the whole sweep; the notebook reads the same two folders."""
+    runs = pipeline.plan("smoke", pipeline.available_notebooks(), {}, tmp_path, study=True)
+    depends = pipeline._keys_and_dependencies(runs, tmp_path, "smoke", 1, True)
+    assert depends["04_combination/seed_0"] == ["00_data_cache", "01_deit_baseline",
+                                                "02_token_pruning/base_rate_0.7__seed_0", "03_block_pruning/seed_0"]
+    assert depends["04_combination/control__seed_0"][2:] == ["02_token_pruning/control__seed_0",
+                                                             "03_block_pruning/control__seed_0"]
+    assert len(depends["05_analysis"]) == len(runs) - 1

@@ -214,8 +214,10 @@ def run_profile(profile: str, only: str | None = None, force: bool = False,
 def _keys_and_dependencies(runs: list[Run], root: Path, profile: str, seeds: int,
                            study: bool) -> dict[str, list[str]]:
     """Set every run's upstream keys and key (`run_key`); return {run: the runs of this plan it
-    reads}, which must finish before it starts. Upstream notebooks not in the plan are read from
-    disk (their manifests' keys)."""
+    reads}, which must finish before it starts: every run of its upstream notebooks (the same
+    seed's, for a fine-tune), but for notebook 04 only the two runs it continues
+    (`run_folders.combination_inputs`), so it starts beside the rest of the sweep. Upstream
+    notebooks not in the plan are read from disk (their manifests' keys)."""
     planned: dict[str, list[Run]] = {}
     for run in runs:
         planned.setdefault(run.notebook, []).append(run)
@@ -224,10 +226,15 @@ def _keys_and_dependencies(runs: list[Run], root: Path, profile: str, seeds: int
     depends = {}
     for run in runs:
         upstream, needs = [], []
+        inputs = {}
+        params = _effective_params(run)
+        if run.notebook == run_folders.COMBINATION and run_folders.COMBINATION_KEYS <= params.keys():
+            inputs = {nb: run_folders.point_run_dir(root, profile, nb, {**params, **values}, name)
+                      for nb, (name, values) in run_folders.combination_inputs(params).items()}
         for nb in config.UPSTREAM.get(run.notebook, ()):
             if nb in planned:
                 feeding = [r for r in planned[nb] if _same_seed(run, r)]
-                needs += [r.name for r in feeding]
+                needs += [r.name for r in feeding if nb not in inputs or r.run_dir == inputs[nb]]
             elif nb in available:
                 if nb not in on_disk:
                     on_disk[nb] = _runs_on_disk(root, profile, nb, seeds, study)
@@ -242,11 +249,16 @@ def _keys_and_dependencies(runs: list[Run], root: Path, profile: str, seeds: int
     return depends
 
 
+def _effective_params(run: Run) -> dict[str, Any]:
+    """A run's parameters with the notebook's defaults for what its profile leaves unset."""
+    declared = config.declared_parameters(run.notebook)
+    return {**{k: p.default for k, p in declared.items()}, **run.params}
+
+
 def _cores_used(run: Run, cores: int) -> int:
     """How many of the machine's cores a run keeps busy: its threads times its processes; a run on
     several processes or GPUs (`auto`, an accelerate config) takes the machine to itself."""
-    declared = config.declared_parameters(run.notebook)  # what the profile leaves unset: the notebook's default
-    params = {**{k: p.default for k, p in declared.items()}, **run.params}
+    params = _effective_params(run)
     processes = params.get("num_processes", 1)
     if processes == "auto" or params.get("launch_config") or not isinstance(processes, int):
         return cores
@@ -255,11 +267,15 @@ def _cores_used(run: Run, cores: int) -> int:
 
 def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[str, Any], force: bool,
                       cores: int, jobs: int, finish) -> None:
-    """Start each run, in plan order, once the runs it reads are done and its cores are free
+    """Start each run (those another run waits for first, then the later notebooks') once the runs it
+    reads are done and its cores are free
     (`_cores_used`; at most `jobs` at once), each as a process of its own
     (`python -m vitprune.study.execution`). After a failure no new run starts, the ones under way
     finish, and the first failure is raised; Ctrl-C stops every run under way the same way."""
-    pending = list(runs)
+    # first what another run waits for (04's two inputs before the rest of the sweep), then the later
+    # notebooks' runs (a ready 04 before the sweep's remaining fine-tunes: the longest chain first)
+    awaited = {name for needs in depends.values() for name in needs}
+    pending = sorted(runs, key=lambda r: (r.name not in awaited, -_stage(r)))
     running: dict[str, tuple[Run, subprocess.Popen, float]] = {}
     done: set[str] = set()
     errors: list[UserError] = []
@@ -314,6 +330,11 @@ def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[
         spec_dir.rmdir()
     if errors:
         raise errors[0]
+
+
+def _stage(run: Run) -> int:
+    """A run's notebook's place in the study (00 first, 05 last): runs start in that order."""
+    return config.NOTEBOOKS.index(run.notebook) if run.notebook in config.NOTEBOOKS else len(config.NOTEBOOKS)
 
 
 def _stop(running: dict[str, tuple[Run, subprocess.Popen, float]]) -> None:

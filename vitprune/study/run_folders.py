@@ -42,6 +42,22 @@ def point_run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: s
     return run_dir(runs_root, profile, notebook, variant_name(point) if point else None)
 
 
+COMBINATION = "04_combination"
+COMBINATION_KEYS = {"seed", "base_rate", "block_mac_ratio"}  # the parameters that name its inputs
+
+
+def combination_inputs(params: dict[str, Any]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """The single-method runs notebook 04 continues, as {notebook: (named point, sweep values)}: 02's
+    run at its `base_rate` and 03's at its `block_mac_ratio` (their controls for a control run), both
+    at its seed. The notebook reads them (`Session.upstream`) and the pipeline starts 04 as soon as
+    these two are done."""
+    seed = {"seed": params["seed"]}
+    if params.get("control"):
+        return {"02_token_pruning": ("control", seed), "03_block_pruning": ("control", seed)}
+    return {"02_token_pruning": (None, {"base_rate": params["base_rate"], **seed}),
+            "03_block_pruning": (None, {"target_mac_ratio": params["block_mac_ratio"], **seed})}
+
+
 def run_dir(runs_root: str | os.PathLike | None, profile: str, notebook: str,
             variant: str | None = None) -> Path:
     """Where a notebook's executed copy, metrics.json and manifest live."""
