@@ -169,6 +169,10 @@ def test_write_table1_files(runs_tree, tmp_path):
     assert back.loc[back["run"] == "03_block_pruning", "top1"].item() == pytest.approx(87.5)
     tex = paths["table1.tex"].read_text()
     assert "\\begin{tabular}" in tex and "DyViT-Sub/0.4" in tex
+    # only a control row is marked as one: the study's and paper's rows have no control column
+    shown = table1.display_table1(df).set_index("Model")
+    assert (shown["Δ control [95 %]"] == "(the control)").sum() == int(df["control"].fillna(False).astype(bool).sum())
+    assert shown.loc["DyViT-Sub/0.4", "Δ control [95 %]"] == ""
 
 
 def test_no_runs_is_a_user_error(tmp_path):

@@ -244,7 +244,11 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
                                        cwd=str(config.project_root()),
                                        kernel_name="python3", progress_bar=False,
                                        coalesce_streams=True,  # one stdout / stderr box per cell, bars at their last state
-                                       kernel_manager_class=_ipc_kernel_manager())
+                                       kernel_manager_class=_ipc_kernel_manager(),
+                                       # jupyter_client interrupts every kernel it shuts down; one busy
+                                       # with the shutdown message logs a spurious "KeyboardInterrupt
+                                       # caught in kernel" ERROR. Cell errors reach us as messages.
+                                       extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         manifest.update(status="interrupted" if interrupted else "failed",

@@ -216,8 +216,9 @@ def _keys_and_dependencies(runs: list[Run], root: Path, profile: str, seeds: int
     """Set every run's upstream keys and key (`run_key`); return {run: the runs of this plan it
     reads}, which must finish before it starts: every run of its upstream notebooks (the same
     seed's, for a fine-tune), but for notebook 04 only the two runs it continues
-    (`run_folders.combination_inputs`), so it starts beside the rest of the sweep. Upstream
-    notebooks not in the plan are read from disk (their manifests' keys)."""
+    (`run_folders.combination_inputs`): it starts beside the rest of the sweep, and its key does
+    not change when `--study` adds runs it does not read. Upstream notebooks not in the plan are
+    read from disk (their manifests' keys)."""
     planned: dict[str, list[Run]] = {}
     for run in runs:
         planned.setdefault(run.notebook, []).append(run)
@@ -233,14 +234,16 @@ def _keys_and_dependencies(runs: list[Run], root: Path, profile: str, seeds: int
                       for nb, (name, values) in run_folders.combination_inputs(params).items()}
         for nb in config.UPSTREAM.get(run.notebook, ()):
             if nb in planned:
-                feeding = [r for r in planned[nb] if _same_seed(run, r)]
-                needs += [r.name for r in feeding if nb not in inputs or r.run_dir == inputs[nb]]
+                feeding = planned[nb]
             elif nb in available:
                 if nb not in on_disk:
                     on_disk[nb] = _runs_on_disk(root, profile, nb, seeds, study)
-                feeding = [r for r in on_disk[nb] if _same_seed(run, r)]
+                feeding = on_disk[nb]
             else:
                 feeding = []
+            feeding = [r for r in feeding if _same_seed(run, r) and (nb not in inputs or r.run_dir == inputs[nb])]
+            if nb in planned:
+                needs += [r.name for r in feeding]
             # sorted: the same set of keys whether the upstream ran in this invocation or earlier
             upstream += sorted(r.key for r in feeding)
         run.upstream = upstream
@@ -272,10 +275,10 @@ def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[
     (`_cores_used`; at most `jobs` at once), each as a process of its own
     (`python -m vitprune.study.execution`). After a failure no new run starts, the ones under way
     finish, and the first failure is raised; Ctrl-C stops every run under way the same way."""
-    # first what another run waits for (04's two inputs before the rest of the sweep), then the later
-    # notebooks' runs (a ready 04 before the sweep's remaining fine-tunes: the longest chain first)
-    awaited = {name for needs in depends.values() for name in needs}
-    pending = sorted(runs, key=lambda r: (r.name not in awaited, -_stage(r)))
+    # longest chain of waiting runs first (04's two inputs before the rest of the sweep), then the
+    # longest runs first (a control keeps every token and unit), so the last runs end together
+    chain = _chain_lengths(depends)
+    pending = sorted(runs, key=lambda r: (-chain[r.name], not r.params.get("control", False)))
     running: dict[str, tuple[Run, subprocess.Popen, float]] = {}
     done: set[str] = set()
     errors: list[UserError] = []
@@ -332,9 +335,21 @@ def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[
         raise errors[0]
 
 
-def _stage(run: Run) -> int:
-    """A run's notebook's place in the study (00 first, 05 last): runs start in that order."""
-    return config.NOTEBOOKS.index(run.notebook) if run.notebook in config.NOTEBOOKS else len(config.NOTEBOOKS)
+def _chain_lengths(depends: dict[str, list[str]]) -> dict[str, int]:
+    """{run: how many runs, itself included, the longest chain of runs waiting on it holds}:
+    notebook 05 1, a fine-tune 2, a fine-tune notebook 04 continues 3."""
+    waiting: dict[str, list[str]] = {name: [] for name in depends}
+    for name, needs in depends.items():
+        for need in needs:
+            waiting.setdefault(need, []).append(name)
+    lengths: dict[str, int] = {}
+
+    def length(name: str) -> int:
+        if name not in lengths:
+            lengths[name] = 1 + max((length(w) for w in waiting[name]), default=0)
+        return lengths[name]
+
+    return {name: length(name) for name in depends}
 
 
 def _stop(running: dict[str, tuple[Run, subprocess.Popen, float]]) -> None:

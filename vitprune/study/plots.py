@@ -62,8 +62,9 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
         spread = [metric(r, "top1_std") if is_number(metric(r, "top1_std")) else 0.0 for r in group]
         if any(spread):  # seeds: mean ± one standard deviation
             ax.errorbar(xs, ys, yerr=spread, fmt="none", ecolor=colors.get(method), elinewidth=1, capsize=3, zorder=3)
-        if len(group) >= 2 and method != "baseline":  # a sweep: its points joined in MAC order
-            line = sorted(zip(xs, ys))
+        # a sweep: its points joined in MAC order (not a linear-schedule run: another curve)
+        line = sorted((x, y) for x, y, r in zip(xs, ys, group) if str(metric(r, "schedule") or "geometric") == "geometric")
+        if len(line) >= 2 and method != "baseline":
             ax.plot([x for x, _ in line], [y for _, y in line], "-", lw=1, alpha=0.6, color=colors.get(method), zorder=2)
     annotate_all(ax, [(metric(r, "macs") / scale, metric(r, "top1"), run_label(r)) for r in pts])
     pruned = [r for r in pts if not metric(r, "control")]  # the frontier of what pruning reaches
@@ -74,8 +75,8 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
     ax.set_xlabel(f"{unit} per image (multiply-accumulates)")
     ax.set_ylabel("top-1 accuracy (%)" + (", mean ± std over seeds" if any(
         is_number(metric(r, "top1_std")) for r in pts) else ""))
-    ax.set_title("Accuracy vs compute, every method (hollow: its control, nothing pruned)"
-                 if any(metric(r, "control") for r in pts) else "Accuracy vs compute, every method")
+    ax.set_title("Accuracy vs compute" + (" (hollow: a control, nothing pruned)"
+                                          if any(metric(r, "control") for r in pts) else ""), fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     return fig
 

@@ -266,7 +266,8 @@ def display_table1(df):
         for _, row in df.iterrows():
             mean, low, high = row[key], row[f"{key}_low"], row[f"{key}_high"]
             if row["source"] != MEASURED or row["method"] == "baseline" or _missing(mean):
-                out.append("(the control)" if key == "d_top1_control" and row["control"] else "")
+                is_control = not _missing(row["control"]) and bool(row["control"])  # NaN on reported rows
+                out.append("(the control)" if key == "d_top1_control" and is_control else "")
             elif row["n_seeds"] == 0:
                 out.append(f"{mean:+.2f} (no training)")
             elif _missing(low):
