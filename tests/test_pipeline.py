@@ -446,3 +446,12 @@ def test_notebook_04_waits_only_for_the_two_runs_it_continues(tmp_path):
     assert depends["04_combination/control__seed_0"][2:] == ["02_token_pruning/control__seed_0",
                                                              "03_block_pruning/control__seed_0"]
     assert len(depends["05_analysis"]) == len(runs) - 1
+
+
+def test_runs_start_by_the_longest_chain_waiting_on_them():
+    """The side-by-side scheduler starts first what the most runs wait on in a row: 04's two inputs
+    before the rest of the sweep, so 04 runs beside the sweep instead of after it."""
+    depends = {"00": [], "01": ["00"], "02/a": ["00", "01"], "03/a": ["01"], "02/b": ["01"],
+               "04": ["02/a", "03/a"], "05": ["02/a", "02/b", "03/a", "04"]}
+    chain = pipeline._chain_lengths(depends)
+    assert chain == {"00": 5, "01": 4, "02/a": 3, "03/a": 3, "02/b": 2, "04": 2, "05": 1}

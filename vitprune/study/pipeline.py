@@ -276,9 +276,10 @@ def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[
     (`python -m vitprune.study.execution`). After a failure no new run starts, the ones under way
     finish, and the first failure is raised; Ctrl-C stops every run under way the same way."""
     # longest chain of waiting runs first (04's two inputs before the rest of the sweep), then the
-    # longest runs first (a control keeps every token and unit), so the last runs end together
+    # longest runs first, so the last runs end together: a later notebook's (04 trains two models)
+    # before an earlier one's, a control (it keeps every token and unit) before a pruned run
     chain = _chain_lengths(depends)
-    pending = sorted(runs, key=lambda r: (-chain[r.name], not r.params.get("control", False)))
+    pending = sorted(runs, key=lambda r: (-chain[r.name], -_stage(r), not r.params.get("control", False)))
     running: dict[str, tuple[Run, subprocess.Popen, float]] = {}
     done: set[str] = set()
     errors: list[UserError] = []
@@ -333,6 +334,11 @@ def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[
         spec_dir.rmdir()
     if errors:
         raise errors[0]
+
+
+def _stage(run: Run) -> int:
+    """A run's notebook's place in the study (00 first, 05 last)."""
+    return config.NOTEBOOKS.index(run.notebook) if run.notebook in config.NOTEBOOKS else len(config.NOTEBOOKS)
 
 
 def _chain_lengths(depends: dict[str, list[str]]) -> dict[str, int]:
