@@ -113,7 +113,7 @@ def rate_sweep(runs: list[dict]) -> Figure | None:
         for r in base[:1]:
             if is_number(metric(r, key)):
                 ax.axhline(metric(r, key) / div, ls="--", color=colors["baseline"], label="baseline")
-        ax.set_xlabel("base rate (keep ratio at the first pruning stage; 1: the control, nothing pruned)")
+        ax.set_xlabel("base rate ρ (keep ratio at block 3; 1: the control)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
     axes[0, 0].set_title("Accuracy vs base rate")
