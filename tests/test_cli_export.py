@@ -80,3 +80,27 @@ def test_bench_onnxruntime_json(token_run_dir, capsys):
     assert res["onnx_check"]["variant"]["ok"]
     assert cli(argv + ["--runtime", "torch", "--int8"]) == 2
     assert "--int8" in capsys.readouterr().err
+
+
+def test_export_verify_on_runs_every_test_image_through_both_runtimes(smoke_runs, tmp_path, capsys):
+    """`--verify-on CACHE`: the cache's whole test split through PyTorch and onnxruntime, as one
+    JSON object; PyTorch's top-1 is the one notebook 02 measured on the same images."""
+    from conftest import smoke_run
+    from vitprune.study import results
+
+    run = smoke_run(smoke_runs, "02_token_pruning", base_rate=0.7)
+    cache = smoke_runs / "00_data_cache" / "dataset"
+    assert cli(["export", str(run), str(tmp_path / "dyvit.onnx"), "--verify-on", str(cache), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    metrics = results.read_metrics(run)
+    assert info["images"] == metrics["eval_samples"] and info["eval_split"] == "test"
+    assert info["torch_top1"] == pytest.approx(metrics["top1"], abs=1e-6)
+    assert abs(info["onnxruntime_top1"] - info["torch_top1"]) <= 100.0 * info["differing_predictions"] / info["images"]
+    assert 0 <= info["max_abs_logit_diff"] < 1e-3
+    # a class-balanced subset, and a bad count is one error line
+    assert cli(["export", str(run), str(tmp_path / "dyvit2.onnx"), "--verify-on", str(cache), "--per-class", "1",
+                "--json"]) == 0
+    classes = results.read_metrics(smoke_runs / "00_data_cache")["class_names"]
+    assert json.loads(capsys.readouterr().out)["images"] == len(classes)
+    assert cli(["export", str(run), str(tmp_path / "dyvit3.onnx"), "--verify-on", str(cache), "--per-class", "-1"]) == 2
+    assert "--per-class must be >= 0" in capsys.readouterr().err

@@ -35,6 +35,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime round trip")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="round-trip tolerance on logits, times max(1, max |logit|)")
+    parser.add_argument("--verify-on", metavar="DATASET_CACHE",
+                        help="also run every test image of this dataset cache (notebook 00's `dataset` folder) "
+                             "through PyTorch and onnxruntime: differing predictions, max |delta logits|, both top-1")
+    parser.add_argument("--per-class", type=int, default=0, metavar="N",
+                        help="with --verify-on: a seeded class-balanced N images per class (0: the whole split; "
+                             "e.g. 10 for 10k of ImageNet's 50k)")
     args = parser.parse_args(argv)
     model, opts, is_ckpt = cli_measure._build(args)  # a run directory becomes its model.pt
     model = cli_measure.apply_variant(model, opts)
@@ -44,6 +50,8 @@ def main(argv: list[str]) -> int:
         info["weights"] = os.path.abspath(args.weights)
     if not args.no_check:
         info["check"] = export.verify(model, info["path"], CHECK_BATCHES, img_size=args.img_size, atol=args.atol)
+    if args.verify_on:
+        info.update(_agreement_on(model, info["path"], args.verify_on, args.per_class))
     if args.int8:
         out = Path(args.out)
         info["int8"] = export.quantize_int8(info["path"], out.with_name(out.stem + ".int8" + out.suffix))
@@ -58,6 +66,17 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _agreement_on(model, onnx_path: str, cache: str, per_class: int) -> dict:
+    """`export.agreement` over the evaluation split of a dataset cache (the notebooks' transforms)."""
+    from vitprune import data  # datasets is slow to import: only with --verify-on
+
+    if per_class < 0:
+        raise UserError(f"--per-class must be >= 0 (0: every image), got {per_class}")
+    splits = data.prepare_splits(data.load_cache(cache), model, eval_per_class=per_class)
+    return {"verify_on": os.path.abspath(cache), "eval_split": splits.eval_name,
+            **export.agreement(model, onnx_path, splits.eval_set)}
+
+
 def _format(info: dict) -> str:
     lines = [f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB; {info['kind']}, {info['exporter']} exporter, "
              f"opset {info['opset']}, input {info['input_shape'][1:]} x dynamic batch)"]
@@ -66,6 +85,10 @@ def _format(info: dict) -> str:
         lines.append(f"onnxruntime vs PyTorch: max |delta logits| {c['max_abs_diff']:.3g} over {c['samples']} images "
                      f"(batches {', '.join(map(str, c['by_batch']))}; max |logit| {c['max_abs_logit']:.3g}, "
                      f"tolerance {c['tolerance']:.3g}) -> {'ok' if c['ok'] else 'MISMATCH'}")
+    if "images" in info:
+        lines.append(f"{info['eval_split']} split of {info['verify_on']}: {info['differing_predictions']} of "
+                     f"{info['images']} predictions differ; max |delta logits| {info['max_abs_logit_diff']:.3g}; "
+                     f"top-1 {info['torch_top1']:.2f} % in PyTorch, {info['onnxruntime_top1']:.2f} % in onnxruntime")
     if "int8" in info:
         lines.append(f"wrote {info['int8']['path']} ({info['int8']['bytes'] / 1e6:.1f} MB, int8 dynamic quantization)")
     return "\n".join(lines)

@@ -38,10 +38,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, reducers
+from vitprune.progress import bar as progress_bar
 from vitprune.torchutil import unwrap
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -190,6 +192,39 @@ def verify(model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence[int]
     return {"max_abs_diff": worst, "by_batch": by_batch, "max_abs_logit": worst_logit, "atol": atol,
             "tolerance": limit, "samples": samples, "mismatched_samples": mismatched,
             "ok": mismatched == 0}
+
+
+def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size: int = 250,
+              threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run every (image, label) of `dataset` (the model's transforms applied, e.g. a cache's test
+    split through `data.prepare_splits`) through the PyTorch model and the ONNX file at `path`.
+    Returns {"images", "differing_predictions" (argmax differs), "max_abs_logit_diff",
+    "torch_top1", "onnxruntime_top1" (percent)}: what a deployer needs to know, on real images,
+    beyond `verify`'s random ones."""
+    bare = unwrap(model)
+    sess = session(path, threads)
+    was_training = bare.training
+    bare.eval()
+    images = differing = torch_hits = ort_hits = 0
+    worst = 0.0
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for x, y in progress_bar(loader, desc="onnxruntime vs torch", unit="batch", disable=not progress):
+            with torch.no_grad():
+                ref = bare(x).numpy()
+            out = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            worst = max(worst, float(np.abs(out - ref).max()))
+            ref_pred, ort_pred, labels = ref.argmax(1), out.argmax(1), y.numpy()
+            differing += int((ref_pred != ort_pred).sum())
+            torch_hits += int((ref_pred == labels).sum())
+            ort_hits += int((ort_pred == labels).sum())
+            images += len(labels)
+    finally:
+        bare.train(was_training)
+    if images == 0:
+        raise UserError("the evaluation set is empty: nothing to compare")
+    return {"images": images, "differing_predictions": differing, "max_abs_logit_diff": worst,
+            "torch_top1": 100.0 * torch_hits / images, "onnxruntime_top1": 100.0 * ort_hits / images}
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
