@@ -59,3 +59,12 @@ def test_every_rule_names_a_declared_parameter():
     for notebook in config.NOTEBOOKS:
         declared |= set(config.declared_parameters(notebook))
     assert set(param_rules.RULES) | set(param_rules.PATHS) <= declared
+
+
+def test_run_ends_by_saying_where_table1_and_the_book_are(smoke_runs, capsys):
+    assert cli(["run", "--profile", "smoke", "--only", "05_analysis", "--study",
+                "--runs-root", str(smoke_runs.parent)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    table = smoke_runs / "05_analysis" / "figures" / "table1.md"
+    assert last.startswith(f"Table 1: {table} ") and "python -m vitprune book --profile smoke" in last
+    assert table.is_file()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from vitprune.errors import UserError
-from vitprune.study import config, pipeline
+from vitprune.study import config, pipeline, run_folders
 
 
 def main(argv: list[str]) -> int:
@@ -37,4 +38,9 @@ def main(argv: list[str]) -> int:
     ran = sum(s["status"] == "ran" for s in summaries)
     print(f"done: {ran} run(s) executed, {len(summaries) - ran} up to date, "
           f"{time.perf_counter() - start:.1f} s in all", flush=True)
+    analysis = next((s for s in summaries if s["run"] == run_folders.FIGURES_NOTEBOOK), None)
+    if analysis:  # where to look next
+        table = Path(analysis["run_dir"]) / run_folders.FIGURES_SUBDIR / "table1.md"
+        print(f"Table 1: {table} (the figures, equal_macs.md and audit.md beside it); the executed study as "
+              f"web pages: python -m vitprune book --profile {args.profile} (make book)", flush=True)
     return 0
