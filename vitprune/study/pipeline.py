@@ -227,11 +227,7 @@ def _keys_and_dependencies(runs: list[Run], root: Path, profile: str, seeds: int
     depends = {}
     for run in runs:
         upstream, needs = [], []
-        inputs = {}
-        params = _effective_params(run)
-        if run.notebook == run_folders.COMBINATION and run_folders.COMBINATION_KEYS <= params.keys():
-            inputs = {nb: run_folders.point_run_dir(root, profile, nb, {**params, **values}, name)
-                      for nb, (name, values) in run_folders.combination_inputs(params).items()}
+        inputs = _combination_input_dirs(run, root, profile) if run.notebook == run_folders.COMBINATION else {}
         for nb in config.UPSTREAM.get(run.notebook, ()):
             if nb in planned:
                 feeding = planned[nb]
@@ -252,6 +248,16 @@ def _keys_and_dependencies(runs: list[Run], root: Path, profile: str, seeds: int
     return depends
 
 
+def _combination_input_dirs(run: Run, root: Path, profile: str) -> dict[str, Path]:
+    """{notebook: run folder} of the two runs a notebook-04 run continues (none when its notebook
+    does not declare what names them)."""
+    params = _effective_params(run)
+    if not run_folders.COMBINATION_KEYS <= params.keys():
+        return {}
+    return {nb: run_folders.point_run_dir(root, profile, nb, {**params, **values}, name)
+            for nb, (name, values) in run_folders.combination_inputs(params).items()}
+
+
 def _effective_params(run: Run) -> dict[str, Any]:
     """A run's parameters with the notebook's defaults for what its profile leaves unset."""
     declared = config.declared_parameters(run.notebook)
@@ -270,9 +276,8 @@ def _cores_used(run: Run, cores: int) -> int:
 
 def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[str, Any], force: bool,
                       cores: int, jobs: int, finish) -> None:
-    """Start each run (those another run waits for first, then the later notebooks') once the runs it
-    reads are done and its cores are free
-    (`_cores_used`; at most `jobs` at once), each as a process of its own
+    """Start each run (longest chain of waiting runs first) once the runs it reads are done and its
+    cores are free (`_cores_used`; at most `jobs` at once), each as a process of its own
     (`python -m vitprune.study.execution`). After a failure no new run starts, the ones under way
     finish, and the first failure is raised; Ctrl-C stops every run under way the same way."""
     # longest chain of waiting runs first (04's two inputs before the rest of the sweep), then the
@@ -280,6 +285,9 @@ def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[
     # before an earlier one's, a control (it keeps every token and unit) before a pruned run
     chain = _chain_lengths(depends)
     pending = sorted(runs, key=lambda r: (-chain[r.name], -_stage(r), not r.params.get("control", False)))
+    # once per run, not at every poll: each parses its notebook's parameters cell / hashes its inputs
+    cores_of = {r.name: _cores_used(r, cores) for r in runs}
+    stale: set[str] = set()  # ready runs found not up to date, waiting for cores
     running: dict[str, tuple[Run, subprocess.Popen, float]] = {}
     done: set[str] = set()
     errors: list[UserError] = []
@@ -289,17 +297,19 @@ def _run_side_by_side(runs: list[Run], depends: dict[str, list[str]], env: dict[
             started = True
             while started and not errors:
                 started = False
-                busy = sum(_cores_used(r, cores) for r, _, _ in running.values())
+                busy = sum(cores_of[name] for name in running)
                 for run in pending:
                     if not all(name in done for name in depends[run.name]):
                         continue
-                    if not force and is_up_to_date(run):
-                        pending.remove(run)
-                        done.add(run.name)
-                        finish(run, "up to date", read_manifest(run.run_dir).get("wall_time_s"))
-                        started = True
-                        break
-                    if running and (busy + _cores_used(run, cores) > cores or len(running) >= jobs):
+                    if not force and run.name not in stale:
+                        if is_up_to_date(run):
+                            pending.remove(run)
+                            done.add(run.name)
+                            finish(run, "up to date", read_manifest(run.run_dir).get("wall_time_s"))
+                            started = True
+                            break
+                        stale.add(run.name)
+                    if running and (busy + cores_of[run.name] > cores or len(running) >= jobs):
                         continue
                     print(f"[{run.name}] running -> {run.run_dir}", flush=True)
                     spec = write_spec(run, env, spec_dir / (run.name.replace("/", "--") + ".json"))
