@@ -172,13 +172,7 @@ def verify(model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence[int]
         for b in batch_sizes:
             if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                 raise UserError(f"batch sizes must be positive ints, got {b!r}")
-            x = torch.randn(b, *shape[1:], generator=gen)
-            with torch.no_grad():
-                ref = bare(x).numpy()
-            out = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-            if out.shape != ref.shape:
-                raise UserError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {b}: "
-                                f"the file does not belong to this model (or its batch axis is not dynamic)")
+            ref, out = _both_logits(bare, sess, torch.randn(b, *shape[1:], generator=gen))
             delta = np.abs(out - ref).reshape(b, -1).max(axis=1)
             per_sample.append(delta)
             by_batch[b] = float(delta.max())
@@ -192,6 +186,17 @@ def verify(model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence[int]
     return {"max_abs_diff": worst, "by_batch": by_batch, "max_abs_logit": worst_logit, "atol": atol,
             "tolerance": limit, "samples": samples, "mismatched_samples": mismatched,
             "ok": mismatched == 0}
+
+
+def _both_logits(bare: nn.Module, sess, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The PyTorch model's and the ONNX session's logits of one batch (the model in eval mode)."""
+    with torch.no_grad():
+        ref = bare(images).numpy()
+    out = sess.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    if out.shape != ref.shape:
+        raise UserError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {len(images)}: "
+                        f"the file does not belong to this model (or its batch axis is not dynamic)")
+    return ref, out
 
 
 def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size: int = 250,
@@ -210,9 +215,7 @@ def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size:
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         for x, y in progress_bar(loader, desc="onnxruntime vs torch", unit="batch", disable=not progress):
-            with torch.no_grad():
-                ref = bare(x).numpy()
-            out = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            ref, out = _both_logits(bare, sess, x)
             worst = max(worst, float(np.abs(out - ref).max()))
             ref_pred, ort_pred, labels = ref.argmax(1), out.argmax(1), y.numpy()
             differing += int((ref_pred != ort_pred).sum())
