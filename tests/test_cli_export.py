@@ -90,8 +90,13 @@ def test_export_verify_on_runs_every_test_image_through_both_runtimes(smoke_runs
 
     run = smoke_run(smoke_runs, "02_token_pruning", base_rate=0.7)
     cache = smoke_runs / "00_data_cache" / "dataset"
-    assert cli(["export", str(run), str(tmp_path / "dyvit.onnx"), "--verify-on", str(cache), "--json"]) == 0
+    assert cli(["export", str(run), str(tmp_path / "dyvit.onnx"), "--verify-on", str(cache), "--int8", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
+    # the token choices of both runtimes, ranking by ranking (3 DynamicViT stages)
+    assert info["selections"] == 3 and 0 <= info["differing_selections"] <= info["images"]
+    assert info["min_cut_gap"] >= 0 and 0 <= info["max_score_diff"] < 1e-3
+    assert 0 <= info["images_below_score_diff"] <= info["images"]
+    assert 0 <= info["int8_top1"] <= 100 and (tmp_path / "dyvit.int8.onnx").is_file()
     metrics = results.read_metrics(run)
     assert info["images"] == metrics["eval_samples"] and info["eval_split"] == "test"
     assert info["torch_top1"] == pytest.approx(metrics["top1"], abs=1e-6)

@@ -5,7 +5,7 @@ import torch
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import block_pruning, token_pruning, training_free, vit_ops
+from vitprune.methods import block_pruning, selection, token_pruning, training_free, vit_ops
 from vitprune.models import create_model
 
 
@@ -54,7 +54,9 @@ def test_kept_tokens_are_the_top_cls_attention_ones():
     training_free.apply(model, base_rate=0.5, locations=(1,))
     _, masks = training_free.kept_token_masks(model, x)
     k = training_free.keep_counts(model)[0]
-    expected = torch.zeros_like(masks[0]).scatter_(1, w.topk(k, dim=1).indices, True)
+    # ranked as `selection` ranks: log attention rounded to its step, ties to the lower index
+    top = selection.top_k(w.log(), k, step=selection.STEP, low=selection.LOG_RANGE[0], high=selection.LOG_RANGE[1])
+    expected = torch.zeros_like(masks[0]).scatter_(1, top, True)
     assert masks[0].sum(1).tolist() == [k, k]
     assert torch.equal(masks[0], expected)
 

@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
                         help="torch.onnx exporter (default torchscript: ~5x faster to export, same graph speed)")
     parser.add_argument("--opset", type=int, default=export.DEFAULT_OPSET)
     parser.add_argument("--int8", action="store_true",
-                        help="also write OUT.int8.onnx (onnxruntime dynamic quantization)")
+                        help="also write OUT.int8.onnx (onnxruntime dynamic quantization; with --verify-on, "
+                             "its top-1 too)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime round trip")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="round-trip tolerance on logits, times max(1, max |logit|)")
@@ -50,11 +51,12 @@ def main(argv: list[str]) -> int:
         info["weights"] = os.path.abspath(args.weights)
     if not args.no_check:
         info["check"] = export.verify(model, info["path"], CHECK_BATCHES, img_size=args.img_size, atol=args.atol)
-    if args.verify_on:
-        info.update(_agreement_on(model, info["path"], args.verify_on, args.per_class))
     if args.int8:
         out = Path(args.out)
         info["int8"] = export.quantize_int8(info["path"], out.with_name(out.stem + ".int8" + out.suffix))
+    if args.verify_on:
+        also = {"int8": info["int8"]["path"]} if args.int8 else {}
+        info.update(_agreement_on(model, info["path"], args.verify_on, args.per_class, also))
     print(json.dumps(info) if args.json else _format(info))
     check = info.get("check")
     if check is not None and not check["ok"]:
@@ -66,7 +68,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _agreement_on(model, onnx_path: str, cache: str, per_class: int) -> dict:
+def _agreement_on(model, onnx_path: str, cache: str, per_class: int, also_score: dict) -> dict:
     """`export.agreement` over the evaluation split of a dataset cache (the notebooks' transforms)."""
     from vitprune import data  # datasets is slow to import: only with --verify-on
 
@@ -74,7 +76,7 @@ def _agreement_on(model, onnx_path: str, cache: str, per_class: int) -> dict:
         raise UserError(f"--per-class must be >= 0 (0: every image), got {per_class}")
     splits = data.prepare_splits(data.load_cache(cache), model, eval_per_class=per_class)
     return {"verify_on": os.path.abspath(cache), "eval_split": splits.eval_name,
-            **export.agreement(model, onnx_path, splits.eval_set)}
+            **export.agreement(model, onnx_path, splits.eval_set, also_score=also_score)}
 
 
 def _format(info: dict) -> str:
@@ -88,7 +90,13 @@ def _format(info: dict) -> str:
     if "images" in info:
         lines.append(f"{info['eval_split']} split of {info['verify_on']}: {info['differing_predictions']} of "
                      f"{info['images']} predictions differ; max |delta logits| {info['max_abs_logit_diff']:.3g}; "
-                     f"top-1 {info['torch_top1']:.2f} % in PyTorch, {info['onnxruntime_top1']:.2f} % in onnxruntime")
+                     f"top-1 {info['torch_top1']:.2f} % in PyTorch, {info['onnxruntime_top1']:.2f} % in onnxruntime"
+                     + (f", {info['int8_top1']:.2f} % int8" if "int8_top1" in info else ""))
+    if "selections" in info:
+        lines.append(f"token choices ({info['selections']} rankings per image): other tokens kept in "
+                     f"{info['differing_selections']} of {info['images']} images; smallest gap at a cut "
+                     f"{info['min_cut_gap']:.3g}, runtimes' largest score difference {info['max_score_diff']:.3g}, "
+                     f"{info['images_below_score_diff']} images with a gap below it")
     if "int8" in info:
         lines.append(f"wrote {info['int8']['path']} ({info['int8']['bytes'] / 1e6:.1f} MB, int8 dynamic quantization)")
     return "\n".join(lines)

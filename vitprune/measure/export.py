@@ -21,16 +21,18 @@ too, for when torch drops the tracer. Either way the graph is traced once at bat
 round trip (`verify`) checks it at other batch sizes, so a batch size baked into the graph
 would show up there.
 
-Differences to PyTorch are float rounding (~1e-6 on logits) except where two tokens' scores
-tie within rounding: top-k (or ToMe's matching) may then pick the other token. Random-init
-models have nearly uniform scores and do tie; trained models rarely do. `verify` reports the
-max |delta logits| and how many samples exceed the tolerance.
+Differences to PyTorch are float rounding (~1e-6 on logits). Which tokens a model keeps or
+merges is ranked on rounded integer keys (`methods.selection`), so ties and near-ties go the same
+way in both runtimes; a choice can still differ where a score sits within float noise of a rounding
+boundary at the cut. `agreement` measures that on real images (how many images, how close the
+closest cut came); `verify` checks the logits on random ones.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import pruning_state, reducers
+from vitprune.methods import pruning_state, reducers, selection
 from vitprune.progress import bar as progress_bar
 from vitprune.torchutil import unwrap
 
@@ -200,34 +202,120 @@ def _both_logits(bare: nn.Module, sess, images: torch.Tensor) -> tuple[np.ndarra
 
 
 def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size: int = 250,
-              threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+              threads: int | None = None, progress: bool = True,
+              also_score: dict[str, str | os.PathLike] | None = None) -> dict[str, Any]:
     """Run every (image, label) of `dataset` (the model's transforms applied, e.g. a cache's test
     split through `data.prepare_splits`) through the PyTorch model and the ONNX file at `path`.
+
     Returns {"images", "differing_predictions" (argmax differs), "max_abs_logit_diff",
-    "torch_top1", "onnxruntime_top1" (percent)}: what a deployer needs to know, on real images,
-    beyond `verify`'s random ones."""
+    "torch_top1", "onnxruntime_top1" (percent)} and, for a model that selects tokens
+    (`methods.selection`), whether both runtimes chose the same tokens: "selections" (rankings
+    per image), "differing_selections" (images where any ranking chose other tokens),
+    "min_cut_gap" (smallest raw-score gap between the last kept and the first dropped token, over
+    every image and ranking), "max_score_diff" (largest |score difference| between the runtimes,
+    over rankings whose inputs still agree) and "images_below_score_diff" (images whose smallest
+    gap is below that difference: where an unrounded top-k could have flipped). `also_score`
+    {name: ONNX file} adds "<name>_top1" for other files of the same model (e.g. its int8 copy),
+    scored on the same images in the same pass."""
     bare = unwrap(model)
     sess = session(path, threads)
+    others = {name: session(p, threads) for name, p in (also_score or {}).items()}
     was_training = bare.training
     bare.eval()
-    images = differing = torch_hits = ort_hits = 0
+    images = differing = 0
+    hits = {"torch": 0, "onnxruntime": 0, **{name: 0 for name in others}}
     worst = 0.0
+    tracer: _SelectionTracer | None = None
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        for x, y in progress_bar(loader, desc="onnxruntime vs torch", unit="batch", disable=not progress):
-            ref, out = _both_logits(bare, sess, x)
-            worst = max(worst, float(np.abs(out - ref).max()))
-            ref_pred, ort_pred, labels = ref.argmax(1), out.argmax(1), y.numpy()
-            differing += int((ref_pred != ort_pred).sum())
-            torch_hits += int((ref_pred == labels).sum())
-            ort_hits += int((ort_pred == labels).sum())
-            images += len(labels)
+        with tempfile.TemporaryDirectory(prefix="vitprune-selections-") as tmp:
+            for x, y in progress_bar(loader, desc="onnxruntime vs torch", unit="batch", disable=not progress):
+                if tracer is None:
+                    tracer = _SelectionTracer(bare, Path(tmp) / "selections.onnx", x, threads)
+                ref, out = _both_logits(bare, sess, x)
+                worst = max(worst, float(np.abs(out - ref).max()))
+                labels = y.numpy()
+                preds = {"torch": ref.argmax(1), "onnxruntime": out.argmax(1)}
+                for name, other in others.items():
+                    preds[name] = other.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0].argmax(1)
+                differing += int((preds["torch"] != preds["onnxruntime"]).sum())
+                for name, pred in preds.items():
+                    hits[name] += int((pred == labels).sum())
+                tracer.compare(x)
+                images += len(labels)
     finally:
         bare.train(was_training)
     if images == 0:
         raise UserError("the evaluation set is empty: nothing to compare")
-    return {"images": images, "differing_predictions": differing, "max_abs_logit_diff": worst,
-            "torch_top1": 100.0 * torch_hits / images, "onnxruntime_top1": 100.0 * ort_hits / images}
+    result = {"images": images, "differing_predictions": differing, "max_abs_logit_diff": worst,
+              **{f"{name}_top1": 100.0 * n / images for name, n in hits.items()}}
+    if tracer is not None and tracer.rankings:
+        result.update(tracer.summary())
+    return result
+
+
+class _SelectionTracer:
+    """The model's token rankings in both runtimes, image by image: a second ONNX graph of the same
+    model that also returns every ranking's raw scores and chosen indices (`selection.recording`),
+    against the same rankings recorded in PyTorch."""
+
+    def __init__(self, bare: nn.Module, path: Path, example: torch.Tensor, threads: int | None):
+        self.model = bare
+        with torch.no_grad(), selection.recording() as records:
+            bare(example[:1])
+        self.rankings = len(records)
+        self.cut_gaps: list[np.ndarray] = []  # per image: the smallest gap over its rankings
+        self.differs: list[np.ndarray] = []
+        self.max_score_diff = 0.0
+        if not self.rankings:
+            return
+        names = [OUTPUT_NAME] + [f"score_{i}" for i in range(self.rankings)] + [f"indices_{i}" for i in range(self.rankings)]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_WithSelections(bare).eval(), (example[:TRACE_BATCH],), str(path), dynamo=False,
+                              opset_version=DEFAULT_OPSET, input_names=[INPUT_NAME], output_names=names,
+                              dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *names]})
+        self.sess = session(path, threads)
+
+    def compare(self, x: torch.Tensor) -> None:
+        if not self.rankings:
+            return
+        with torch.no_grad(), selection.recording() as records:
+            self.model(x)  # only the rankings: the logits are compared on the deployed file
+        outs = self.sess.run(None, {INPUT_NAME: x.numpy()})
+        ort_scores, ort_indices = outs[1:1 + self.rankings], outs[1 + self.rankings:]
+        b = len(x)
+        agree_so_far = np.ones(b, dtype=bool)
+        gap = np.full(b, np.inf)
+        for rec, ort_score, ort_idx in zip(records, ort_scores, ort_indices):
+            score = rec.score.float().numpy()
+            diff = np.abs(score - ort_score).reshape(b, -1).max(axis=1)
+            if agree_so_far.any():  # a ranking's inputs match only while every earlier one agreed
+                self.max_score_diff = max(self.max_score_diff, float(diff[agree_so_far].max()))
+            same = (rec.indices.numpy() == ort_idx).reshape(b, -1).all(axis=1)
+            agree_so_far &= same
+            gap = np.minimum(gap, selection.cut_gaps(rec.score, rec.k).reshape(b, -1).min(dim=1).values.numpy())
+        self.differs.append(~agree_so_far)
+        self.cut_gaps.append(gap)
+
+    def summary(self) -> dict[str, Any]:
+        gaps = np.concatenate(self.cut_gaps)
+        return {"selections": self.rankings, "differing_selections": int(np.concatenate(self.differs).sum()),
+                "min_cut_gap": float(gaps.min()), "max_score_diff": self.max_score_diff,
+                "images_below_score_diff": int((gaps < self.max_score_diff).sum())}
+
+
+class _WithSelections(nn.Module):
+    """`model`'s logits followed by every ranking's raw scores, then its chosen indices."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        with selection.recording() as records:
+            logits = self.model(images)
+        return (logits, *[r.score for r in records], *[r.indices for r in records])
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:

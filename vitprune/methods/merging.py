@@ -43,7 +43,7 @@ from torch import nn
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import pruning_state, vit_ops
+from vitprune.methods import pruning_state, selection, vit_ops
 
 CONFIG_ATTR = pruning_state.MERGING_ATTR  # where apply() records its config (read via pruning_state)
 
@@ -233,8 +233,12 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
         feats = metric[:, prefix:]
         feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         similarity = feats[:, 0::2] @ feats[:, 1::2].transpose(-1, -2)  # [B, |A|, |B|] cosine
-        best, partner = similarity.max(dim=-1)  # each A token's most similar B token
-        order = best.argsort(dim=-1, descending=True)
+        # each A token's most similar B token, then the A tokens by that similarity; both ranked on
+        # rounded keys (lower index first on ties) so an exported graph merges the same tokens
+        cosine = dict(step=selection.STEP, low=selection.COSINE_RANGE[0], high=selection.COSINE_RANGE[1])
+        partner = selection.top_k(similarity, 1, **cosine)[..., 0]
+        best = similarity.gather(-1, partner.unsqueeze(-1))[..., 0]
+        order = selection.top_k(best, r, full=True, **cosine)
         src = order[:, :r]    # the A tokens merged away (most similar edges)
         stay = order[:, r:]   # the A tokens kept
         dst = partner.gather(1, src)  # where each merged A token goes

@@ -45,7 +45,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vitprune import param_rules
 from vitprune.errors import UserError
-from vitprune.methods import pruning_state
+from vitprune.methods import pruning_state, selection
 from vitprune.torchutil import unwrap
 # the keep schedule (token_schedule, shared with training_free) and the training objective (dynamicvit_loss)
 # are part of this method's interface and stay importable from here
@@ -263,9 +263,15 @@ def _gathered_features(model: nn.Module, images: torch.Tensor, record: bool = Fa
             if k < current:
                 patches = x[:, prefix:]
                 ones = patches.new_ones(B, current, 1)
-                score = predictors[stage](patches, ones)[..., 0]  # log p(keep)
-                # official eval: argsort descending, first k; topk picks the same set
-                idx = score.topk(k, dim=1).indices
+                log_p = predictors[stage](patches, ones)
+                score = log_p[..., 0] - log_p[..., 1]  # log-odds of keep: p(keep)'s order, unsaturated near p = 1
+                # official eval: argsort descending, first k; here ranked on rounded keys so an
+                # exported graph keeps the same tokens (`selection`)
+                idx = selection.top_k(score, k, step=selection.STEP, low=selection.LOG_RANGE[0],
+                                      high=selection.LOG_RANGE[1])
+                # kept tokens stay in their original order, so a later stage breaks ties by original
+                # index, as the masked forward does (attention does not depend on the order)
+                idx = idx.sort(dim=1).values
                 patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
                 x = torch.cat([x[:, :prefix], patches], dim=1)
                 if record:
@@ -315,8 +321,8 @@ def _masked_features(model: nn.Module, images: torch.Tensor, topk: bool = False)
                 # official: gumbel_softmax(hard=True) on the log-probs, times the previous decision
                 hard = F.gumbel_softmax(log_p, hard=True)[..., 0:1] * prev
             else:
-                score = log_p[..., 0].masked_fill(prev[..., 0] <= 0, float("-inf")).detach()
-                idx = score.topk(counts[s], dim=1).indices
+                idx = selection.top_k(log_p[..., 0] - log_p[..., 1], counts[s], step=selection.STEP, low=selection.LOG_RANGE[0],
+                                      high=selection.LOG_RANGE[1], exclude=prev[..., 0] <= 0)
                 hard = torch.zeros_like(prev).scatter_(1, idx.unsqueeze(-1), 1.0) * prev
             decisions.append(hard[..., 0])
             prev = hard

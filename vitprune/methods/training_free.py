@@ -28,7 +28,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from vitprune.errors import UserError
-from vitprune.methods import pruning_state, token_schedule, vit_ops
+from vitprune.methods import pruning_state, selection, token_schedule, vit_ops
 
 CONFIG_ATTR = pruning_state.TRAINING_FREE_ATTR  # where apply() records its config (read via pruning_state)
 
@@ -134,7 +134,10 @@ def pruned_features(model: nn.Module, images: torch.Tensor, record: bool = False
             if k < current:
                 # fallback without any attention since the last location: token L2 norm
                 score = cls_attn if cls_attn is not None else x[:, prefix:].norm(dim=-1)
-                idx = score.topk(k, dim=1).indices
+                # ranked in log space on rounded keys, so an exported graph keeps the same tokens
+                idx = selection.top_k(score.clamp_min(1e-30).log(), k, step=selection.STEP,
+                                      low=selection.LOG_RANGE[0], high=selection.LOG_RANGE[1])
+                idx = idx.sort(dim=1).values  # original order: a later stage breaks ties by original index
                 x = torch.cat([x[:, :prefix], x[:, prefix:].gather(1, idx.unsqueeze(-1).expand(-1, -1, C))], dim=1)
                 origin = origin.gather(1, idx)
             if record:
