@@ -214,10 +214,17 @@ def test_smoke_pipeline_draws_every_figure(smoke_runs):
     metrics = results.read_metrics(smoke_runs / "05_analysis")
     assert sorted(metrics["figures"]) == sorted([*plots.FIGURES, "edge_latency"])
     # every saved pruned kind was exported, matched PyTorch in onnxruntime and was timed in both runtimes
-    edge = metrics["edge_latency"]
+    edge = metrics["edge_latency"]["rows"]
     assert {r["method"] for r in edge} >= {"dynamicvit", "block", "token_then_block", "block_then_token"}
-    assert {(r["run"], r["runtime"]) for r in edge} == {(r["run"], rt) for r in edge for rt in ("torch", "onnxruntime")}
-    assert all(r["onnx_max_abs_diff"] < 1e-3 and r["speedup"] > 0 for r in edge)
+    pruned = [r for r in edge if r["method"] != "baseline"]
+    assert {(r["run"], r["runtime"], r["precision"]) for r in pruned} == {
+        (r["run"], rt, p) for r in pruned for rt, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))}
+    assert all(r["onnx_max_abs_diff"] < 1e-3 and r["speedup"] > 0 for r in pruned)
+    # every exported file scored on the test images in fp32 and int8, beside PyTorch
+    accuracy = metrics["edge_latency"]["accuracy"]
+    assert [a["method"] for a in accuracy][0] == "baseline" and {a["run"] for a in accuracy} >= {r["run"] for r in pruned}
+    assert all(a["differing_predictions"] == 0 and 0 <= a["int8_top1"] <= 100 for a in accuracy)
+    assert all(a["torch_top1"] == a["onnxruntime_top1"] for a in accuracy)
     assert (Path(metrics["figures_dir"]) / "edge_latency.png").stat().st_size > 0
     rows = {row["run"]: row for row in metrics["table1_rows"]}
     for run, folder in (("01_deit_baseline", smoke_runs / "01_deit_baseline"),

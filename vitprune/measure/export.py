@@ -203,7 +203,7 @@ def _both_logits(bare: nn.Module, sess, images: torch.Tensor) -> tuple[np.ndarra
 
 def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size: int = 250,
               threads: int | None = None, progress: bool = True,
-              also_score: dict[str, str | os.PathLike] | None = None) -> dict[str, Any]:
+              also_score: dict[str, str | os.PathLike] | None = None, selections: bool = True) -> dict[str, Any]:
     """Run every (image, label) of `dataset` (the model's transforms applied, e.g. a cache's test
     split through `data.prepare_splits`) through the PyTorch model and the ONNX file at `path`.
 
@@ -216,7 +216,8 @@ def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size:
     over rankings whose inputs still agree) and "images_below_score_diff" (images whose smallest
     gap is below that difference: where an unrounded top-k could have flipped). `also_score`
     {name: ONNX file} adds "<name>_top1" for other files of the same model (e.g. its int8 copy),
-    scored on the same images in the same pass."""
+    scored on the same images in the same pass. `selections=False` skips the token-choice check
+    (a third onnxruntime pass)."""
     bare = unwrap(model)
     sess = session(path, threads)
     others = {name: session(p, threads) for name, p in (also_score or {}).items()}
@@ -230,7 +231,7 @@ def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         with tempfile.TemporaryDirectory(prefix="vitprune-selections-") as tmp:
             for x, y in progress_bar(loader, desc="onnxruntime vs torch", unit="batch", disable=not progress):
-                if tracer is None:
+                if tracer is None and selections:
                     tracer = _SelectionTracer(bare, Path(tmp) / "selections.onnx", x, threads)
                 ref, out = _both_logits(bare, sess, x)
                 worst = max(worst, float(np.abs(out - ref).max()))
@@ -241,7 +242,8 @@ def agreement(model: nn.Module, path: str | os.PathLike, dataset, *, batch_size:
                 differing += int((preds["torch"] != preds["onnxruntime"]).sum())
                 for name, pred in preds.items():
                     hits[name] += int((pred == labels).sum())
-                tracer.compare(x)
+                if tracer is not None:
+                    tracer.compare(x)
                 images += len(labels)
     finally:
         bare.train(was_training)

@@ -38,8 +38,9 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: 
                 min_round_ms: float = MIN_ROUND_MS, desc: str | None = None) -> tuple[dict[str, list[float]], int]:
     """Time each callable in ``repeats`` rounds, the order reversed every round (ABBA...) so drift
     in machine load hits all alike, after ``warmup`` untimed calls of each. Each round calls
-    every runner ``calls`` times, ``calls`` chosen from the slowest warm-up call so a round
-    lasts at least ``min_round_ms`` (1 without warm-up). Returns ms per call per round, by
+    every runner ``calls`` times after one untimed call (so no model is timed cold, just after the
+    other evicted its weights from the caches; a deployed model runs warm), ``calls`` chosen from
+    the slowest warm-up call so a round lasts at least ``min_round_ms`` (1 without warm-up). Returns ms per call per round, by
     name, and ``calls``. The one timing loop of `benchmark` (torch) and
     `runtime_bench.benchmark_onnx` (onnxruntime)."""
     if repeats < 1 or warmup < 0:
@@ -47,6 +48,7 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: 
     names = list(runners)
 
     def timed(name: str, calls: int) -> float:
+        runners[name]()  # untimed: the other model just ran, so this one starts with cold caches
         start = time.perf_counter()
         for _ in range(calls):
             runners[name]()
@@ -66,6 +68,13 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: 
     return times, calls
 
 
+def paired_speedup(baseline_ms: Sequence[float], variant_ms: Sequence[float]) -> float:
+    """The median over rounds of baseline / variant latency within each round: the statistic every
+    speedup here reports. Pairing by round cancels load that drifts between rounds (both models of
+    a round see the same machine), which a ratio of two medians does not."""
+    return statistics.median(b / v for b, v in zip(baseline_ms, variant_ms))
+
+
 def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int], *,
               warmup: int = 2, repeats: int = 10, threads: int | None = None,
               baseline_macs: int | None = None, variant_macs: int | None = None,
@@ -80,7 +89,7 @@ def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int
     back) is refused: it would be timed at another precision than the one recorded. Timing
     protocol: `interleaved` (rounds alternate which model goes first, each round long enough
     for the clock). Reports medians in milliseconds per forward,
-    ``speedup`` = baseline/variant median and, when MACs are given, ``mac_ratio`` =
+    ``speedup`` = `paired_speedup` (median of the per-round ratios) and, when MACs are given, ``mac_ratio`` =
     baseline/variant MACs and ``speedup_over_mac_ratio`` (1.0 = the speedup the arithmetic
     promises; well above 1 is a measurement to explain, not a result). Threads are set to
     ``threads`` (default: current) for the run and restored afterwards.
@@ -123,7 +132,7 @@ def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int
     out: dict[str, Any] = {
         "baseline_ms": base_ms,
         "variant_ms": var_ms,
-        "speedup": base_ms / var_ms,
+        "speedup": paired_speedup(times["baseline"], times["variant"]),
         "baseline_ms_runs": times["baseline"],
         "variant_ms_runs": times["variant"],
         "batch_size": int(input_shape[0]),

@@ -46,17 +46,12 @@ def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.Path
     import onnxruntime as ort
 
     threads = int(threads or torch.get_num_threads())
-    sessions = {"baseline": export.session(baseline_path, threads),
-                "variant": export.session(variant_path, threads)}
-    x = np.random.default_rng(seed).standard_normal(tuple(input_shape), dtype=np.float32)
-    feeds = {export.INPUT_NAME: x}
-    times, calls = measure.interleaved(
-        {name: functools.partial(session.run, None, feeds) for name, session in sessions.items()},
-        warmup=warmup, repeats=repeats, min_round_ms=min_round_ms)
+    times, calls = time_onnx_files({"baseline": baseline_path, "variant": variant_path}, input_shape, warmup=warmup,
+                                   repeats=repeats, threads=threads, seed=seed, min_round_ms=min_round_ms)
     base_ms, var_ms = statistics.median(times["baseline"]), statistics.median(times["variant"])
     out: dict[str, Any] = {
         "runtime": "onnxruntime", "onnxruntime_version": ort.__version__,
-        "baseline_ms": base_ms, "variant_ms": var_ms, "speedup": base_ms / var_ms,
+        "baseline_ms": base_ms, "variant_ms": var_ms, "speedup": measure.paired_speedup(times["baseline"], times["variant"]),
         "baseline_ms_runs": times["baseline"], "variant_ms_runs": times["variant"],
         "batch_size": int(input_shape[0]), "input_shape": list(input_shape), "threads": threads,
         "warmup": warmup, "repeats": repeats, "calls_per_round": calls, "device": "cpu",
@@ -66,6 +61,19 @@ def benchmark_onnx(baseline_path: str | os.PathLike, variant_path: str | os.Path
                    mac_ratio=baseline_macs / variant_macs)
         out["speedup_over_mac_ratio"] = out["speedup"] / out["mac_ratio"]
     return out
+
+
+def time_onnx_files(paths: dict[str, str | os.PathLike], input_shape: Sequence[int], *, warmup: int = 2,
+                    repeats: int = 10, threads: int | None = None, seed: int = 0,
+                    min_round_ms: float = measure.MIN_ROUND_MS) -> tuple[dict[str, list[float]], int]:
+    """onnxruntime latency of several ONNX files on one random input, interleaved in one loop
+    (`measure.interleaved`): (ms per run per round by name, calls per round). Pair any two with
+    `measure.paired_speedup` (e.g. an int8 variant against the fp32 baseline)."""
+    threads = int(threads or torch.get_num_threads())
+    sessions = {name: export.session(path, threads) for name, path in paths.items()}
+    feeds = {export.INPUT_NAME: np.random.default_rng(seed).standard_normal(tuple(input_shape), dtype=np.float32)}
+    return measure.interleaved({name: functools.partial(s.run, None, feeds) for name, s in sessions.items()},
+                               warmup=warmup, repeats=repeats, min_round_ms=min_round_ms)
 
 
 def compare(baseline: nn.Module, variant: nn.Module, *, batch_sizes: Sequence[int] = (1, 16),

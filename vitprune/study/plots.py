@@ -437,7 +437,8 @@ def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
 
 def edge_latency(rows: list[dict]) -> Figure | None:
     """Speedup against the MAC ratio per pruned model, torch and onnxruntime side by side, one
-    panel per batch size (rows from `edge_latency.measure_runs`); y = x is what the MACs promise."""
+    panel per batch size (fp32 rows of `edge_latency.fold_seeds`); y = x is what the MACs promise."""
+    rows = [r for r in rows if r.get("precision", "fp32") == "fp32"]
     if not rows:
         return None
     colors = palette()
