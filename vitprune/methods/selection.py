@@ -66,7 +66,7 @@ def recording() -> Iterator[list[Selection]]:
 
 def keys(score: torch.Tensor, step: float, low: float, high: float) -> torch.Tensor:
     """int64 ranking keys over the last dim of `score`: rounded score first, lower index on ties."""
-    n = score.shape[-1]
+    n = int(score.shape[-1])  # a Python int: an exported graph gets the tie-break order as a constant
     levels = max(abs(low), abs(high)) / step
     if levels * n >= _MAX_KEY:
         raise ValueError(f"score range {low}..{high} at step {step} over {n} tokens overflows int64 keys")
@@ -76,14 +76,17 @@ def keys(score: torch.Tensor, step: float, low: float, high: float) -> torch.Ten
 
 
 def top_k(score: torch.Tensor, k: int, *, step: float, low: float, high: float,
-          exclude: torch.Tensor | None = None, full: bool = False) -> torch.Tensor:
+          exclude: torch.Tensor | None = None, full: bool = False, in_order: bool = False) -> torch.Tensor:
     """Indices of the `k` highest scores over the last dim, highest first, ranked by `keys`.
     `exclude` (bool, score's shape) ranks those entries last; `full` returns the whole order
-    (the cut `k` is then only what `recording` measures the gap at)."""
+    (the cut `k` is then only what `recording` measures the gap at); `in_order` returns the kept
+    indices in increasing order instead (tokens keep their original order)."""
     key = keys(score, step, low, high)
     if exclude is not None:
         key = key.masked_fill(exclude, -_MAX_KEY)
-    indices = key.topk(score.shape[-1] if full else k, dim=-1).indices
+    indices = key.topk(int(score.shape[-1]) if full else k, dim=-1).indices
+    if in_order:  # a top-k of the smallest with a constant k, not sort(): an exported graph keeps k static
+        indices = indices.topk(k, dim=-1, largest=False).values
     for records in _recorders:
         records.append(Selection(score=score.detach(), k=k, indices=indices))
     return indices

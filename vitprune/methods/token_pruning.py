@@ -55,8 +55,8 @@ from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, LINEAR_STEP, SCH
 # attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
 # vit_ops (shared with training_free) and stay importable from here
 from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
-                              masked_attention, masked_block, mixed_class, patch_masks, refuse_attn_mask,
-                              required_config, tokens_entering_blocks)
+                              gather_tokens, masked_attention, masked_block, mixed_class, patch_masks,
+                              refuse_attn_mask, required_config, tokens_entering_blocks)
 
 CONFIG_ATTR = pruning_state.TOKEN_ATTR  # where attach() records its config (read via pruning_state)
 PREDICTOR_ATTR = "score_predictor"
@@ -91,9 +91,28 @@ class ScorePredictor(nn.Module):
         z = self.in_conv(tokens)
         half = z.shape[-1] // 2
         local = z[..., :half]
-        # masked mean over kept tokens; the clamp keeps an all-dropped row finite (0 instead of 0/0)
-        global_ = (z[..., half:] * policy).sum(dim=1, keepdim=True) / policy.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        return self.out_conv(torch.cat([local, global_.expand(-1, z.shape[1], -1)], dim=-1))
+        return self.out_conv(torch.cat([local, _masked_mean(z[..., half:], policy).expand(-1, z.shape[1], -1)], dim=-1))
+
+    def keep_logodds(self, tokens: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(keep) - log p(drop) per token [B, N]: what top-k ranks (p(keep)'s order). The same
+        function as `forward`, computed in fewer operations, which is what batch-1 latency pays for:
+        the log-softmax cancels in the difference, so the last layer is one output (weight rows
+        subtracted); the first out_conv layer is split into its local and global halves, so the
+        global feature is projected once per image instead of copied to every token. `policy`
+        None: every token counts in the global mean (the gathered forward)."""
+        z = self.in_conv(tokens)
+        half = z.shape[-1] // 2
+        first, last = self.out_conv[0], self.out_conv[4]
+        pooled = z[..., half:].mean(dim=1, keepdim=True) if policy is None else _masked_mean(z[..., half:], policy)
+        h = F.linear(z[..., :half], first.weight[:, :half], first.bias) + F.linear(pooled, first.weight[:, half:])
+        h = self.out_conv[3](self.out_conv[2](self.out_conv[1](h)))
+        return F.linear(h, last.weight[:1] - last.weight[1:], last.bias[:1] - last.bias[1:])[..., 0]
+
+
+def _masked_mean(z: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+    """Mean over the kept tokens (policy 1) of z [B, N, D] -> [B, 1, D]; the clamp keeps an
+    all-dropped row finite (0 instead of 0/0)."""
+    return (z * policy).sum(dim=1, keepdim=True) / policy.sum(dim=1, keepdim=True).clamp_min(1e-6)
 
 
 # ---------------------------------------------------------------- attach / describe
@@ -262,17 +281,14 @@ def _gathered_features(model: nn.Module, images: torch.Tensor, record: bool = Fa
             k = min(counts[i], current)
             if k < current:
                 patches = x[:, prefix:]
-                ones = patches.new_ones(B, current, 1)
-                log_p = predictors[stage](patches, ones)
-                score = log_p[..., 0] - log_p[..., 1]  # log-odds of keep: p(keep)'s order, unsaturated near p = 1
+                score = predictors[stage].keep_logodds(patches)  # p(keep)'s order, unsaturated near p = 1
                 # official eval: argsort descending, first k; here ranked on rounded keys so an
                 # exported graph keeps the same tokens (`selection`)
-                idx = selection.top_k(score, k, step=selection.STEP, low=selection.LOG_RANGE[0],
-                                      high=selection.LOG_RANGE[1])
                 # kept tokens stay in their original order, so a later stage breaks ties by original
                 # index, as the masked forward does (attention does not depend on the order)
-                idx = idx.sort(dim=1).values
-                patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
+                idx = selection.top_k(score, k, step=selection.STEP, low=selection.LOG_RANGE[0],
+                                      high=selection.LOG_RANGE[1], in_order=True)
+                patches = gather_tokens(patches, idx)
                 x = torch.cat([x[:, :prefix], patches], dim=1)
                 if record:
                     origin = origin.gather(1, idx)
@@ -316,12 +332,12 @@ def _masked_features(model: nn.Module, images: torch.Tensor, topk: bool = False)
     for i, blk in enumerate(model.blocks):
         if i in stage_of:
             s = stage_of[i]
-            log_p = predictors[s](x[:, prefix:], prev)  # [B, N, 2]
             if not topk:
+                log_p = predictors[s](x[:, prefix:], prev)  # [B, N, 2]
                 # official: gumbel_softmax(hard=True) on the log-probs, times the previous decision
                 hard = F.gumbel_softmax(log_p, hard=True)[..., 0:1] * prev
             else:
-                idx = selection.top_k(log_p[..., 0] - log_p[..., 1], counts[s], step=selection.STEP, low=selection.LOG_RANGE[0],
+                idx = selection.top_k(predictors[s].keep_logodds(x[:, prefix:], prev), counts[s], step=selection.STEP, low=selection.LOG_RANGE[0],
                                       high=selection.LOG_RANGE[1], exclude=prev[..., 0] <= 0)
                 hard = torch.zeros_like(prev).scatter_(1, idx.unsqueeze(-1), 1.0) * prev
             decisions.append(hard[..., 0])

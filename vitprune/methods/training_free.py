@@ -135,10 +135,10 @@ def pruned_features(model: nn.Module, images: torch.Tensor, record: bool = False
                 # fallback without any attention since the last location: token L2 norm
                 score = cls_attn if cls_attn is not None else x[:, prefix:].norm(dim=-1)
                 # ranked in log space on rounded keys, so an exported graph keeps the same tokens
+                # kept in original order: a later stage breaks ties by original index
                 idx = selection.top_k(score.clamp_min(1e-30).log(), k, step=selection.STEP,
-                                      low=selection.LOG_RANGE[0], high=selection.LOG_RANGE[1])
-                idx = idx.sort(dim=1).values  # original order: a later stage breaks ties by original index
-                x = torch.cat([x[:, :prefix], x[:, prefix:].gather(1, idx.unsqueeze(-1).expand(-1, -1, C))], dim=1)
+                                      low=selection.LOG_RANGE[0], high=selection.LOG_RANGE[1], in_order=True)
+                x = torch.cat([x[:, :prefix], vit_ops.gather_tokens(x[:, prefix:], idx)], dim=1)
                 origin = origin.gather(1, idx)
             if record:
                 kept.append(origin.clone())

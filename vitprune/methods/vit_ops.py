@@ -143,6 +143,15 @@ def attention_output(attn: nn.Module, weights: torch.Tensor, v: torch.Tensor, ga
 # ---------------------------------------------------------------- counts and patching
 
 
+def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """tokens [B, T, C] at the positions idx [B, k] -> [B, k, C], as one row lookup in the flattened
+    [B * T, C] tensor. Same values as `tokens.gather(1, idx[..., None].expand(-1, -1, C))`, but an
+    exported graph keeps the static token count k in its shapes, so later blocks need no run-time
+    shape arithmetic (which costs more than the pruned compute saves at batch 1 on small models)."""
+    offsets = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1) * tokens.shape[1]
+    return tokens.reshape(-1, tokens.shape[-1])[idx + offsets]
+
+
 def tokens_entering_blocks(model: nn.Module, keep_at: dict[int, int]) -> list[int]:
     """Tokens entering each block (CLS included) when block i keeps keep_at[i] patch tokens."""
     prefix = int(model.num_prefix_tokens)
