@@ -217,9 +217,10 @@ def test_interleaved_alternates_order_and_fills_short_rounds():
     # ~1 ms per call: a round of 8 ms needs several calls, the same number for both.
     assert 3 <= calls <= 8
     timed = log[4:]  # the warm-up: one untimed and one calibrating call of each
-    # each turn: one untimed call (the model starts warm), then `calls` timed ones; ABBA order
+    # each turn: one untimed call (the model starts warm), then `calls` timed ones
     turn = calls + 1
-    assert timed == ["a"] * turn + ["b"] * turn + ["b"] * turn + ["a"] * turn + ["a"] * turn + ["b"] * turn
+    # rounds: a b | b a | (rotated) b a | ...
+    assert timed == ["a"] * turn + ["b"] * turn + ["b"] * turn + ["a"] * turn + ["b"] * turn + ["a"] * turn
     assert len(times["a"]) == len(times["b"]) == 3
     assert all(t >= 1.0 for t in times["a"]) and all(t >= 0.5 for t in times["b"])  # ms per call
     # without a warm-up there is nothing to calibrate from: one call per round

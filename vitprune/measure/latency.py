@@ -36,8 +36,8 @@ timer resolution and one-off scheduler hiccups do not decide a median of a handf
 
 def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
                 min_round_ms: float = MIN_ROUND_MS, desc: str | None = None) -> tuple[dict[str, list[float]], int]:
-    """Time each callable in ``repeats`` rounds, the order reversed every round (ABBA...) so drift
-    in machine load hits all alike, after ``warmup`` untimed calls of each. Each round calls
+    """Time each callable in ``repeats`` rounds, the order reversed every round (ABBA...) and
+    rotated every other round, so drift in machine load hits all alike, after ``warmup`` untimed calls of each. Each round calls
     every runner ``calls`` times after one untimed call (so no model is timed cold, just after the
     other evicted its weights from the caches; a deployed model runs warm), ``calls`` chosen from
     the slowest warm-up call so a round lasts at least ``min_round_ms`` (1 without warm-up). Returns ms per call per round, by
@@ -63,7 +63,11 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: 
     if desc:
         rounds = progress_bar(rounds, desc=desc, file=sys.stderr)
     for i in rounds:
-        for name in (names if i % 2 == 0 else names[::-1]):
+        # ABBA, and with more than two runners each also moves one place every other round, so no
+        # runner always sits next to the same one (per-round ratios pair runners of one round)
+        shift = (i // 2) % len(names)
+        order = names[shift:] + names[:shift]
+        for name in (order if i % 2 == 0 else order[::-1]):
             times[name].append(timed(name, calls))
     return times, calls
 
