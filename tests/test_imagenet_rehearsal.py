@@ -25,7 +25,7 @@ IMG = 64  # DeiT-Tiny at 64x64: 16 patches + CLS, so the study's lowest base rat
 SMALL = {"epochs": 1, "batch_size": 32, "eval_batch_size": 250, "num_workers": 0, "threads": 1,
          "mixed_precision": "no", "frozen_epochs": 0.5, "update_every": 5, "bench_batch_size": 4,
          "bench_repeats": 2, "audit_models": False, "num_viz": 2, "samples_per_class": 1,
-         "max_grid_classes": 4}
+         "max_grid_classes": 4, "edge_eval_per_class": 1}  # the ImageNet-layout fixture holds 1 image per class
 
 
 def declared_only(overrides: dict, *notebooks: str) -> dict:
