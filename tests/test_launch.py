@@ -73,13 +73,16 @@ def test_auto_precision_is_bf16_only_on_bf16_hardware(monkeypatch):
     assert launch.plan(1, "auto").describe()["mixed_precision"] == "no"
 
 
-def test_two_processes_train_and_evaluate_like_one():
+def test_two_processes_train_and_evaluate_like_one(capsys):
     train_set, eval_set = engine_data.tensor_sets(train_per_class=8, eval_per_class=11)  # 80 / 110 images
     one_model, two_model = tiny_vit(), tiny_vit()
     hook_one, hook_two = StepLog(), StepLog()
     common = TrainConfig(epochs=6, batch_size=16, lr=5e-3, warmup_epochs=0.5, seed=0, progress=False, trace_every=0)
     one = engine.train(one_model, train_set, common, hooks=Hooks(on_step=hook_one))
     two = engine.train(two_model, train_set, common.replace(batch_size=8, num_processes=2), hooks=Hooks(on_step=hook_two))
+    # the console says what runs: CPU workers, not accelerate's "Launching training on 2 CUDAs."
+    out = capsys.readouterr().out
+    assert "launching 2 CPU worker processes on this machine" in out and "Launching training on" not in out
     assert [h["num_processes"] for h in two] == [2] * 6 and [h["num_processes"] for h in one] == [1] * 6
     assert two[0]["global_batch"] == one[0]["global_batch"] == 16
     for a, b in zip(one, two):
@@ -151,3 +154,13 @@ def test_two_processes_fine_tune_dynamicvit_on_a_block_pruned_model(then_decisio
                                      on_step=tp.frozen_backbone_hook(student, 2, then_decisions=then_decisions)))
     assert len(history) == 1 and history[0]["num_processes"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))
+
+
+def test_the_launch_banner_is_dropped_and_everything_else_passes():
+    import io
+
+    target = io.StringIO()
+    out = launch._WithoutLaunchBanner(target)
+    for text in ("Launching training on 2 CUDAs.", "\n", "epoch 1", "\n", "\n"):
+        out.write(text)
+    assert target.getvalue() == "epoch 1\n\n"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
@@ -180,6 +181,31 @@ def _child_error(out_dir: Path) -> tuple[str, str] | None:
     return ename, message
 
 
+class _WithoutLaunchBanner:
+    """sys.stdout that drops accelerate's "Launching training on N CUDAs." banner (it names CUDA
+    whenever torch was built with it, also for CPU workers) and passes every other write on, in
+    this process and in the forked workers alike."""
+
+    BANNER = "Launching training on "
+
+    def __init__(self, target):
+        self.target = target
+        self._drop_newline = False
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.BANNER):
+            self._drop_newline = True
+            return len(text)
+        if self._drop_newline and text == "\n":
+            self._drop_newline = False
+            return len(text)
+        self._drop_newline = False
+        return self.target.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.target, name)
+
+
 def run(fn: Callable[..., Any], args: tuple = (), launch: Plan | None = None) -> Any:
     """`fn(*args)` on `launch.world_size` processes; returns local rank 0's return value
     (it must be picklable by torch.save). One process in all: a plain call, no fork."""
@@ -199,8 +225,13 @@ def run(fn: Callable[..., Any], args: tuple = (), launch: Plan | None = None) ->
     AcceleratorState._reset_state(reset_partial_state=True)
     out_dir = Path(tempfile.mkdtemp(prefix="vitprune-launch-"))
     port = launch.main_process_port or free_port()
+    print(f"launching {launch.num_processes} {launch.device.upper()} worker processes on this machine"
+          + (f" (machine {launch.machine_rank} of {launch.num_machines})" if launch.num_machines > 1 else ""),
+          flush=True)
+    stdout = sys.stdout
     try:
         try:
+            sys.stdout = _WithoutLaunchBanner(stdout)
             notebook_launcher(_worker, (fn, args, str(out_dir)), num_processes=launch.num_processes,
                               mixed_precision=launch.mixed_precision, use_port=str(port),
                               master_addr=launch.main_process_ip, node_rank=launch.machine_rank,
@@ -218,5 +249,6 @@ def run(fn: Callable[..., Any], args: tuple = (), launch: Plan | None = None) ->
             raise RuntimeError(f"the {launch.world_size}-process launch returned no result (see its output above)")
         return torch.load(result, map_location="cpu", weights_only=True)
     finally:
+        sys.stdout = stdout
         shutil.rmtree(out_dir, ignore_errors=True)
 
