@@ -37,11 +37,11 @@ timer resolution and one-off scheduler hiccups do not decide a median of a handf
 def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
                 min_round_ms: float = MIN_ROUND_MS, desc: str | None = None) -> tuple[dict[str, list[float]], int]:
     """Time each callable in ``repeats`` rounds, the order reversed every round (ABBA...) and
-    rotated every other round, so drift in machine load hits all alike, after ``warmup`` untimed calls of each. Each round calls
-    every runner ``calls`` times after one untimed call (so no model is timed cold, just after the
-    other evicted its weights from the caches; a deployed model runs warm), ``calls`` chosen from
-    the slowest warm-up call so a round lasts at least ``min_round_ms`` (1 without warm-up). Returns ms per call per round, by
-    name, and ``calls``. The one timing loop of `benchmark` (torch) and
+    rotated every other round, so drift in machine load hits all alike, after ``warmup`` untimed
+    calls of each. Each round calls every runner ``calls`` times after one untimed call (so no
+    model is timed cold, just after the other evicted its weights from the caches; a deployed
+    model runs warm), ``calls`` chosen from the slowest warm-up call so a round lasts at least
+    ``min_round_ms`` (1 without warm-up). Returns ms per call per round, by name, and ``calls``. The one timing loop of `benchmark` (torch) and
     `runtime_bench.benchmark_onnx` (onnxruntime)."""
     if repeats < 1 or warmup < 0:
         raise UserError(f"need --repeats >= 1 and --warmup >= 0 (got {repeats}, {warmup})")
@@ -79,58 +79,66 @@ def paired_speedup(baseline_ms: Sequence[float], variant_ms: Sequence[float]) ->
     return statistics.median(b / v for b, v in zip(baseline_ms, variant_ms))
 
 
-def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int], *,
-              warmup: int = 2, repeats: int = 10, threads: int | None = None,
-              baseline_macs: int | None = None, variant_macs: int | None = None,
-              precision: str = "fp32", progress: bool = False,
-              min_round_ms: float = MIN_ROUND_MS) -> dict[str, Any]:
-    """Median latency of ``baseline`` vs ``variant``, timed interleaved in this process.
-
-    Both run in eval mode under ``torch.inference_mode`` on the same random input of
-    ``input_shape`` (batch first), on the baseline's device and at one ``precision``: fp32, or
-    bf16 autocast around both (the model weights stay as they are). A model whose forward still
-    carries a hidden autocast wrapper (a model `Accelerator.prepare`d in bf16 and not handed
-    back) is refused: it would be timed at another precision than the one recorded. Timing
-    protocol: `interleaved` (rounds alternate which model goes first, each round long enough
-    for the clock). Reports medians in milliseconds per forward,
-    ``speedup`` = `paired_speedup` (median of the per-round ratios) and, when MACs are given, ``mac_ratio`` =
-    baseline/variant MACs and ``speedup_over_mac_ratio`` (1.0 = the speedup the arithmetic
-    promises; well above 1 is a measurement to explain, not a result). Threads are set to
-    ``threads`` (default: current) for the run and restored afterwards.
-    """
+def time_modules(modules: dict[str, nn.Module], input_shape: Sequence[int], *, warmup: int = 2,
+                 repeats: int = 10, threads: int | None = None, precision: str = "fp32",
+                 progress: bool = False, min_round_ms: float = MIN_ROUND_MS) -> tuple[dict[str, list[float]], int, int, torch.device]:
+    """Several torch modules timed in one `interleaved` loop: (ms per forward per round by name,
+    calls per round, threads, device). All run in eval mode under ``torch.inference_mode`` on one
+    random input of ``input_shape`` (batch first) on the first module's device, at one
+    ``precision``: fp32, or bf16 autocast around all (the weights stay as they are). A module whose
+    forward still carries a hidden autocast wrapper (`Accelerator.prepare`d in bf16 and not handed
+    back) is refused: it would run at another precision than the one recorded. Threads are set to
+    ``threads`` (default: current) for the loop, and threads and train/eval modes restored after."""
     if precision not in BENCH_PRECISIONS:
         raise UserError(f"benchmark precision must be one of {', '.join(BENCH_PRECISIONS)}, got {precision!r}")
-    for name, model in (("baseline", baseline), ("variant", variant)):
+    for name, model in modules.items():
         if autocast_wrapped(model):
             raise UserError(f"the {name} model's forward is wrapped (accelerate autocast left on it), so it would "
                             f"not run at {precision}; train it through vitprune.engine, which hands models back bare")
     old_threads = torch.get_num_threads()
     threads = int(threads or old_threads)
-    modes = (baseline.training, variant.training)
-    param = next(baseline.parameters(), None)
+    modes = {name: model.training for name, model in modules.items()}
+    param = next(next(iter(modules.values())).parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.randn(tuple(input_shape), device=device)
-    models = {"baseline": baseline.eval(), "variant": variant.eval()}
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
 
-    def call(name: str) -> None:
+    def call(model: nn.Module) -> None:
         with autocast:
-            models[name](x)
+            model(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            times, calls = interleaved({name: functools.partial(call, name) for name in models},
+            times, calls = interleaved({name: functools.partial(call, model.eval()) for name, model in modules.items()},
                                        warmup=warmup, repeats=repeats, min_round_ms=min_round_ms,
                                        desc="bench (interleaved)" if progress else None)
     finally:
         torch.set_num_threads(old_threads)
-        baseline.train(modes[0])
-        variant.train(modes[1])
+        for name, model in modules.items():
+            model.train(modes[name])
+    return times, calls, threads, device
 
+
+def benchmark(baseline: nn.Module, variant: nn.Module, input_shape: Sequence[int], *,
+              warmup: int = 2, repeats: int = 10, threads: int | None = None,
+              baseline_macs: int | None = None, variant_macs: int | None = None,
+              precision: str = "fp32", progress: bool = False,
+              min_round_ms: float = MIN_ROUND_MS) -> dict[str, Any]:
+    """Median latency of ``baseline`` vs ``variant``, timed interleaved in this process
+    (`time_modules`: eval mode, one input, one precision, `threads`).
+
+    Reports medians in milliseconds per forward, ``speedup`` = `paired_speedup` (median of the
+    per-round ratios) and, when MACs are given, ``mac_ratio`` = baseline/variant MACs and
+    ``speedup_over_mac_ratio`` (1.0 = the speedup the arithmetic promises; well above 1 is a
+    measurement to explain, not a result).
+    """
+    times, calls, threads, device = time_modules({"baseline": baseline, "variant": variant}, input_shape,
+                                                 warmup=warmup, repeats=repeats, threads=threads,
+                                                 precision=precision, progress=progress, min_round_ms=min_round_ms)
     base_ms = statistics.median(times["baseline"])
     var_ms = statistics.median(times["variant"])
     out: dict[str, Any] = {

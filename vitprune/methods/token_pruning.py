@@ -268,7 +268,7 @@ def _gathered_features(model: nn.Module, images: torch.Tensor, record: bool = Fa
     """Eval-mode forward: drop tokens for real. Returns (normed tokens, kept original indices per stage)."""
     x = embed(model, images)
     prefix = model.num_prefix_tokens
-    B, _, C = x.shape
+    B = x.shape[0]
     n = x.shape[1] - prefix
     counts = dict(zip(config(model)["locations"], model_keep_counts(model, n)))
     predictors = getattr(model, PREDICTOR_ATTR)

@@ -120,7 +120,7 @@ def pruned_features(model: nn.Module, images: torch.Tensor, record: bool = False
     """Forward with CLS-attention token dropping. Returns (normed tokens, kept original indices per stage)."""
     x = vit_ops.embed(model, images)
     prefix = model.num_prefix_tokens
-    B, _, C = x.shape
+    B = x.shape[0]
     n = x.shape[1] - prefix
     locs = config(model)["locations"]
     counts = dict(zip(locs, keep_counts(model, n)))

@@ -11,8 +11,9 @@ for *every seed's* model of it (none timed once for all: each file is its own me
   `export --verify-on`: a third pass per model);
 - times it against the baseline at each batch size, in torch and in onnxruntime: the baseline and
   every seed's model (fp32, and int8 in onnxruntime) in one interleaved loop per configuration
-  (`measure.interleaved`, every turn warmed by an untimed call), so the seeds see the same machine. Speedup = median over rounds of the per-round latency ratio
-  (`measure.paired_speedup`), against the *fp32* baseline of the same runtime, so the int8 column
+  (`measure.time_modules` / `runtime_bench.time_onnx_files`, every turn warmed by an untimed
+  call), so the seeds see the same machine. Speedup = median over rounds of the per-round latency
+  ratio (`measure.paired_speedup`), against the *fp32* baseline of the same runtime, so the int8 column
   is what int8 saves in all; MAC ratio = baseline / variant MACs per image (MACs, not FLOPs).
 
 `markdown` folds the seeds of a configuration: the median speedup, and the spread of the seeds'
@@ -21,19 +22,17 @@ speedups ((max - min) / median): seeds share an architecture, so the spread is t
 
 from __future__ import annotations
 
-import functools
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from vitprune import data, measure, models
 from vitprune.errors import UserError
 from vitprune.measure import export, runtime_bench
 from vitprune.study import results, run_folders
+
 
 def checkpoint_of(run: dict[str, Any]) -> Path | None:
     """The saved model of a run: the run folder's model.pt. A table row of a run ("<run>#<i>")
@@ -131,8 +130,8 @@ def measure_runs(runs: list[dict[str, Any]], *, cache: str | None = None, eval_p
                             "mac_ratio": base_macs / int(m["macs"]), "onnx_max_abs_diff": check["max_abs_diff"]}
             for b in batch_sizes:
                 shape = [b, *per_image]
-                times = _time_torch({"baseline": baseline, **{str(i): v for i, v in variants.items()}}, shape,
-                                    warmup=warmup, repeats=repeats, threads=threads)
+                times, *_ = measure.time_modules({"baseline": baseline, **{str(i): v for i, v in variants.items()}},
+                                                 shape, warmup=warmup, repeats=repeats, threads=threads)
                 for i in variants:
                     rows.append(_row(facts[i], "torch", "fp32", b, times["baseline"], times[str(i)]))
                 onnx = {"baseline": base_files["fp32"]}
@@ -150,21 +149,6 @@ def measure_runs(runs: list[dict[str, Any]], *, cache: str | None = None, eval_p
 
 def _stem(run: dict[str, Any]) -> str:
     return run["run"].replace("/", "_").replace("#", "_")
-
-
-def _time_torch(models_: dict[str, Any], shape: list[int], *, warmup: int, repeats: int,
-                threads: int) -> dict[str, list[float]]:
-    """ms per forward per round of each model (eval mode, fp32, `threads` torch threads), interleaved."""
-    x = torch.randn(shape)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            runners = {name: functools.partial(model.eval(), x) for name, model in models_.items()}
-            times, _ = measure.interleaved(runners, warmup=warmup, repeats=repeats)
-    finally:
-        torch.set_num_threads(old)
-    return times
 
 
 def _export_both(model, stem: Path, img_size) -> dict[str, str]:
