@@ -12,6 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 from conftest import smoke_run
 from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
+from vitprune.methods import block_importance
 from vitprune.methods import block_pruning as bp
 
 
@@ -261,7 +262,7 @@ def test_taylor_score_is_gate_gradient():
             lambda m, a, i=i, d=d: (a[0] * gates[f"h{i}"].repeat_interleave(d),)))
         handles.append(blk.mlp.fc2.register_forward_pre_hook(gate_hook(f"c{i}")))
     torch.nn.functional.cross_entropy(model(x), y).backward()
-    heads, chans = bp.taylor_scores_from_grads(model)
+    heads, chans = block_importance.taylor_scores_from_grads(model)
     for i in range(DEPTH):
         torch.testing.assert_close(heads[i], gates[f"h{i}"].grad.abs(), rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(chans[i], gates[f"c{i}"].grad.abs(), rtol=1e-4, atol=1e-7)
@@ -270,7 +271,7 @@ def test_taylor_score_is_gate_gradient():
     # one-shot Taylor over a dataset sums the per-batch scores; grads are restored
     ds = torch.utils.data.TensorDataset(x, y)
     before = [p.grad for p in model.parameters()]
-    th, tc = bp.taylor_importance(model, ds, batch_size=4)
+    th, tc = block_importance.taylor_importance(model, ds, batch_size=4)
     torch.testing.assert_close(th[0], heads[0], rtol=1e-4, atol=1e-7)
     assert all(a is b for a, b in zip(before, (p.grad for p in model.parameters())))
     with pytest.raises(UserError, match="needs data"):

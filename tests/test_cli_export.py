@@ -66,7 +66,7 @@ def test_measure_merging_and_training_free_flags(capsys):
     free = json.loads(capsys.readouterr().out)
     assert "training_free" in free and free["macs"] < 0.8 * VIT_FMNIST_MACS
     assert cli(["measure", "vit_fmnist", "--base-rate", "0.7", "--merge-r", "3"]) == 2
-    assert "one token reducer" in capsys.readouterr().err
+    assert "one token method at a time" in capsys.readouterr().err
 
 
 def test_bench_onnxruntime_json(token_run_dir, capsys):

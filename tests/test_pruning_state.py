@@ -1,11 +1,11 @@
-"""pruning_state: one accessor for every kind of pruning, and every pruned kind round-trips
+"""pruning_state and registry.snapshot: one accessor for every kind of pruning, and every pruned kind round-trips
 through models.save_checkpoint / load_checkpoint with the same logits."""
 
 import pytest
 import torch
 
 from vitprune import models
-from vitprune.methods import block_pruning, merging, pruning_state, token_pruning, training_free
+from vitprune.methods import block_pruning, merging, pruning_state, registry, token_pruning, training_free
 
 LOCS = (1, 2, 3)
 
@@ -59,11 +59,11 @@ def test_every_pruned_kind_round_trips_with_equal_logits(kind, tmp_path):
     for step in KINDS[kind]:
         model = step(model)
     model.eval()
-    state = pruning_state.snapshot(model)
-    assert pruning_state.is_pruned(model) == (kind != "baseline")
+    state = registry.snapshot(model)
+    assert registry.is_pruned(model) == (kind != "baseline")
     path = models.save_checkpoint(tmp_path / "m.pt", model)
     loaded = models.load_checkpoint(path)
-    assert pruning_state.snapshot(loaded) == state
+    assert registry.snapshot(loaded) == state
     assert type(loaded).__name__ == type(model).__name__
     x = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -76,18 +76,18 @@ def test_every_pruned_kind_round_trips_with_equal_logits(kind, tmp_path):
 
 def test_snapshot_reads_what_the_pruners_write():
     model = _base()
-    assert pruning_state.snapshot(model) == {"block_spec": None, "block_masks": False,
+    assert registry.snapshot(model) == {"block_spec": None, "block_masks": False,
                                              "token_pruning": None, "training_free": None, "merging": None}
     _masked(model)
-    assert pruning_state.has_block_masks(model) and pruning_state.snapshot(model)["block_masks"]
+    assert block_pruning.has_masks(model) and registry.snapshot(model)["block_masks"]
     block_pruning.remove(model)
-    assert not pruning_state.has_block_masks(model)
+    assert not block_pruning.has_masks(model)
     assert pruning_state.block_spec(model) == block_pruning.block_spec(model) == model.vitprune_block_spec
     _free(model)
     assert pruning_state.training_free(model) == training_free.config(model)
     assert pruning_state.token(model) is None
     wrapped = torch.nn.DataParallel(model)  # read through a wrapper
-    assert pruning_state.snapshot(wrapped) == pruning_state.snapshot(model)
+    assert registry.snapshot(wrapped) == registry.snapshot(model)
 
 
 def test_old_checkpoint_without_new_keys_still_loads(tmp_path):

@@ -12,9 +12,9 @@
   with Fashion-MNIST's mean/std; the 3 channels cost ~0.3 % of the MACs and keep the whole
   pipeline identical to ImageNet's.
 * Checkpoints (`save_checkpoint` / `load_checkpoint`), format "vitprune/1":
-  `{"format", "model_name", "model_kwargs", "block_spec", "block_masks", "token_pruning",
-  "training_free", "state_dict", **extra}`; the pruning keys are `pruning_state.snapshot`
-  (older files without "block_masks" / "training_free" load as unmasked / not applied).
+  `{"format", "model_name", "model_kwargs", <every registered method's state>, "state_dict",
+  **extra}`; the method keys are `registry.snapshot` ("block_spec", "block_masks",
+  "token_pruning", "training_free", "merging"; a key a file lacks means not applied).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vitprune import torchutil
 from vitprune.errors import UserError
-from vitprune.methods import block_pruning, merging, pruning_state, token_pruning, training_free
+from vitprune.methods import registry
 from vitprune.torchutil import torch_load, unwrap
 
 CHECKPOINT_FORMAT = "vitprune/1"
@@ -254,12 +254,12 @@ def model_identity(model: nn.Module) -> tuple[str, dict[str, Any]]:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
     """Write a "vitprune/1" checkpoint atomically (tmp file, then os.replace), with every kind of
-    pruning state (`pruning_state.snapshot`) so `load_checkpoint` rebuilds the same model."""
+    pruning state (`registry.snapshot`) so `load_checkpoint` rebuilds the same model."""
     model = unwrap(model)
     name, kwargs = model_identity(model)
     payload = {
         "format": CHECKPOINT_FORMAT, "model_name": name, "model_kwargs": kwargs,
-        **pruning_state.snapshot(model),
+        **registry.snapshot(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
@@ -305,21 +305,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a saved model: base model from name/kwargs, then (in `pruning_state.KINDS`
-    order) the removed block widths, the block-pruning gates, DynamicViT token pruning,
-    training-free token pruning and ToMe merging, then the strict state dict (gate values included).
-    Returned in eval mode on the CPU."""
+    """Rebuild a saved model: base model from name/kwargs, then every registered method the
+    file records (`registry.restore`: width methods first), then the strict state dict (gate
+    values included). Returned in eval mode on the CPU."""
     ckpt = read_checkpoint(path)
     model = create_model(ckpt["model_name"], pretrained=False, **dict(ckpt.get("model_kwargs") or {}))
-    if ckpt.get("block_spec") is not None:
-        block_pruning.apply_spec(model, ckpt["block_spec"])
-    if ckpt.get("block_masks"):
-        block_pruning.attach_masks(model)
-    if ckpt.get("token_pruning") is not None:
-        token_pruning.attach(model, **ckpt["token_pruning"])
-    if ckpt.get("training_free") is not None:
-        training_free.apply(model, **ckpt["training_free"])
-    if ckpt.get("merging") is not None:
-        merging.apply(model, **ckpt["merging"])
+    model = registry.restore(model, ckpt)
     load_weights(model, ckpt["state_dict"], source=str(path))
     return model.eval()

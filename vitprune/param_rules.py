@@ -2,6 +2,8 @@
 
 A parameter means the same in every notebook that declares it (`batch_size` is per process in
 01-04, `base_rate` is DynamicViT's rho in 02 and 04), so one rule per name serves all of them.
+A pruning method declares the rules of its own parameters (`Method.parameters`), which
+`methods.registry` adds here.
 The pipeline checks every value against its rule before any kernel starts (`config.validate`,
 with the parameter named and the fix); the modules that use a value check it again inside the
 kernel, and those modules take their lists of choices from `CHOICES` here, so a choice is
@@ -93,18 +95,24 @@ RULES: dict[str, Rule] = {
         "weight_decay", "warmup_epochs", "frozen_epochs", "mixup_alpha", "cutmix_alpha", "backbone_lr_scale",
         "clf_weight", "ratio_weight", "distill_weight", "token_distill_weight")},
     **{name: FRACTION for name in (
-        "min_lr_ratio", "re_prob", "keep_heads", "keep_mlp", "prune_start", "prune_end", "train_fraction",
+        "min_lr_ratio", "re_prob", "prune_start", "prune_end", "train_fraction",
         "eval_fraction", "handoff")},
     "label_smoothing": DECAY, "model_ema_decay": DECAY, "importance_ema": DECAY,
-    "base_rate": RATE,
-    **{name: off_or_at_least(1) for name in ("target_mac_ratio", "block_mac_ratio", "edge_mac_ratio")},
+    "edge_mac_ratio": off_or_at_least(1),
     # lists
-    "training_free_rates": each(RATE), "merging_rates": each(RATE), "crop_pcts": each(RATE),
-    "keep_ratios": each(FRACTION), "locations": each(at_least(0)), "seeds": each(at_least(0)),
+    "crop_pcts": each(RATE), "locations": each(at_least(0)), "seeds": each(at_least(0)),
     "edge_batch_sizes": positive_int_list(),
     **{name: Rule(lambda v, allowed=allowed: v in allowed, "one of " + ", ".join(allowed))
        for name, allowed in CHOICES.items()},
 }
+
+
+def declare(rules: dict[str, Rule]) -> None:
+    """Add a method's parameter rules (`methods.registry.register` calls it); a name has one rule."""
+    clash = [name for name, rule in rules.items() if RULES.get(name, rule) is not rule]
+    if clash:
+        raise UserError(f"parameters {clash} have a rule already; a parameter means one thing in every notebook")
+    RULES.update(rules)
 
 
 PATHS = ("checkpoint", "token_checkpoint", "launch_config", "imagefolder_dir")

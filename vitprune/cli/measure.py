@@ -22,7 +22,8 @@ from torch import nn
 from vitprune import measure, models
 from vitprune.errors import UserError
 from vitprune.measure import runtime_bench
-from vitprune.methods import block_pruning, merging, pruning_state, reducers, token_pruning, training_free
+from vitprune.methods import registry
+from vitprune.methods.method import TOKEN, WIDTH
 
 
 # --------------------------------------------------------------------------------------
@@ -89,24 +90,6 @@ def _checkpoint_base(path: str) -> nn.Module:
                                **dict(ckpt.get("model_kwargs") or {}))
 
 
-def _number_list(text: str | None, flag: str, kind: type, example: str) -> list | None:
-    """A comma-separated option value as numbers of `kind` (None when the option is absent)."""
-    if text is None:
-        return None
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise UserError(f"{flag} takes comma-separated {example}; got {text!r}") from exc
-
-
-def _float_list(text: str | None, flag: str) -> list[float] | None:
-    return _number_list(text, flag, float, "numbers like 0.7,0.49,0.34")
-
-
-def _int_list(text: str | None, flag: str) -> list[int] | None:
-    return _number_list(text, flag, int, "block indices like 3,6,9")
-
-
 def _add_model_args(p: argparse.ArgumentParser,
                     model_help: str = "timm model name, vitprune checkpoint, or a run directory "
                                       "holding model.pt") -> None:
@@ -117,92 +100,52 @@ def _add_model_args(p: argparse.ArgumentParser,
                         "deit_base_patch16_224-b5f2ef4d.pth")
     p.add_argument("--img-size", type=int, help="input resolution (default: timm data config)")
     p.add_argument("--num-classes", type=int, help="classifier classes (default: the model's)")
-    g = p.add_argument_group("token pruning (DynamicViT)")
-    g.add_argument("--base-rate", type=float, help="keep-ratio base rho, e.g. 0.7")
-    g.add_argument("--schedule", choices=("geometric", "linear", "explicit"),
-                   help="keep-ratio schedule (default geometric)")
-    g.add_argument("--keep-ratios", help="explicit keep ratios, comma-separated")
-    g.add_argument("--locations", help="blocks before which tokens are pruned (default 3,6,9)")
-    g.add_argument("--allow-empty-stage", action="store_true",
-                   help="allow a stage that keeps no patch token (the study's degenerate row)")
-    g = p.add_argument_group("block pruning (heads + MLP channels)")
-    g.add_argument("--keep-heads", type=float, help="fraction of attention heads kept")
-    g.add_argument("--keep-mlp", type=float, help="fraction of MLP hidden channels kept")
-    g = p.add_argument_group("training-free comparators (nothing trained)")
-    g.add_argument("--training-free", action="store_true",
-                   help="the token options above drive the EViT-style CLS-attention pruning instead of DynamicViT")
-    g.add_argument("--merge-r", help="ToMe token merging: tokens merged per block, one int or one per block "
-                                     "(comma-separated)")
-    g.add_argument("--merge-mac-ratio", type=float,
-                   help="ToMe token merging with the schedule whose MACs come closest to the unmerged model's / F")
+    p.add_argument("--method", choices=list(registry.METHODS),
+                   help="the pruning method the flags below configure (default: the one whose flags are given)")
+    added = set()
+    for method in registry.METHODS.values():
+        flags = [f for f in method.flags if f.flag not in added]
+        if flags:
+            group = p.add_argument_group(f"{method.label} (--method {method.name})")
+            for flag in flags:
+                group.add_argument(flag.flag, **flag.options)
+                added.add(flag.flag)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _variant_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Validated token/block options from the parsed arguments (empty = no variant)."""
-    opts: dict[str, Any] = {}
-    token_flags = (args.schedule, args.keep_ratios, args.locations)
-    if args.base_rate is not None or args.keep_ratios is not None:
-        if args.base_rate is not None and not 0.0 < args.base_rate <= 1.0:
-            raise UserError(f"--base-rate must be in (0, 1], got {args.base_rate}")
-        token = {"base_rate": args.base_rate,
-                 "schedule": args.schedule or ("explicit" if args.base_rate is None
-                                               else "geometric"),
-                 "keep_ratios": _float_list(args.keep_ratios, "--keep-ratios"),
-                 "allow_empty_stage": bool(args.allow_empty_stage)}
-        locations = _int_list(args.locations, "--locations")
-        if locations is not None:
-            token["locations"] = locations
-        opts["token"] = token
-    elif any(v is not None for v in token_flags) or args.allow_empty_stage:
-        raise UserError("--schedule/--locations/--allow-empty-stage need --base-rate R "
-                        "(or --keep-ratios for --schedule explicit)")
-    if args.keep_heads is not None or args.keep_mlp is not None:
-        block = {"keep_heads": 1.0 if args.keep_heads is None else args.keep_heads,
-                 "keep_mlp": 1.0 if args.keep_mlp is None else args.keep_mlp}
-        for flag, value in block.items():
-            if not 0.0 <= value <= 1.0:
-                raise UserError(f"--{flag.replace('_', '-')} must be a fraction in [0, 1], "
-                                f"got {value}")
-        opts["block"] = block
-    if args.training_free:
-        if "token" not in opts:
-            raise UserError("--training-free needs the keep schedule: give --base-rate R (or --keep-ratios)")
-        opts["training_free"] = opts.pop("token")
-    if args.merge_r is not None or args.merge_mac_ratio is not None:
-        if args.merge_r is not None and args.merge_mac_ratio is not None:
-            raise UserError("give --merge-r or --merge-mac-ratio, not both")
-        if "token" in opts or "training_free" in opts:
-            raise UserError("token merging and token pruning both reduce tokens; use one token reducer at a time "
-                            "(--merge-r / --merge-mac-ratio, or --base-rate)")
-        if args.merge_r is not None:
-            r = _int_list(args.merge_r, "--merge-r")
-            opts["merge"] = {"r": r[0] if len(r) == 1 else r}
+def _variant_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """{method name: apply options} from the parsed flags, at most one method of each kind (empty:
+    no variant). Without --method, a kind's method is the one declaring the most of the flags
+    given (the first registered on a tie: --base-rate alone means DynamicViT)."""
+    given = {f.flag for m in registry.METHODS.values() for f in m.flags
+             if getattr(args, f.dest) is not None and getattr(args, f.dest) is not False}
+    chosen: dict[str, dict[str, Any]] = {}
+    for kind in (WIDTH, TOKEN):
+        methods = [m for m in registry.METHODS.values() if m.kind == kind]
+        own = given & {f.flag for m in methods for f in m.flags}
+        if args.method and registry.get(args.method).kind == kind:
+            method = registry.get(args.method)
+        elif own:
+            method = max(methods, key=lambda m: len(own & {f.flag for f in m.flags}))
         else:
-            opts["merge"] = {"mac_ratio": args.merge_mac_ratio}
-    return opts
+            continue
+        stray = own - {f.flag for f in method.flags}
+        if stray:
+            raise UserError(f"{', '.join(sorted(stray))} belong to another {kind} method than {method.name}; "
+                            f"use one {kind} method at a time")
+        options = method.from_flags({f.dest: getattr(args, f.dest) for f in method.flags})
+        if options is None:
+            raise UserError(f"--method {method.name} needs its options: "
+                            f"{', '.join(f.flag for f in method.flags) or 'none declared'}")
+        chosen[method.name] = options
+    return chosen
 
 
-def apply_variant(model: nn.Module, opts: dict[str, Any]) -> nn.Module:
-    """Apply block pruning (first) then token pruning (second) in place; return the model.
-
-    ``opts = {"block": {"keep_heads": F, "keep_mlp": F}, "token": {**token_pruning.attach
-    kwargs}}``, either key optional (what the ``--keep-heads/--base-rate`` flags build).
-    Block pruning ranks by weight magnitude (no data needed)."""
-    if "block" in opts:
-        model = block_pruning.prune_to(model, opts["block"]["keep_heads"],
-                                       opts["block"]["keep_mlp"]) or model
-    if "token" in opts:
-        # on an already token-pruned model, attach() only changes the schedule
-        model = token_pruning.attach(model, **opts["token"]) or model
-    if "training_free" in opts:
-        model = training_free.apply(model, **opts["training_free"]) or model
-    if "merge" in opts:
-        r = opts["merge"].get("r")
-        if r is None:
-            r = merging.schedule_for_macs(model, mac_ratio=opts["merge"]["mac_ratio"])["r"]
-        model = merging.apply(model, r) or model
-    return model
+def apply_variant(model: nn.Module, opts: dict[str, dict[str, Any]]) -> nn.Module:
+    """Apply the chosen methods ({name: options}, what `_variant_options` builds) in place,
+    width methods first; on a token-pruned checkpoint, DynamicViT's options only change its
+    schedule. Block pruning from the flags ranks by weight magnitude (no data needed)."""
+    return registry.apply_all(model, opts)
 
 
 def _build(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], bool]:
@@ -257,15 +200,18 @@ def _describe(model: nn.Module, args: argparse.Namespace, opts: dict[str, Any],
     }
     info.update(result)
     info["counter"] = "fvcore FlopCountAnalysis + SDPA handle (MACs; flops = 2*macs)"
-    if "block" in opts:
-        info.update(opts["block"])
-    state = pruning_state.snapshot(model)
-    if state["block_spec"] is not None:
-        info["block_spec"] = state["block_spec"]
-    reducer = reducers.attached(model)
-    if reducer is not None:
-        info[reducer.state_key] = state[reducer.state_key]
-        info["tokens_per_block"] = reducer.tokens_per_block(model)
+    info.update(_method_info(model, opts))
+    return info
+
+
+def _method_info(model: nn.Module, opts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The width methods' fractions asked for, every applied method's state, and the tokens
+    entering each block under the token method (CLS included)."""
+    info = {k: v for name, options in opts.items() if registry.get(name).kind == WIDTH for k, v in options.items()}
+    info.update({k: v for k, v in registry.snapshot(model).items() if v is not None and v is not False})
+    token_method = registry.attached(model)
+    if token_method is not None:
+        info["tokens_per_block"] = token_method.tokens_per_block(model)
     return info
 
 
@@ -366,7 +312,7 @@ def bench_main(argv: list[str]) -> int:
 
     model, opts, is_ckpt = _build(args)
     if is_ckpt:
-        if not opts and not pruning_state.is_pruned(model):
+        if not opts and not registry.is_pruned(model):
             raise UserError("nothing to compare: the checkpoint is not pruned; give "
                             "--base-rate and/or --keep-heads/--keep-mlp")
         baseline = _checkpoint_base(args.model)
@@ -394,10 +340,7 @@ def bench_main(argv: list[str]) -> int:
     res.update({"model": var_info["model"], "checkpoint": var_info["checkpoint"], "weights": var_info["weights"],
                 "img_size": var_info["img_size"],
                 "baseline_params": base_info["params"], "variant_params": var_info["params"]})
-    for key in ("keep_heads", "keep_mlp", "block_spec", "token_pruning", "training_free", "merging",
-                "tokens_per_block"):
-        if key in var_info:
-            res[key] = var_info[key]
+    res.update(_method_info(variant, opts))
     if args.json:
         print(json.dumps(res))
     else:

@@ -1,6 +1,6 @@
 """ONNX export of every model kind vitprune builds, and the round-trip check in onnxruntime.
 
-Kinds (any combination a checkpoint or `measure.apply_variant` produces):
+Kinds (any combination a checkpoint or `registry.apply_all` produces):
 baseline timm ViT; DynamicViT (`token_pruning.attach`, eval mode = the gathered forward: the
 score predictors and the top-k gather are inside the graph); the physically block-pruned
 dense model (`block_pruning.remove` / `apply_spec`); both orders of the combination (the
@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import pruning_state, reducers, selection
+from vitprune.methods import registry, selection
 from vitprune.progress import bar as progress_bar
 from vitprune.torchutil import unwrap
 
@@ -53,15 +53,11 @@ DEFAULT_OPSET = 17  # LayerNormalization is a single op from opset 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 TRACE_BATCH = 2  # not 1: a tracer must not see a broadcastable batch dimension
-# attributes the pruning modules set on a patched model
-KIND_ATTRS = (("block", pruning_state.BLOCK_SPEC_ATTR), *((r.name, r.state_attr) for r in reducers.REDUCERS.values()))
 
 
 def model_kind(model: nn.Module) -> str:
     """'baseline', or the pruning methods on the model joined by '+' (e.g. 'block+dynamicvit')."""
-    bare = unwrap(model)
-    kinds = [name for name, attr in KIND_ATTRS if getattr(bare, attr, None)]
-    return "+".join(kinds) if kinds else "baseline"
+    return "+".join(m.name for m in registry.applied(model)) or "baseline"
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, img_size: int | None = None,

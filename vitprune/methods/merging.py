@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitprune import measure
+from vitprune import measure, param_rules
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, vit_ops
+from vitprune.methods.method import TOKEN, Flag, Method, comma_list, restore_entry, state_entry
 
 CONFIG_ATTR = pruning_state.MERGING_ATTR  # where apply() records its config (read via pruning_state)
 
@@ -298,3 +299,35 @@ class _MergingMixin:
         vit_ops.refuse_attn_mask(attn_mask, is_causal, "token-merging")
         return merged_features(self, x)
 
+
+
+def apply_options(model: nn.Module, r: int | Sequence[int] | None = None, mac_ratio: float | None = None) -> nn.Module:
+    """`apply` with `r` given, or with the spread schedule closest to the unmerged MACs / `mac_ratio`."""
+    if r is None:
+        r = schedule_for_macs(model, mac_ratio=mac_ratio)["r"]
+    return apply(model, r)
+
+
+def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
+    r, mac_ratio = values.get("merge_r"), values.get("merge_mac_ratio")
+    if r is None and mac_ratio is None:
+        return None
+    if r is not None and mac_ratio is not None:
+        raise UserError("give --merge-r or --merge-mac-ratio, not both")
+    if r is None:
+        return {"mac_ratio": mac_ratio}
+    r = comma_list(r, "--merge-r", int, "ints like 8 or 8,8,4")
+    return {"r": r[0] if len(r) == 1 else r}
+
+
+METHOD = Method(
+    name="merging", label="ToMe merging, training-free", marker="^", kind=TOKEN, trains=False,
+    apply=apply_options, state=state_entry("merging", pruning_state.merging),
+    restore=restore_entry("merging", apply), describe=describe, tokens_per_block=tokens_per_block,
+    kept_token_masks=kept_token_masks, from_flags=_from_flags,
+    flags=(Flag("--merge-r", {"help": "ToMe token merging: tokens merged per block, one int or one per block "
+                                      "(comma-separated)"}),
+           Flag("--merge-mac-ratio", {"type": float, "help": "ToMe token merging with the schedule whose MACs come "
+                                                             "closest to the unmerged model's / F"})),
+    parameters={"merging_rates": param_rules.each(param_rules.RATE)})
+"""ToMe (Bolya et al. 2023): bipartite soft matching, size-weighted merges, proportional attention."""

@@ -1,6 +1,6 @@
 """Token selection that picks the same tokens in PyTorch and in an exported ONNX graph.
 
-Every token reducer decides which tokens go on by ranking float scores: DynamicViT's top-k of
+Every token method decides which tokens go on by ranking float scores: DynamicViT's top-k of
 its predicted keep log-probabilities, the EViT-style top-k of CLS attention, ToMe's best
 partner (an argmax) and its most similar edges (a sort). onnxruntime computes those scores with
 other kernels, so they differ from PyTorch's by float rounding (~1e-6); where two scores are

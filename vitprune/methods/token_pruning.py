@@ -46,12 +46,14 @@ from timm.models.vision_transformer import VisionTransformer
 from vitprune import param_rules
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection
+from vitprune.methods.method import TOKEN, Method, restore_entry, state_entry
 from vitprune.torchutil import unwrap
 # the keep schedule (token_schedule, shared with training_free) and the training objective (dynamicvit_loss)
 # are part of this method's interface and stay importable from here
 from vitprune.methods.dynamicvit_loss import TrainAux, make_loss_fn, pop_aux  # noqa: F401
-from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, LINEAR_STEP, SCHEDULES, keep_counts,  # noqa: F401
-                                             recorded_keep_counts, schedule_config, schedule_ratios)
+from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, LINEAR_STEP, SCHEDULE_FLAGS, SCHEDULES, keep_counts,  # noqa: F401
+                                             options_from_flags, recorded_keep_counts, schedule_config,
+                                             schedule_ratios)
 # attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
 # vit_ops (shared with training_free) and stay importable from here
 from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
@@ -438,3 +440,12 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: st
     on_step.leaves_unused_parameters = then_decisions == "topk"
     return on_step
 
+
+
+METHOD = Method(
+    name="dynamicvit", label="DynamicViT", marker="o", kind=TOKEN, trains=True,
+    apply=attach, state=state_entry("token_pruning", pruning_state.token),
+    restore=restore_entry("token_pruning", attach), describe=describe, tokens_per_block=tokens_per_block,
+    kept_token_masks=kept_token_masks, flags=SCHEDULE_FLAGS, from_flags=options_from_flags,
+    parameters={"base_rate": param_rules.RATE, "keep_ratios": param_rules.each(param_rules.FRACTION)})
+"""DynamicViT (Rao et al. 2021); its checkpoint key stays "token_pruning" (vitprune/1 files)."""

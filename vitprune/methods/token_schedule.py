@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from vitprune import param_rules
 from vitprune.errors import UserError
+from vitprune.methods.method import Flag, comma_list
 from vitprune.methods.vit_ops import check_locations
 
 SCHEDULES = param_rules.CHOICES["schedule"]
@@ -116,3 +117,37 @@ def recorded_keep_counts(model: nn.Module, cfg: dict[str, Any], num_patches: int
     n = int(model.patch_embed.num_patches) if num_patches is None else int(num_patches)
     return keep_counts(n, cfg["base_rate"], cfg["schedule"], cfg["keep_ratios"], cfg["locations"],
                        cfg["allow_empty_stage"])
+
+
+# ---------------------------------------------------------------- command-line flags (shared)
+
+SCHEDULE_FLAGS = (
+    Flag("--base-rate", {"type": float, "help": "keep-ratio base rho, e.g. 0.7"}),
+    Flag("--schedule", {"choices": SCHEDULES, "help": "keep-ratio schedule (default geometric)"}),
+    Flag("--keep-ratios", {"help": "explicit keep ratios, comma-separated"}),
+    Flag("--locations", {"help": "blocks before which tokens are pruned (default 3,6,9)"}),
+    Flag("--allow-empty-stage", {"action": "store_true",
+                                 "help": "allow a stage that keeps no patch token (the study's degenerate row)"}),
+)
+"""The keep schedule's flags: DynamicViT and the training-free comparator both declare them."""
+
+
+def options_from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
+    """`schedule_config`'s keywords from the `SCHEDULE_FLAGS` values (None: no schedule given)."""
+    base_rate, keep_ratios = values.get("base_rate"), values.get("keep_ratios")
+    if base_rate is None and keep_ratios is None:
+        if any(values.get(k) is not None and values.get(k) is not False
+               for k in ("schedule", "locations", "allow_empty_stage")):
+            raise UserError("--schedule/--locations/--allow-empty-stage need --base-rate R "
+                            "(or --keep-ratios for --schedule explicit)")
+        return None
+    if base_rate is not None and not 0.0 < base_rate <= 1.0:
+        raise UserError(f"--base-rate must be in (0, 1], got {base_rate}")
+    options = {"base_rate": base_rate,
+               "schedule": values.get("schedule") or ("explicit" if base_rate is None else "geometric"),
+               "keep_ratios": comma_list(keep_ratios, "--keep-ratios", float, "numbers like 0.7,0.49,0.34"),
+               "allow_empty_stage": bool(values.get("allow_empty_stage"))}
+    locations = comma_list(values.get("locations"), "--locations", int, "block indices like 3,6,9")
+    if locations is not None:
+        options["locations"] = locations
+    return options

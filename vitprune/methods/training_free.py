@@ -27,8 +27,10 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
+from vitprune import param_rules
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, token_schedule, vit_ops
+from vitprune.methods.method import TOKEN, Flag, Method, restore_entry, state_entry
 
 CONFIG_ATTR = pruning_state.TRAINING_FREE_ATTR  # where apply() records its config (read via pruning_state)
 
@@ -166,3 +168,24 @@ class _TrainingFreeMixin:
 
 def _patched_class(base: type) -> type:
     return vit_ops.mixed_class(_TrainingFreeMixin, base, "TrainingFree", sys.modules[__name__])
+
+
+def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
+    if not values.get("training_free"):
+        return None
+    options = token_schedule.options_from_flags(values)
+    if options is None:
+        raise UserError("--training-free needs the keep schedule: give --base-rate R (or --keep-ratios)")
+    return options
+
+
+METHOD = Method(
+    name="training_free", label="EViT-style, training-free", marker="v", kind=TOKEN, trains=False,
+    apply=apply, state=state_entry("training_free", pruning_state.training_free),
+    restore=restore_entry("training_free", apply), describe=describe, tokens_per_block=tokens_per_block,
+    kept_token_masks=kept_token_masks, from_flags=_from_flags,
+    flags=(Flag("--training-free", {"action": "store_true", "help": "the keep schedule drives the EViT-style "
+                                    "CLS-attention pruning instead of DynamicViT (nothing trained)"}),
+           *token_schedule.SCHEDULE_FLAGS),
+    parameters={"training_free_rates": param_rules.each(param_rules.RATE)})
+"""EViT's token selection without training (Liang et al. 2022)."""

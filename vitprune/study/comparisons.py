@@ -8,11 +8,24 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vitprune.methods import registry
 from vitprune.study import stats
-from vitprune.study.results import fold_seeds, is_model_row, method_rank, seed_of
+from vitprune.study.results import COMBINATIONS, fold_seeds, is_model_row, method_rank, seed_of
 from vitprune.study.table1 import REFERENCE_ROWS, STUDY, STUDY_BASELINE
 
-SWEPT_METHODS = ("dynamicvit", "block")  # methods the profile sweeps over a compute knob
+STUDY_METHOD = "dynamicvit"  # the token method whose drops the study reports (table1.STUDY)
+
+
+def swept_methods(runs: list[dict[str, Any]]) -> list[str]:
+    """The single methods a profile sweeps over a compute knob: registered, trained, with pruned
+    rows at two or more MACs (in table order)."""
+    macs: dict[str, set] = {}
+    for r in runs:
+        m = r["metrics"]
+        if m.get("method") in registry.METHODS and registry.get(m["method"]).trains and is_model_row(m) \
+                and not is_control(m):
+            macs.setdefault(m["method"], set()).add(float(m["macs"]))
+    return sorted((name for name, points in macs.items() if len(points) >= 2), key=method_rank)
 
 
 def is_control(m: dict[str, Any]) -> bool:
@@ -35,9 +48,10 @@ def interpolate_top1(points: list[tuple[float, float]], macs: float) -> float | 
 def _seed_sweeps(runs: list[dict[str, Any]]) -> dict[Any, dict[str, list[tuple[float, float]]]]:
     """{seed: {swept method: [(MACs, top-1), ...]}}: each seed's sweep of each single method."""
     out: dict[Any, dict[str, list[tuple[float, float]]]] = {}
+    swept = swept_methods(runs)
     for r in runs:
         m = r["metrics"]
-        if m.get("method") in SWEPT_METHODS and is_model_row(m) and not is_control(m):
+        if m.get("method") in swept and is_model_row(m) and not is_control(m):
             out.setdefault(seed_of(r), {}).setdefault(m["method"], []).append((float(m["macs"]), float(m["top1"])))
     return out
 
@@ -52,7 +66,7 @@ def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     method). The differences give `vs[method]`: {at_macs (mean), n, mean, std, low, high (95 %
     t interval, `stats.paired_interval`), verdict}. `margin` is the same against the best method
     at each seed. Keys `<method>_top1_at_macs` and `margin` (means) keep the one-seed reading."""
-    sweeps = _seed_sweeps(runs)
+    sweeps, swept = _seed_sweeps(runs), swept_methods(runs)
     out = []
     for point in fold_seeds([r for r in runs if is_model_row(r["metrics"])]):
         m = point["metrics"]
@@ -62,7 +76,7 @@ def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  "macs": float(m["macs"]), "top1": float(m["top1"]), "top1_std": m.get("top1_std"),
                  "n_seeds": m.get("n_seeds", 1), "trained": m.get("trained", True), "vs": {}}
         best: list[float] = []
-        for method in SWEPT_METHODS:
+        for method in swept:
             diffs, ats = [], []
             for r in point["seed_runs"]:
                 pts = sweeps.get(seed_of(r), {}).get(method, [])
@@ -123,7 +137,7 @@ def baseline_drops(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not is_control(m) and paired and all(c is not None for _, c in paired):
             row["control"] = stats.paired_interval([float(r["metrics"]["top1"]) - c for r, c in paired])
         rate = m.get("base_rate")
-        if m.get("method") == "dynamicvit" and not is_control(m) and rate is not None and \
+        if m.get("method") == STUDY_METHOD and not is_control(m) and rate is not None and \
                 (m.get("schedule") or "geometric") == "geometric":
             reported = study_drop(float(rate))
             if reported is not None:
@@ -168,20 +182,22 @@ def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] |
                   "fine-tune with nothing pruned (same recipe, budget and seed): its own drop is what the fine-tune "
                   "alone does, and a row minus its control, seed by seed, is what pruning costs. Intervals: "
                   "Student's t over the fine-tune seeds.".format(drops[0]["baseline_top1"]), ""]
+    swept = [k[:-len("_top1_at_macs")] for k in (rows[0] if rows else {}) if k.endswith("_top1_at_macs")]
     lines += ["## At equal MACs", "",
-              "| row | method | MACs (M) | top-1 % | seeds | DynamicViT at these MACs; row − it | "
-              "block pruning at these MACs; row − it |", "|---|---|---:|---:|---:|---|---|"]
+              "| row | method | MACs (M) | top-1 % | seeds | "
+              + "".join(f"{registry.get(s).label} at these MACs; row − it | " for s in swept).rstrip(),
+              "|---|---|---:|---:|---:|" + "---|" * len(swept)]
     for r in rows:
         spread = f"{r['top1']:.2f}" + (f" ± {r['top1_std']:.2f}" if r.get("top1_std") is not None else "")
         seeds = str(r["n_seeds"]) if r.get("trained", True) else "no training"
         lines.append(f"| {r['label']} | {r['method']} | {r['macs'] / 1e6:.2f} | {spread} | {seeds} | "
-                     f"{versus(r, 'dynamicvit')} | {versus(r, 'block')} |")
+                     + "".join(f"{versus(r, s)} | " for s in swept).rstrip())
     lines.append("")
     lines.append("Each sweep is interpolated linearly in MACs between its two neighbouring runs of the same seed "
                  "(— = outside its MAC range, never extrapolated); a difference is the row's top-1 minus that, seed by "
                  "seed, as mean [95 % Student t interval] over the seeds; better / worse only when the interval "
                  "excludes 0.")
-    combos = [r for r in rows if r["method"] in ("token_then_block", "block_then_token")]
+    combos = [r for r in rows if r["method"] in COMBINATIONS]
     for r in combos:
         if not r["vs"]:
             lines.append(f"- {r['label']}: no single-method sweep reaches {r['macs'] / 1e6:.2f} M MACs, "
@@ -189,7 +205,7 @@ def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] |
             continue
         parts = []
         for method, v in r["vs"].items():
-            name = "DynamicViT" if method == "dynamicvit" else "block pruning"
+            name = registry.get(method).label
             if v["verdict"] in VERDICT_WORDS:
                 parts.append(f"{abs(v['mean']):.2f} points {VERDICT_WORDS[v['verdict']]} {name} "
                              f"({stats.format_interval(v)})")

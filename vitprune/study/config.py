@@ -24,6 +24,7 @@ import yaml
 
 from vitprune import param_rules
 from vitprune.errors import UserError
+from vitprune.methods import registry  # noqa: F401  (registering the methods declares their parameters' rules)
 from vitprune.study import release
 
 NOTEBOOKS = (

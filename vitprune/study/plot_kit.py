@@ -13,25 +13,35 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-METHOD_LABELS = {
-    "baseline": "baseline",
-    "dynamicvit": "DynamicViT (token)",
-    "training_free": "training-free tokens",
-    "merging": "ToMe merging (no training)",
-    "block": "block (heads+MLP)",
-    "token_then_block": "token -> block",
-    "block_then_token": "block -> token",
-}
-METHOD_MARKERS = {"baseline": "*", "dynamicvit": "o", "training_free": "v", "merging": "^", "block": "s",
-                  "token_then_block": "D", "block_then_token": "P"}
+from vitprune.methods import registry
+from vitprune.study.results import COMBINATIONS, method_order
+
+def method_label(method: str) -> str:
+    """How figures name a row's method: the registry's label, a combination's, or the name itself."""
+    if method == "baseline":
+        return "baseline"
+    if method in COMBINATIONS:
+        return COMBINATIONS[method][0]
+    return registry.METHODS[method].label if method in registry.METHODS else method
+
+
+def method_marker(method: str) -> str:
+    if method == "baseline":
+        return "*"
+    if method in COMBINATIONS:
+        return COMBINATIONS[method][1]
+    return registry.METHODS[method].marker if method in registry.METHODS else "o"
 
 
 def palette() -> dict[str, Any]:
-    """Each method's colour (seaborn's colorblind palette, in METHOD_LABELS order)."""
+    """One distinct colour per method in `method_order` (seaborn's colour-blind-safe palette; the
+    baseline grey; its light pink left out, too close to its pink)."""
     import seaborn as sns
 
-    colors = sns.color_palette("colorblind", len(METHOD_LABELS))
-    return dict(zip(METHOD_LABELS, colors))
+    colors = sns.color_palette("colorblind", 10)
+    hues = [colors[i] for i in (0, 1, 2, 3, 4, 5, 8, 9, 6)]
+    methods = [m for m in method_order() if m != "baseline"]
+    return {"baseline": colors[7], **{m: hues[i % len(hues)] for i, m in enumerate(methods)}}
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.0), **kw):

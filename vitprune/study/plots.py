@@ -25,12 +25,17 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vitprune.methods import registry
 from vitprune.study import results, table1
-# method labels / markers and pareto_front are part of this module's interface; they live in plot_kit
-from vitprune.study.plot_kit import (METHOD_LABELS, METHOD_MARKERS, annotate_all, is_number, mac_scale,  # noqa: F401
-                                     metric, new_figure, palette, pareto_front, run_label)
+from vitprune.study.plot_kit import (annotate_all, is_number, mac_scale, method_label, method_marker, metric,
+                                     new_figure, palette, pareto_front, run_label)
 
 FORMATS = ("png", "pdf")
+
+
+def _trained_token_rows() -> list[str]:
+    """Row methods whose tokens were learned: trained token methods and the combinations."""
+    return [m.name for m in registry.token_methods() if m.trains] + list(results.COMBINATIONS)
 
 
 # ---------------------------------------------------------------- figures
@@ -46,18 +51,18 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
     colors = palette()
     fig, axes = new_figure(size=(7.0, 4.8))
     ax = axes[0, 0]
-    methods = [m for m in METHOD_LABELS if any(metric(r, "method") == m for r in pts)]
+    methods = [m for m in results.method_order() if any(metric(r, "method") == m for r in pts)]
     methods += sorted({str(metric(r, "method")) for r in pts} - set(methods))
     for method in methods:
         group = [r for r in pts if str(metric(r, "method")) == method]
         xs = [metric(r, "macs") / scale for r in group]
         ys = [metric(r, "top1") for r in group]
         filled = [not metric(r, "control") for r in group]  # a control (nothing pruned) is drawn hollow
-        for keep, label in ((True, METHOD_LABELS.get(method, method)), (False, None)):
+        for keep, label in ((True, method_label(method)), (False, None)):
             sel = [i for i, f in enumerate(filled) if f == keep]
             if sel:
                 ax.scatter([xs[i] for i in sel], [ys[i] for i in sel], s=90 if method == "baseline" else 45,
-                           marker=METHOD_MARKERS.get(method, "o"), label=label if keep else None, zorder=3,
+                           marker=method_marker(method), label=label if keep else None, zorder=3,
                            facecolors=colors.get(method) if keep else "none", edgecolors=colors.get(method))
         spread = [metric(r, "top1_std") if is_number(metric(r, "top1_std")) else 0.0 for r in group]
         if any(spread):  # seeds: mean ± one standard deviation
@@ -84,7 +89,7 @@ def accuracy_vs_macs(runs: list[dict]) -> Figure | None:
 def rate_sweep(runs: list[dict]) -> Figure | None:
     """Top-1 and MACs against DynamicViT's base rate (and training-free rows at the same rates)."""
     swept = [r for r in runs if is_number(metric(r, "base_rate"))
-             and metric(r, "method") in ("dynamicvit", "training_free")]
+             and metric(r, "method") in [m.name for m in registry.token_methods()]]
     if not swept:
         return None
     base = [r for r in runs if metric(r, "method") == "baseline"]
@@ -96,15 +101,15 @@ def rate_sweep(runs: list[dict]) -> Figure | None:
                                  (axes[0, 1], "macs", f"{unit} per image", scale)):
         # one line per (method, schedule): a linear-schedule run is not a point of the geometric sweep
         series = sorted({(metric(r, "method"), str(metric(r, "schedule") or "geometric")) for r in swept},
-                        key=lambda ms: (ms[0] != "dynamicvit", ms[1] != "geometric", ms[1]))
+                        key=lambda ms: (results.method_rank(ms[0]), ms[1] != "geometric", ms[1]))
         for method, schedule in series:
             group = sorted((r for r in swept if metric(r, "method") == method
                             and str(metric(r, "schedule") or "geometric") == schedule
                             and is_number(metric(r, key))), key=lambda r: metric(r, "base_rate"))
             if group:
-                label = METHOD_LABELS[method] + ("" if schedule == "geometric" else f", {schedule}")
+                label = method_label(method) + ("" if schedule == "geometric" else f", {schedule}")
                 xs, ys = [metric(r, "base_rate") for r in group], [metric(r, key) / div for r in group]
-                ax.plot(xs, ys, marker=METHOD_MARKERS[method], color=colors[method], label=label,
+                ax.plot(xs, ys, marker=method_marker(method), color=colors[method], label=label,
                         ls="-" if schedule == "geometric" else ":")
                 spread = [metric(r, "top1_std") if key == "top1" and is_number(metric(r, "top1_std")) else 0.0
                           for r in group]
@@ -124,7 +129,7 @@ def rate_sweep(runs: list[dict]) -> Figure | None:
 def tokens_per_block(runs: list[dict]) -> Figure | None:
     """Tokens entering each block (CLS included) for each DynamicViT rate."""
     rows = [r for r in runs if isinstance(metric(r, "tokens_per_block"), list) and metric(r, "tokens_per_block")
-            and metric(r, "method") in ("dynamicvit", "token_then_block", "block_then_token")]
+            and metric(r, "method") in _trained_token_rows()]
     if not rows:
         return None
     rows.sort(key=lambda r: -(metric(r, "base_rate") or 0))
@@ -160,9 +165,9 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
         method = str(metric(r, "method"))
         x, y = metric(r, "mac_ratio"), metric(r, "speedup")
         if id(r) in suspect:
-            ax.scatter(x, y, facecolors="none", edgecolors="red", marker=METHOD_MARKERS.get(method, "o"), s=60, zorder=3)
+            ax.scatter(x, y, facecolors="none", edgecolors="red", marker=method_marker(method), s=60, zorder=3)
             continue
-        ax.scatter(x, y, color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"), s=45, zorder=3)
+        ax.scatter(x, y, color=colors.get(method), marker=method_marker(method), s=45, zorder=3)
         if is_number(metric(r, "speedup_std")):
             ax.errorbar(x, y, yerr=metric(r, "speedup_std"), fmt="none", ecolor=colors.get(method), capsize=3)
     annotate_all(ax, [(metric(r, "mac_ratio"), metric(r, "speedup"),
@@ -172,8 +177,8 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
     ax.plot([1, hi], [results.SUSPECT_SPEEDUP, results.SUSPECT_SPEEDUP * hi], "-", lw=0.8, color="red", alpha=0.4,
             label=f"{results.SUSPECT_SPEEDUP:g} x MAC ratio: above is suspect")
     for method in dict.fromkeys(str(metric(r, "method")) for r in pts):
-        ax.scatter([], [], color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"),
-                   label=METHOD_LABELS.get(method, method))
+        ax.scatter([], [], color=colors.get(method), marker=method_marker(method),
+                   label=method_label(method))
     precisions = sorted({str(metric(r, "bench_precision") or "fp32") for r in pts})
     devices = sorted({str(metric(r, "bench_device") or "cpu").split(":")[0].upper() for r in pts})
     ax.set_xlabel("MAC ratio (baseline / variant)")
@@ -449,15 +454,15 @@ def edge_latency(rows: list[dict]) -> Figure | None:
         for r in (r for r in rows if r["batch_size"] == batch):
             filled = r["runtime"] == "onnxruntime"
             color = colors.get(str(r["method"]))
-            ax.scatter(r["mac_ratio"], r["speedup"], s=50, zorder=3, marker=METHOD_MARKERS.get(str(r["method"]), "o"),
+            ax.scatter(r["mac_ratio"], r["speedup"], s=50, zorder=3, marker=method_marker(str(r["method"])),
                        facecolors=color if filled else "none", edgecolors=color)
         ax.plot([1, hi], [1, hi], ":", color="0.4")
         ax.set_title(f"batch {batch}")
         ax.set_xlabel("MAC ratio (baseline / variant)")
     axes[0][0].set_ylabel("measured speedup (median latency ratio)")
     for method in dict.fromkeys(str(r["method"]) for r in rows):
-        axes[0][0].scatter([], [], color=colors.get(method), marker=METHOD_MARKERS.get(method, "o"),
-                           label=METHOD_LABELS.get(method, method))
+        axes[0][0].scatter([], [], color=colors.get(method), marker=method_marker(method),
+                           label=method_label(method))
     axes[0][0].scatter([], [], facecolors="none", edgecolors="0.3", label="hollow: torch")
     axes[0][0].scatter([], [], color="0.3", label="filled: onnxruntime")
     axes[0][0].legend(fontsize=7)

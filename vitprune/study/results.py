@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vitprune.errors import UserError
+from vitprune.methods import registry
 from vitprune.study import config, run_folders, stats
 
 METRICS_FILE = "metrics.json"
@@ -82,7 +83,16 @@ def versus_baseline(count: dict[str, Any], baseline_count: dict[str, Any], basel
 
 
 MODEL_NOTEBOOKS = ("01_deit_baseline", "02_token_pruning", "03_block_pruning", "04_combination")
-METHOD_ORDER = ("baseline", "dynamicvit", "training_free", "merging", "block", "token_then_block", "block_then_token")
+# notebook 04's two orders: {row method: (label, marker)}; the single methods come from the registry
+COMBINATIONS = {"token_then_block": ("DynamicViT → block pruning", "D"),
+                "block_then_token": ("block pruning → DynamicViT", "P")}
+
+
+def method_order() -> tuple[str, ...]:
+    """Every row method in table order: the baseline, the token methods, the width methods (each in
+    registration order), the combinations."""
+    names = [m.name for m in registry.token_methods()]
+    return ("baseline", *names, *(n for n in registry.METHODS if n not in names), *COMBINATIONS)
 
 
 def _run_command(profile: str, notebook: str, variant: str | None, manifest: dict | None) -> str:
@@ -182,7 +192,6 @@ def _read_json(path: Path) -> dict | None:
 
 # ================================================================ seeds
 
-UNTRAINED_METHODS = ("training_free", "merging")  # evaluated as they are: the same at every seed
 
 
 def seed_of(run: dict[str, Any]) -> int | None:
@@ -242,7 +251,7 @@ def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for point, members in groups.items():
         members = sorted(members, key=lambda r: (seed_of(r) is None, seed_of(r) or 0))
         first = members[0]["metrics"]
-        trained = first.get("method") not in UNTRAINED_METHODS
+        trained = first.get("method") not in registry.untrained()  # evaluated as applied: the same at every seed
         folded = dict(first)
         for key in ("top1", "top5", "speedup"):
             values = [r["metrics"][key] for r in members if isinstance(r["metrics"].get(key), (int, float))]
@@ -270,8 +279,9 @@ def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def method_rank(method: str) -> int:
-    """Where a method's rows go in tables (METHOD_ORDER; unknown methods last)."""
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    """Where a method's rows go in tables (`method_order`; unknown methods last)."""
+    order = method_order()
+    return order.index(method) if method in order else len(order)
 
 
 def is_model_row(m: dict[str, Any]) -> bool:

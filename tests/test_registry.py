@@ -1,13 +1,13 @@
-"""Every registered token reducer (vitprune.methods.reducers) through the same steps: apply ->
-count -> save and reload -> ONNX export checked in onnxruntime -> kept-token masks. A fourth
-method registered there is tested here without a new test."""
+"""Every registered token method (vitprune.methods.registry) through the same steps: apply ->
+count -> save and reload -> ONNX export checked in onnxruntime -> kept-token masks. A built-in
+method registered there is tested here once its options are added to OPTIONS."""
 
 import pytest
 import torch
 
 from vitprune import measure, models
 from vitprune.measure import export
-from vitprune.methods import reducers
+from vitprune.methods import merging, registry
 from test_export import _spread  # spread weights: random-init predictor scores nearly tie, top-k could pick either
 
 OPTIONS = {"dynamicvit": {"base_rate": 0.7}, "training_free": {"base_rate": 0.7}, "merging": {"r": 4}}
@@ -20,35 +20,35 @@ def tiny_vit() -> torch.nn.Module:
                                num_heads=2, num_classes=10).eval()
 
 
-def test_every_reducer_is_registered_with_options_here():
-    assert set(reducers.REDUCERS) == set(OPTIONS)
-    with pytest.raises(Exception, match="no token reducer named 'evit'; known: dynamicvit"):
-        reducers.get("evit")
+def test_every_token_method_is_registered_with_options_here():
+    assert {m.name for m in registry.token_methods()} == set(OPTIONS)
+    with pytest.raises(Exception, match="no pruning method named 'evit'; known: block, dynamicvit"):
+        registry.get("evit")
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_reducer_applies_counts_exports_and_shows_its_kept_tokens(name, tmp_path):
-    reducer = reducers.get(name)
+def test_token_method_applies_counts_exports_and_shows_its_kept_tokens(name, tmp_path):
+    method = registry.get(name)
     model = tiny_vit()
     base_macs = measure.count(model)["macs"]
-    assert reducers.attached(model) is None
-    model = _spread(reducer.apply(model, **OPTIONS[name])).eval()
-    assert reducers.attached(model) is reducer
-    tokens = reducer.tokens_per_block(model)
+    assert registry.attached(model) is None
+    model = _spread(method.apply(model, **OPTIONS[name])).eval()
+    assert registry.attached(model) is method
+    tokens = method.tokens_per_block(model)
     assert tokens[0] == PATCHES + 1 and tokens == sorted(tokens, reverse=True) and tokens[-1] < tokens[0]
     assert measure.count(model)["macs"] < base_macs
-    assert reducer.describe(model)
+    assert method.describe(model)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    # a checkpoint rebuilds the same reducer with the same logits
+    # a checkpoint rebuilds the same method with the same logits
     loaded = models.load_checkpoint(models.save_checkpoint(tmp_path / "m.pt", model))
-    assert reducers.attached(loaded).name == name
+    assert registry.attached(loaded).name == name
     with torch.no_grad():
         logits = model(images)
         assert torch.allclose(loaded(images), logits, atol=1e-5)
     written = export.export_onnx(model, tmp_path / "m.onnx")
     assert written["kind"] == name
     assert export.verify(model, tmp_path / "m.onnx", batch_sizes=(2,))["ok"]
-    masked_logits, masks = reducer.kept_token_masks(model, images)
+    masked_logits, masks = method.kept_token_masks(model, images)
     assert torch.allclose(masked_logits, logits, atol=1e-5)
     kept = [int(m[0].sum()) for m in masks]
     assert masks and all(m.shape == (2, PATCHES) and m.dtype == torch.bool for m in masks)
@@ -58,4 +58,4 @@ def test_reducer_applies_counts_exports_and_shows_its_kept_tokens(name, tmp_path
 
 def _merges(model, name):
     """Tokens merged inside each block (a merging block's masks are taken after its merge)."""
-    return reducers.get("merging").module.merge_counts(model) if name == "merging" else [0] * len(model.blocks)
+    return merging.merge_counts(model) if name == "merging" else [0] * len(model.blocks)

@@ -1,0 +1,106 @@
+"""Every pruning method by name: the one list the rest of vitprune loops over.
+
+A method is one module ending in `METHOD = Method(...)` (see `method.Method`) plus one entry in
+`BUILT_IN` below; code elsewhere asks the registry (`get`, `token_methods`, `applied`,
+`snapshot`, `restore`) instead of importing the module. `register` also takes a method
+defined anywhere else (a user's, or a test's) at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from vitprune import param_rules
+from vitprune.errors import UserError
+from vitprune.methods import block_pruning, merging, token_pruning, training_free
+from vitprune.methods.method import TOKEN, WIDTH, Method
+
+BUILT_IN = (block_pruning, token_pruning, training_free, merging)  # width methods first: the order they apply in
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add `method` (its name must be new; a flag it shares with another method must be declared
+    identically; its parameter rules join `param_rules`)."""
+    if method.name in METHODS:
+        raise UserError(f"a method named {method.name!r} is registered already")
+    if method.kind not in (TOKEN, WIDTH):
+        raise UserError(f"method {method.name!r}: kind must be {TOKEN!r} or {WIDTH!r}, got {method.kind!r}")
+    if method.kind == TOKEN and (method.tokens_per_block is None or method.kept_token_masks is None):
+        raise UserError(f"token method {method.name!r} needs tokens_per_block and kept_token_masks")
+    known = {f.flag: f for m in METHODS.values() for f in m.flags}
+    for flag in method.flags:
+        if flag.flag in known and known[flag.flag] != flag:
+            raise UserError(f"method {method.name!r} declares {flag.flag} unlike the method already using it")
+    param_rules.declare(method.parameters)
+    METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method added by `register` (its parameter rules stay)."""
+    METHODS.pop(name, None)
+
+
+for _module in BUILT_IN:
+    register(_module.METHOD)
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"no pruning method named {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def token_methods() -> list[Method]:
+    return [m for m in METHODS.values() if m.kind == TOKEN]
+
+
+def untrained() -> tuple[str, ...]:
+    """Names of the methods evaluated as applied (their rows are the same at every seed)."""
+    return tuple(m.name for m in METHODS.values() if not m.trains)
+
+
+def applied(model: nn.Module) -> list[Method]:
+    """The methods applied to `model`, width methods first."""
+    return [m for m in METHODS.values() if m.attached(model)]
+
+
+def attached(model: nn.Module) -> Method | None:
+    """The token method applied to `model`, or None (token methods exclude one another)."""
+    return next((m for m in applied(model) if m.kind == TOKEN), None)
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Every method's checkpoint state of `model` (plain values, None where not applied)."""
+    return {key: value for m in METHODS.values() for key, value in m.state(model).items()}
+
+
+def restore(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
+    """Re-apply, in registration order, every method whose state `saved` (a checkpoint) holds."""
+    for method in METHODS.values():
+        model = method.restore(model, saved) or model
+    return model
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """True if any method is applied to `model`."""
+    return bool(applied(model))
+
+
+def apply(model: nn.Module, name: str, **options: Any) -> nn.Module:
+    """Apply the method called `name` to `model` in place with its options; returns the model."""
+    return get(name).apply(model, **options) or model
+
+
+def apply_all(model: nn.Module, chosen: dict[str, dict[str, Any]]) -> nn.Module:
+    """Apply several methods ({name: options}, at most one token method) in registration order:
+    width methods first, so the token method sees the blocks as they will run."""
+    tokens = [name for name in chosen if get(name).kind == TOKEN]
+    if len(tokens) > 1:
+        raise UserError(f"{' and '.join(tokens)} both reduce tokens; use one token method at a time")
+    for name in [n for n in METHODS if n in chosen]:
+        model = apply(model, name, **chosen[name])
+    return model
