@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitprune.errors import UserError
-from vitprune.measure import export
+from vitprune.deploy import export
 from vitprune.methods import block_pruning, merging, token_pruning, training_free
 from vitprune.models import create_model
 

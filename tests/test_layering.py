@@ -82,7 +82,7 @@ LAYERS = [
     ("vitprune.data", "vitprune.measure", "vitprune.measure.counts", "vitprune.measure.latency"),
     ("vitprune.methods",),
     ("vitprune.models",),
-    ("vitprune.train", "vitprune.measure.export", "vitprune.measure.runtime_bench"),
+    ("vitprune.train", "vitprune.deploy"),
     ("vitprune.study",),
     ("vitprune.api",),
     ("vitprune.cli",),

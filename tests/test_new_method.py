@@ -13,7 +13,7 @@ import vitprune
 from vitprune import measure, models, param_rules
 from vitprune.cli import main as cli
 from vitprune.errors import UserError
-from vitprune.measure import export
+from vitprune.deploy import export
 from vitprune.methods import registry
 from vitprune.methods.method import TOKEN, Flag, Method, restore_entry, state_entry
 from vitprune.study import plots, results, table1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vitprune import measure, models
-from vitprune.measure import export
+from vitprune.deploy import export
 from vitprune.methods import merging, registry
 from test_export import _spread  # spread weights: random-init predictor scores nearly tie, top-k could pick either
 

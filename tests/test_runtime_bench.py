@@ -9,7 +9,7 @@ import torch
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.measure import runtime_bench
+from vitprune.deploy import runtime_bench
 from vitprune.methods import block_pruning
 from vitprune.models import create_model
 

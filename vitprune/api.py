@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from vitprune.measure import counts, export, latency
+from vitprune.deploy import export
+from vitprune.measure import counts, latency
 from vitprune.methods import registry
 
 

@@ -1,7 +1,7 @@
 """`python -m vitprune export MODEL_OR_RUN_DIR OUT.onnx [variant options]`: write the model
 (a timm name, optionally with --weights FILE, a vitprune checkpoint, or a run directory holding
 model.pt, all resolved as `measure` resolves them), with the same variant options as
-`measure`/`bench`, as an ONNX file with a dynamic batch axis (`vitprune.measure.export`), then check it
+`measure`/`bench`, as an ONNX file with a dynamic batch axis (`vitprune.deploy.export`), then check it
 against PyTorch in onnxruntime (max |delta logits|) and, with --int8, also write its dynamically
 quantized copy.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
-from vitprune.measure import export
+from vitprune.deploy import export
 
 CHECK_BATCHES = (1, 4)
 
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         raise UserError(
             f"{check['mismatched_samples']} of {check['samples']} samples differ from PyTorch by more than "
             f"{check['tolerance']:.3g} (max |delta logits| {check['max_abs_diff']:.3g}); the file was written. "
-            f"A random-init model with token selection can have tied token scores (see vitprune/measure/export.py); "
+            f"A random-init model with token selection can have tied token scores (see vitprune/deploy/export.py); "
             f"otherwise report it. --no-check skips the round trip")
     return 0
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from vitprune import measure, models
 from vitprune.errors import UserError
-from vitprune.measure import runtime_bench
+from vitprune.deploy import runtime_bench
 from vitprune.methods import registry
 from vitprune.methods.method import TOKEN, WIDTH
 

@@ -42,7 +42,7 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: 
     model is timed cold, just after the other evicted its weights from the caches; a deployed
     model runs warm), ``calls`` chosen from the slowest warm-up call so a round lasts at least
     ``min_round_ms`` (1 without warm-up). Returns ms per call per round, by name, and ``calls``. The one timing loop of `benchmark` (torch) and
-    `runtime_bench.benchmark_onnx` (onnxruntime)."""
+    `deploy.runtime_bench.benchmark_onnx` (onnxruntime)."""
     if repeats < 1 or warmup < 0:
         raise UserError(f"need --repeats >= 1 and --warmup >= 0 (got {repeats}, {warmup})")
     names = list(runners)

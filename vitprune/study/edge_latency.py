@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from vitprune import data, measure, models
 from vitprune.errors import UserError
-from vitprune.measure import export, runtime_bench
+from vitprune.deploy import export, runtime_bench
 from vitprune.study import results, run_folders
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.measure import export
+from vitprune.deploy import export
 
 RUNTIMES = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
