@@ -170,6 +170,9 @@ def test_export_round_trip(tmp_path, fmnist_cache):
         assert band_label(row["image"]) == row["label"]
     with pytest.raises(UserError, match="not empty"):
         data.export_imagefolder(split, tmp_path / "out")
+    (tmp_path / "out" / "stale.txt").write_text("an earlier export's leftover")
+    assert data.export_imagefolder(split, tmp_path / "out", replace=True) == mapping
+    assert not (tmp_path / "out" / "stale.txt").exists()
 
 
 # ------------------------------------------------------------------ RGB conversion and bad files

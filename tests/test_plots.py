@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from test_results import write_synthetic_runs
-from vitprune.study import plot_kit, plots, results
+from vitprune.study import kept_tokens, plot_kit, plots, results
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_kept_tokens_grid_greys_dropped_patches():
     image[0, 0] = 0.0  # a non-constant image
     mask = np.zeros(49, dtype=bool)
     mask[0] = True  # keep only the top-left 4x4 patch
-    out = plots._masked(image, mask)
+    out = kept_tokens._masked(image, mask)
     assert out.shape == (28, 28, 3)
     assert np.allclose(out[2, 2], 1.0) and not np.allclose(out[10, 10], 1.0)
 

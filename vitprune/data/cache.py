@@ -298,15 +298,16 @@ def _image_ext(data: bytes) -> str:
     return {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}")
 
 
-def export_imagefolder(split, out_dir: str | os.PathLike) -> dict[str, int]:
+def export_imagefolder(split, out_dir: str | os.PathLike, replace: bool = False) -> dict[str, int]:
     """Write one split as out_dir/<NNN_name>/<index>.<ext> (the stored bytes, no re-encoding),
     folder names sorting in label order; then re-scan the folder and check that the mapping
-    and counts round-trip. Written to a temp dir and renamed. Returns {folder: label}."""
+    and counts round-trip. Written to a temp dir and renamed; with `replace`, an earlier export in
+    out_dir is removed only once the new one is complete. Returns {folder: label}."""
     import datasets
 
     names = class_names(split)
     out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(out_dir.iterdir()) and not replace:
         raise UserError(f"export target {out_dir} exists and is not empty; remove it or choose another directory")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -328,7 +329,7 @@ def export_imagefolder(split, out_dir: str | os.PathLike) -> dict[str, int]:
         if got_counts != want_counts:
             raise RuntimeError(f"export round trip failed: counts {want_counts} written, {got_counts} read back")
         if out_dir.exists():
-            out_dir.rmdir()
+            shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out_dir)
     finally:

@@ -6,15 +6,20 @@ time. A notebook passes its own `globals()`: the parameters papermill injected o
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from timm.data import resolve_model_data_config
+from torch import nn
+from torch.utils.data import Dataset
 
 from vitprune.study import config, release, results, run_folders
-from vitprune.train import launch
+from vitprune.train import engine, launch
 from vitprune.train.recipe import TrainConfig
 
 # parameters that never change the trained weights: they do not key the per-epoch checkpoints
@@ -55,11 +60,29 @@ class Session:
         settings = config.training_settings(self.notebook, dict(self.params), NOT_TRAINING + tuple(exclude))
         return run_folders.train_state_dir(self.run_dir, settings, sources=list(sources))
 
+    def baseline_top1(self, teacher: nn.Module, eval_set: Dataset, batch_size: int, num_workers: int = 0) -> float:
+        """The top-1 a fine-tune is compared with, one rule for notebooks 02-04: notebook 01's
+        recorded top-1 when it was measured on as many images at this model's crop, else the
+        baseline `teacher` evaluated here on `eval_set` (%)."""
+        recorded = results.read_metrics(self.upstream("01_deit_baseline"))
+        crop = str(float(resolve_model_data_config(teacher)["crop_pct"]))
+        top1 = (recorded.get("top1_by_crop_pct") or {}).get(crop)
+        if top1 is not None and recorded.get("eval_samples") == len(eval_set):
+            return float(top1)
+        return engine.evaluate(teacher, eval_set, batch_size=batch_size, num_workers=num_workers,
+                               **self.train_config.scale)["top1"]
+
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Write `metrics` (a `results.metrics_row`, or the notebook's own record) as this run's
-        metrics.json, with where it ran (`launch.Plan.describe`), timm's recipe and the wall time."""
+        metrics.json, with where it ran (`launch.Plan.describe`), timm's recipe and the wall time.
+        A row whose model was saved in a sub-folder (`checkpoint`, relative: notebook 04's main
+        row) is also copied to <run_dir>/model.pt, atomically, as every model run provides."""
         metrics.update(self.plan.describe(), recipe=self.train_config.recipe,
                        wall_time_s=time.perf_counter() - self.started)
+        if metrics.get("checkpoint"):
+            tmp = self.run_dir / "model.pt.tmp"
+            shutil.copyfile(self.run_dir / metrics["checkpoint"], tmp)
+            os.replace(tmp, self.run_dir / "model.pt")
         results.write_metrics(self.run_dir, metrics)
         return metrics
 
@@ -76,3 +99,19 @@ def start(notebook: str, params: Mapping[str, Any]) -> Session:
     run_dir.mkdir(parents=True, exist_ok=True)
     print("run dir:", run_dir)
     return Session(notebook, params, run_dir, plan, train_config, started)
+
+
+def show_png(fig_dir: str | os.PathLike, name: str) -> None:
+    """Show `<fig_dir>/<name>.png` exactly as it was written (when it was)."""
+    from IPython.display import Image, display  # local: only a notebook shows figures
+
+    path = Path(fig_dir) / f"{name}.png"
+    if path.is_file():
+        display(Image(filename=str(path)))
+
+
+def clear_outputs(fig_dir: str | os.PathLike, *names: str) -> None:
+    """Remove files of a figures folder an earlier run wrote and this one does not make (a part
+    switched off), so the folder never shows a stale table or figure."""
+    for name in names:
+        (Path(fig_dir) / name).unlink(missing_ok=True)

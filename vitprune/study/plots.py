@@ -16,7 +16,6 @@ block include the CLS token (token_pruning.tokens_per_block's convention).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -26,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from vitprune.methods import registry
-from vitprune.study import results, table1
+from vitprune.study import kept_tokens, results, table1
 from vitprune.study.plot_kit import (annotate_all, is_number, mac_scale, method_label, method_marker, metric,
                                      new_figure, palette, pareto_front, run_label)
 
@@ -188,80 +187,6 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
     return fig
 
 
-def _load_kept_tokens(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """The arrays notebook 02 saves: `images` [B,H,W,C] in [0, 1], `masks` [stages, B, patches]
-    (True = kept), `grid` (patch rows, cols)."""
-    path = run_dir / "kept_tokens.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
-def _as_hwc(image: np.ndarray) -> np.ndarray:
-    """One image as HxW or HxWxC in [0, 1] for imshow (CHW and 0..255 accepted)."""
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
-        img = np.moveaxis(img, 0, -1)
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    lo, hi = float(img.min()), float(img.max())
-    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-
-
-def _masked(image: np.ndarray, mask: np.ndarray, grid: tuple[int, int] | None = None) -> np.ndarray:
-    """Grey out the patches a stage dropped (mask over the patch grid, row-major; the grid is
-    square unless given)."""
-    img = _as_hwc(image)
-    n = int(mask.size)
-    if grid is None:
-        side = int(round(math.sqrt(n)))
-        grid = (side, side)
-    rows, cols = int(grid[0]), int(grid[1])
-    if rows * cols != n:
-        return img
-    ph, pw = img.shape[0] // rows, img.shape[1] // cols
-    grid = np.asarray(mask, dtype=bool).reshape(rows, cols)
-    keep = np.kron(grid, np.ones((ph, pw), dtype=bool))
-    keep = np.pad(keep, ((0, img.shape[0] - keep.shape[0]), (0, img.shape[1] - keep.shape[1])),
-                  constant_values=True)
-    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img.copy()
-    rgb[~keep] = 0.5 * rgb[~keep] + 0.5 * np.array([0.85, 0.85, 0.85])
-    return rgb
-
-
-def kept_tokens_grid(runs: list[dict], max_images: int = 3) -> Figure | None:
-    """Which patches survive each pruning stage, per token-pruning run that saved
-    `kept_tokens.npz`: rows = (run, image), columns = input then each stage."""
-    arrays, seen = [], set()
-    for r in runs:
-        if "#" in r["run"] or r["run_dir"] in seen:  # extra table rows share their parent's folder
-            continue
-        seen.add(r["run_dir"])
-        data = _load_kept_tokens(Path(r["run_dir"]))
-        if data is not None:
-            arrays.append((r, data))
-    if not arrays:
-        return None
-    arrays.sort(key=lambda item: -(metric(item[0], "base_rate") or 0))
-    rows = [(r, d, i) for r, d in arrays for i in range(min(max_images, len(d["images"])))]
-    ncols = 1 + max(d["masks"].shape[0] for _, d in arrays)
-    fig = Figure(figsize=(1.6 * ncols + 0.8, 1.6 * len(rows) + 0.4), layout="constrained")
-    axes = fig.subplots(len(rows), ncols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for row, (r, d, i) in enumerate(rows):
-        axes[row, 0].imshow(_as_hwc(d["images"][i]), cmap="gray")
-        axes[row, 0].set_title(f"{run_label(r)}\ninput", fontsize=7)
-        grid = tuple(d["grid"]) if "grid" in d else None
-        for s in range(d["masks"].shape[0]):
-            mask = d["masks"][s, i]
-            axes[row, 1 + s].imshow(_masked(d["images"][i], mask, grid), cmap="gray")
-            axes[row, 1 + s].set_title(f"stage {s + 1}: {int(np.sum(mask))}/{mask.size}", fontsize=7)
-    fig.suptitle("Kept tokens (grey = dropped)", fontsize=10)
-    return fig
-
-
 HISTORY_KEYS = ("train_loss", "eval_top1", "train_acc")  # engine.train's per-epoch record
 
 
@@ -419,7 +344,7 @@ FIGURES: dict[str, Callable[[list[dict]], Figure | None]] = {
     "rate_sweep": rate_sweep,
     "tokens_per_block": tokens_per_block,
     "speedup_vs_mac_ratio": speedup_vs_mac_ratio,
-    "kept_tokens": kept_tokens_grid,
+    "kept_tokens": kept_tokens.figure,
     "training_curves": training_curves,
     "layer_widths": layer_widths,
     "reported_in_one_unit": reported_in_one_unit,
@@ -478,7 +403,7 @@ def make_all(runs: list[dict], out_dir: str | os.PathLike, max_kept_images: int 
     runs = results.fold_seeds(runs)
     drawn = {}
     for name, func in FIGURES.items():
-        fig = func(runs, max_images=max_kept_images) if func is kept_tokens_grid else func(runs)
+        fig = func(runs, max_images=max_kept_images) if func is kept_tokens.figure else func(runs)
         if fig is None:
             for fmt in FORMATS:
                 (Path(out_dir) / f"{name}.{fmt}").unlink(missing_ok=True)

@@ -1,11 +1,12 @@
-"""runs.finish_model: the metrics row of one finished model, and its checkpoint."""
+"""study.combination: the metrics row of one finished model and its checkpoint, the second stage's
+training set, the main row."""
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from vitprune import measure, models
-from vitprune.study import runs
+from vitprune.study import combination
 
 
 def _small():
@@ -19,7 +20,7 @@ def test_finish_model_row_and_checkpoint(tmp_path):
     eval_set = TensorDataset(x, y)
     names = [f"c{i}" for i in range(10)]
     baseline_macs = 3 * measure.count(model)["macs"]
-    row = runs.finish_model(model.train(), "block", "Block-X", eval_set=eval_set, eval_batch_size=5,
+    row = combination.finish_model(model.train(), "block", "Block-X", eval_set=eval_set, eval_batch_size=5,
                             class_names=names, model_name="vit_fmnist", img_size=28, baseline_macs=baseline_macs,
                             history=[{"epoch": 0}], train_wall_time_s=1.5, run_dir=tmp_path, base_rate=0.7)
     assert not model.training
@@ -39,7 +40,34 @@ def test_untrained_model_is_not_saved_and_extra_keys_cannot_replace_measured_one
     kwargs = dict(eval_set=eval_set, eval_batch_size=4, class_names=[str(i) for i in range(10)],
                   model_name="vit_fmnist", img_size=28, baseline_macs=1, history=None, train_wall_time_s=0.0,
                   run_dir=tmp_path)
-    row = runs.finish_model(model, "training_free", "free", **kwargs)
+    row = combination.finish_model(model, "training_free", "free", **kwargs)
     assert "checkpoint" not in row and not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="macs"):
-        runs.finish_model(model, "training_free", "free", macs=0, **kwargs)
+        combination.finish_model(model, "training_free", "free", macs=0, **kwargs)
+
+
+class _Splits:
+    class_names = [str(i) for i in range(10)]
+    train_set = ["the first split's"]
+
+
+def test_second_stage_trains_on_what_the_first_stage_left(monkeypatch):
+    asked = {}
+
+    def prepare(dsd, model, train_per_class, **options):
+        asked.update(per_class=train_per_class, **options)
+        return type("S", (), {"train_set": ["the rest"]})()
+
+    monkeypatch.setattr(combination.data, "prepare_splits", prepare)
+    assert combination.second_stage_set(None, _Splits, None, None, 3) == (["the first split's"], 3)
+    assert combination.second_stage_set({"images_left": None}, _Splits, None, None, 3) == (["the first split's"], 3)
+    assert combination.second_stage_set({"images_left": 1001}, _Splits, None, None, 3, seed=1) == (["the rest"], 1)
+    assert asked == {"per_class": 101, "seed": 1}  # rounded up: steps drop the last partial batch
+
+
+def test_main_row_is_the_first_trained_one():
+    rows = [{"method": "training_free"}, {"method": "block_then_token"}, {"method": "token_then_block"}]
+    assert combination.main_row(rows) is rows[1]
+    assert combination.main_row(rows[:1]) is rows[0]
+    with pytest.raises(Exception, match="nothing was run"):
+        combination.main_row([])

@@ -1,5 +1,7 @@
-"""Finishing one model of a run: evaluate it, count it, save it, and return its metrics row
-(`results.metrics_row`). Notebook 04 finishes each combined order and training-free rate so.
+"""What notebook 04 (the combination) does besides training: where each order starts
+(`first_stage`: a single-method run's hand-off), what its second stage trains on
+(`second_stage_set`: what the first stage's budget left), finishing each model (`finish_model`:
+evaluate, count, save, its metrics row) and the run's main row (`main_row`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from typing import Any, Sequence
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitprune import measure, models
+from vitprune import data, measure, models
+from vitprune.errors import UserError
+from vitprune.methods import registry
 from vitprune.study import results
 from vitprune.train import engine
 
@@ -63,3 +67,22 @@ def first_stage(run_dir: str | os.PathLike) -> dict[str, Any]:
                 "budget": {"steps": handoff["steps"], "images": handoff["images"],
                            "wall_s": wall * share if wall is not None else None}}
     return {"checkpoint": run_dir / "model.pt", "images_left": None, "budget": budget or None}
+
+
+def second_stage_set(stage: dict[str, Any] | None, splits, dsd, model: nn.Module, epochs: int,
+                     **split_options: Any) -> tuple[Dataset, int]:
+    """(training set, epochs) of an order's second stage: after a hand-off, what its first stage's
+    run left of its budget, as class-balanced images over one epoch (per class rounded up: steps
+    drop the last partial batch); after a finished model, `splits`' training set for `epochs`."""
+    left = (stage or {}).get("images_left")
+    if not left:
+        return splits.train_set, epochs
+    per_class = -(-left // len(splits.class_names))
+    return data.prepare_splits(dsd, model, train_per_class=per_class, **split_options).train_set, 1
+
+
+def main_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's main row: the first combined order's (a trained model), else the first row."""
+    if not rows:
+        raise UserError("nothing was run: choose an order and/or give training_free_rates")
+    return next((r for r in rows if r["method"] not in registry.untrained()), rows[0])
