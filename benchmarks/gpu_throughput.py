@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from vitprune import models
 from vitprune.methods import block_pruning
-from vitprune.methods import token_pruning as tp
+from vitprune.methods import dynamicvit
 from vitprune.train import recipe
 
 
@@ -91,12 +91,12 @@ def run(model_name: str = "deit_base_patch16_224", img_size: int = 224, batch_si
     images = torch.randn(batch_size, 3, img_size, img_size, device=dev)
     labels = torch.randint(0, num_classes, (batch_size,), device=dev)
 
-    dyvit = tp.attach(models.create_model(model_name, img_size=img_size), base_rate)
+    dyvit = dynamicvit.attach(models.create_model(model_name, img_size=img_size), base_rate)
     dyvit.load_state_dict(baseline.state_dict(), strict=False)
-    tp.set_decision_mode(dyvit, "gumbel")
+    dynamicvit.set_decision_mode(dyvit, "gumbel")
     block = block_pruning.remove(block_pruning.prune_to(models.create_model(model_name, img_size=img_size),
                                                        keep, keep, "magnitude"))
-    dyvit_loss = tp.make_loss_fn()
+    dyvit_loss = dynamicvit.make_loss_fn()
     block_loss = recipe.default_loss_fn(label_smoothing=0.1, distill_weight=0.5)
     out = {"model": model_name, "img_size": img_size, "batch_size": batch_size, "precision": precision,
            "device": str(dev), "base_rate": base_rate, "keep_heads": keep, "keep_mlp": keep,

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from vitprune import measure
-from vitprune.methods import token_pruning
+from vitprune.methods import dynamicvit
 from vitprune.study import audit, table1
 
 STUDY_DYVIT = {0.7: 11.5, 0.6: 9.9, 0.5: 8.6, 0.4: 7.4}
@@ -24,7 +24,7 @@ def fake_counts(schedule_offsets=None, model_macs=None):
 
     def count(spec):
         calls.append(spec)
-        token = spec["token_pruning"]
+        token = spec["dynamicvit"]
         scale = (spec["img_size"] / 224) ** 2
         if token:
             g = STUDY_DYVIT.get(token["base_rate"], 10.0) + schedule_offsets[token["schedule"]]
@@ -129,7 +129,7 @@ def test_real_count_of_a_small_token_pruned_model(tmp_path):
     counter = audit.Counter(tmp_path / "c.json")
     spec = audit.spec_of("deit_tiny_patch16_224", 224, audit.token_spec(0.5, "geometric"))
     got = counter(spec)
-    model = token_pruning.attach(timm.create_model("deit_tiny_patch16_224"), base_rate=0.5, schedule="geometric",
+    model = dynamicvit.attach(timm.create_model("deit_tiny_patch16_224"), base_rate=0.5, schedule="geometric",
                                  allow_empty_stage=True)
     direct = measure.count(model)
     assert (got["macs"], got["params"]) == (direct["macs"], direct["params"])

@@ -12,7 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 from conftest import smoke_run
 from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
-from vitprune.methods import block_importance
+from vitprune.methods import block_importance, dynamicvit
 from vitprune.methods import block_pruning as bp
 
 
@@ -353,14 +353,13 @@ def test_unsupported_model_is_a_user_error():
 
 
 def _token_pruned_tiny():
-    from vitprune.methods import token_pruning as tp
     model = tiny_vit()
-    tp.attach(model, base_rate=0.7)
-    return tp, model.eval()
+    dynamicvit.attach(model, base_rate=0.7)
+    return model.eval()
 
 
 def test_block_pruning_on_token_pruned_model():
-    tp, model = _token_pruned_tiny()
+    model = _token_pruned_tiny()
     predictors = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("score_predictor.")}
     assert predictors
     x = images(model, n=3)
@@ -369,7 +368,7 @@ def test_block_pruning_on_token_pruned_model():
     with torch.no_grad():
         masked_eval = model(x)
     model.train()
-    tp.set_decision_mode(model, "topk")
+    dynamicvit.set_decision_mode(model, "topk")
     with torch.no_grad():
         masked_train = model(x)
     bp.remove(model)
@@ -381,12 +380,12 @@ def test_block_pruning_on_token_pruned_model():
     assert (removed_train - masked_train).abs().max() <= 1e-4
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in predictors.items())
-    assert model.vitprune_token_pruning  # token config kept
+    assert model.vitprune_dynamicvit  # token config kept
 
     # checkpoint order of models.load_checkpoint: base model -> apply_spec -> attach -> load
     fresh = tiny_vit()
     bp.apply_spec(fresh, model.vitprune_block_spec)
-    tp.attach(fresh, base_rate=0.7)
+    dynamicvit.attach(fresh, base_rate=0.7)
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), removed_eval)
@@ -394,8 +393,8 @@ def test_block_pruning_on_token_pruned_model():
 
 def test_taylor_on_token_pruned_model_uses_tokens_per_block():
     from vitprune import measure
-    tp, model = _token_pruned_tiny()
-    tokens = tp.tokens_per_block(model)
+    model = _token_pruned_tiny()
+    tokens = dynamicvit.tokens_per_block(model)
     assert tokens[-1] < tokens[0]
     before = bp.block_macs(model)
     ds = torch.utils.data.TensorDataset(images(model, n=4), torch.tensor([0, 1, 2, 3]))

@@ -12,7 +12,7 @@ import torch
 
 from vitprune import models
 from vitprune.cli import main as cli
-from vitprune.methods import token_pruning
+from vitprune.methods import dynamicvit
 
 from test_export import _spread
 
@@ -23,7 +23,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 def token_run_dir(tmp_path_factory):
     """A run directory holding a DynamicViT model.pt, as notebook 02 writes it."""
     torch.manual_seed(0)
-    model = _spread(token_pruning.attach(_spread(models.create_model("vit_fmnist", depth=3)), 0.7,
+    model = _spread(dynamicvit.attach(_spread(models.create_model("vit_fmnist", depth=3)), 0.7,
                                          locations=(1, 2)))
     run_dir = tmp_path_factory.mktemp("02_token_pruning")
     models.save_checkpoint(run_dir / "model.pt", model)

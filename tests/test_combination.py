@@ -59,7 +59,7 @@ def test_combined_models_reload(smoke_runs):
             continue
         model = models.load_checkpoint(run / r["checkpoint"])
         assert model.vitprune_block_spec == r["block_spec"]
-        assert model.vitprune_token_pruning["base_rate"] == r["base_rate"]
+        assert model.vitprune_dynamicvit["base_rate"] == r["base_rate"]
         with torch.no_grad():
             assert model(x).shape == (2, len(base_classes(smoke_runs)))
     assert (run / "model.pt").is_file()

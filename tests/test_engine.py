@@ -147,20 +147,20 @@ def test_handed_back_restores_device_and_own_attributes():
     assert {p.device.type for p in on_meta.parameters()} == {"meta"}
 
 
-def test_snapshot_saves_the_model_after_a_fraction_of_the_steps(tmp_path):
+def test_handoff_saves_the_model_after_a_fraction_of_the_steps(tmp_path):
     train_set, _ = engine_data.tensor_sets(train_per_class=4)  # 40 images: 2 steps per epoch at batch 16
     assert [recipe.handoff_step(f, 4) for f in (0.01, 0.25, 0.6, 1.0)] == [1, 1, 2, 4]
     model = tiny_model()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    run(model, train_set, snapshot=(0.25, tmp_path / "one.pt"))  # after 1 of 2 x 2 steps
+    run(model, train_set, handoff=(0.25, tmp_path / "one.pt"))  # after 1 of 2 x 2 steps
     after_one = torch.load(tmp_path / "one.pt")
     moved = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert moved(after_one, start) and moved(after_one, model.state_dict())
     last = tiny_model()
-    run(last, train_set, snapshot=(1.0, tmp_path / "last.pt"))  # the end of training
+    run(last, train_set, handoff=(1.0, tmp_path / "last.pt"))  # the end of training
     assert not moved(torch.load(tmp_path / "last.pt"), last.state_dict())
     with pytest.raises(UserError, match="hand-off fraction must be in"):
-        run(tiny_model(), train_set, snapshot=(1.5, tmp_path / "never.pt"))
+        run(tiny_model(), train_set, handoff=(1.5, tmp_path / "never.pt"))
 
 
 def test_custom_loss_fn_and_distillation():

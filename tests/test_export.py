@@ -11,7 +11,7 @@ import torch
 
 from vitprune.errors import UserError
 from vitprune.deploy import export
-from vitprune.methods import block_pruning, merging, token_pruning, training_free
+from vitprune.methods import block_pruning, dynamicvit, merging, training_free
 from vitprune.models import create_model
 
 # float32 rounding on logits of magnitude ~1-5 is ~1e-6; a wrongly picked token moves them by
@@ -38,7 +38,7 @@ def _tiny(depth=3):
 
 
 def _token(model):
-    return _spread(token_pruning.attach(model, 0.7, locations=(1, 2, 3)[:len(model.blocks) - 1]))
+    return _spread(dynamicvit.attach(model, 0.7, locations=(1, 2, 3)[:len(model.blocks) - 1]))
 
 
 def _block(model):

@@ -118,20 +118,20 @@ def test_worker_user_error_reaches_the_caller():
 def test_two_processes_fine_tune_dynamicvit_on_topk_masks():
     """Once the backbone trains on top-k masks the predictors get no gradient: DDP must be told
     to expect unused parameters, or the second step fails ("Expected to have finished reduction")."""
-    from vitprune.methods import token_pruning as tp
+    from vitprune.methods import dynamicvit
 
     train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)  # 80 images: 5 steps of 2 x 8
     teacher = tiny_vit().eval()
-    student = tp.attach(copy.deepcopy(teacher), 0.7, locations=[1])
-    predictors = [p.detach().clone() for p in tp.predictor_parameters(student)]
-    backbone = [p.detach().clone() for p in tp.backbone_parameters(student)]
+    student = dynamicvit.attach(copy.deepcopy(teacher), 0.7, locations=[1])
+    predictors = [p.detach().clone() for p in dynamicvit.predictor_parameters(student)]
+    backbone = [p.detach().clone() for p in dynamicvit.backbone_parameters(student)]
     history = engine.train(
         student, train_set, TrainConfig(epochs=2, batch_size=8, lr=5e-3, progress=False, trace_every=0, num_processes=2),
-        teacher=teacher, hooks=Hooks(loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
-                                     on_step=tp.frozen_backbone_hook(student, 2, then_decisions="topk")))
+        teacher=teacher, hooks=Hooks(loss_fn=dynamicvit.make_loss_fn(), param_groups=dynamicvit.param_groups(student, 0.2),
+                                     on_step=dynamicvit.frozen_backbone_hook(student, 2, then_decisions="topk")))
     assert len(history) == 2 and all(h["num_processes"] == 2 for h in history)
-    assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))
-    assert any(not torch.equal(a, b) for a, b in zip(backbone, tp.backbone_parameters(student)))
+    assert any(not torch.equal(a, b) for a, b in zip(predictors, dynamicvit.predictor_parameters(student)))
+    assert any(not torch.equal(a, b) for a, b in zip(backbone, dynamicvit.backbone_parameters(student)))
 
 
 @pytest.mark.parametrize("then_decisions", ["gumbel", "topk"])
@@ -141,19 +141,19 @@ def test_two_processes_fine_tune_dynamicvit_on_a_block_pruned_model(then_decisio
     downstream, so its predictor is reached by the ratio loss alone, not from the output DDP walks
     back from. Both failed the step ("finished reduction" / "mark a variable ready only once")."""
     from vitprune.methods import block_pruning
-    from vitprune.methods import token_pruning as tp
+    from vitprune.methods import dynamicvit
 
     train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)
     teacher = tiny_vit().eval()
     student = block_pruning.apply_spec(copy.deepcopy(teacher), [{"heads": 2, "mlp": 128}, {"heads": 0, "mlp": 64}])
-    tp.attach(student, 0.7, locations=[1])
-    predictors = [p.detach().clone() for p in tp.predictor_parameters(student)]
+    dynamicvit.attach(student, 0.7, locations=[1])
+    predictors = [p.detach().clone() for p in dynamicvit.predictor_parameters(student)]
     history = engine.train(
         student, train_set, TrainConfig(epochs=1, batch_size=8, lr=5e-3, progress=False, trace_every=0, num_processes=2),
-        teacher=teacher, hooks=Hooks(loss_fn=tp.make_loss_fn(), param_groups=tp.param_groups(student, 0.2),
-                                     on_step=tp.frozen_backbone_hook(student, 2, then_decisions=then_decisions)))
+        teacher=teacher, hooks=Hooks(loss_fn=dynamicvit.make_loss_fn(), param_groups=dynamicvit.param_groups(student, 0.2),
+                                     on_step=dynamicvit.frozen_backbone_hook(student, 2, then_decisions=then_decisions)))
     assert len(history) == 1 and history[0]["num_processes"] == 2
-    assert any(not torch.equal(a, b) for a, b in zip(predictors, tp.predictor_parameters(student)))
+    assert any(not torch.equal(a, b) for a, b in zip(predictors, dynamicvit.predictor_parameters(student)))
 
 
 def test_the_launch_banner_is_dropped_and_everything_else_passes():

@@ -294,10 +294,10 @@ def test_bench_cli_token_variant_json(capsys):
 
 def test_cli_checkpoint_path(capsys, tmp_path):
     from vitprune import models
-    from vitprune.methods import token_pruning
+    from vitprune.methods import dynamicvit
 
     model = models.create_model("deit_tiny_patch16_224", img_size=112, num_classes=10)
-    token_pruning.attach(model, base_rate=0.7)
+    dynamicvit.attach(model, base_rate=0.7)
     path = tmp_path / "model.pt"
     models.save_checkpoint(path, model)
     assert cli(["measure", str(path), "--json"]) == 0
@@ -305,7 +305,7 @@ def test_cli_checkpoint_path(capsys, tmp_path):
     expected = measure.count(model)
     assert (info["params"], info["macs"]) == (expected["params"], expected["macs"])
     assert info["checkpoint"] == str(path) and info["img_size"] == 112
-    assert info["tokens_per_block"] == token_pruning.tokens_per_block(model)
+    assert info["tokens_per_block"] == dynamicvit.tokens_per_block(model)
     # bench compares the checkpoint against its unpruned base model
     argv = ["bench", str(path), "--batch-size", "1", "--warmup", "0", "--repeats", "1", "--json"]
     assert cli(argv) == 0

@@ -8,7 +8,7 @@ import torch
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import block_pruning, merging, token_pruning
+from vitprune.methods import block_pruning, dynamicvit, merging
 from vitprune.models import create_model
 
 
@@ -111,7 +111,7 @@ def test_block_pruned_model_merges_and_bad_input_is_refused():
     model = merging.apply(block_pruning.prune_to(_tiny(), 0.5, 0.5), 2)
     assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
     with pytest.raises(UserError, match="DynamicViT"):
-        merging.apply(token_pruning.attach(_tiny(), 0.7, locations=(1, 2)), 2)
+        merging.apply(dynamicvit.attach(_tiny(), 0.7, locations=(1, 2)), 2)
     with pytest.raises(UserError, match="one int or 4 ints"):
         merging.apply(_tiny(), [1, 2])
     with pytest.raises(UserError, match=">= 0"):

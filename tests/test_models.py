@@ -40,7 +40,7 @@ def test_checkpoint_round_trip(tmp_path):
     path = models.save_checkpoint(tmp_path / "m.pt", model, top1=12.5)
     raw = torch.load(path, weights_only=False)
     assert raw["format"] == "vitprune/1" and raw["model_name"] == "vit_fmnist" and raw["top1"] == 12.5
-    assert raw["block_spec"] is None and raw["token_pruning"] is None
+    assert raw["block_spec"] is None and raw["dynamicvit"] is None
     loaded = models.load_checkpoint(path)
     x = torch.randn(3, 3, 28, 28)
     with torch.no_grad():
@@ -93,16 +93,16 @@ def test_pretrained_without_hub_suggests_checkpoint(monkeypatch):
 
 
 def test_pruned_checkpoint_rebuilds_spec_and_token_pruning(tmp_path):
-    from vitprune.methods import block_pruning, token_pruning
+    from vitprune.methods import block_pruning, dynamicvit
     torch.manual_seed(0)
     model = models.create_model("vit_fmnist")
     model = block_pruning.prune_to(model, keep_heads=0.5, keep_mlp=0.5)
-    token_pruning.attach(model, base_rate=0.7)
+    dynamicvit.attach(model, base_rate=0.7)
     model.eval()
     path = models.save_checkpoint(tmp_path / "pruned.pt", model)
     raw = torch.load(path, weights_only=False)
     assert raw["block_spec"] == [dict(s) for s in model.vitprune_block_spec]
-    assert raw["token_pruning"]["base_rate"] == 0.7
+    assert raw["dynamicvit"]["base_rate"] == 0.7
     loaded = models.load_checkpoint(path)
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():

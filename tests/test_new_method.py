@@ -90,7 +90,7 @@ def test_apply_count_checkpoint_handoff_and_onnx(tmp_path):
     with torch.no_grad():
         logits = model(x)
     loaded = models.load_checkpoint(models.save_checkpoint(tmp_path / "m.pt", model))
-    assert registry.snapshot(loaded)[ATTR] == {"keep": 0.5, "at": 2}
+    assert registry.method_state(loaded)[ATTR] == {"keep": 0.5, "at": 2}
     with torch.no_grad():
         assert torch.allclose(loaded(x), logits, atol=1e-6)
     # the hand-off between a combination's stages: weights of a training step into a checkpoint

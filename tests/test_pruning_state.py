@@ -1,11 +1,11 @@
-"""pruning_state and registry.snapshot: one accessor for every kind of pruning, and every pruned kind round-trips
+"""pruning_state and registry.method_state: one accessor for every kind of pruning, and every pruned kind round-trips
 through models.save_checkpoint / load_checkpoint with the same logits."""
 
 import pytest
 import torch
 
 from vitprune import models
-from vitprune.methods import block_pruning, merging, pruning_state, registry, token_pruning, training_free
+from vitprune.methods import block_pruning, dynamicvit, merging, pruning_state, registry, training_free
 
 LOCS = (1, 2, 3)
 
@@ -28,7 +28,7 @@ def _removed(model):
 
 
 def _token(model):
-    return token_pruning.attach(model, base_rate=0.6, locations=LOCS)
+    return dynamicvit.attach(model, base_rate=0.6, locations=LOCS)
 
 
 def _free(model):
@@ -59,11 +59,11 @@ def test_every_pruned_kind_round_trips_with_equal_logits(kind, tmp_path):
     for step in KINDS[kind]:
         model = step(model)
     model.eval()
-    state = registry.snapshot(model)
+    state = registry.method_state(model)
     assert registry.is_pruned(model) == (kind != "baseline")
     path = models.save_checkpoint(tmp_path / "m.pt", model)
     loaded = models.load_checkpoint(path)
-    assert registry.snapshot(loaded) == state
+    assert registry.method_state(loaded) == state
     assert type(loaded).__name__ == type(model).__name__
     x = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -74,29 +74,32 @@ def test_every_pruned_kind_round_trips_with_equal_logits(kind, tmp_path):
             assert not torch.allclose(_base().eval()(x), got, atol=1e-4)
 
 
-def test_snapshot_reads_what_the_pruners_write():
+def test_method_state_reads_what_the_pruners_write():
     model = _base()
-    assert registry.snapshot(model) == {"block_spec": None, "block_masks": False,
-                                             "token_pruning": None, "training_free": None, "merging": None}
+    assert registry.method_state(model) == {"block_spec": None, "block_masks": False,
+                                             "dynamicvit": None, "training_free": None, "merging": None}
     _masked(model)
-    assert block_pruning.has_masks(model) and registry.snapshot(model)["block_masks"]
+    assert block_pruning.has_masks(model) and registry.method_state(model)["block_masks"]
     block_pruning.remove(model)
     assert not block_pruning.has_masks(model)
     assert pruning_state.block_spec(model) == block_pruning.block_spec(model) == model.vitprune_block_spec
     _free(model)
     assert pruning_state.training_free(model) == training_free.config(model)
-    assert pruning_state.token(model) is None
+    assert pruning_state.dynamicvit(model) is None
     wrapped = torch.nn.DataParallel(model)  # read through a wrapper
-    assert registry.snapshot(wrapped) == registry.snapshot(model)
+    assert registry.method_state(wrapped) == registry.method_state(model)
 
 
 def test_old_checkpoint_without_new_keys_still_loads(tmp_path):
-    """Files written before "block_masks" / "training_free" were stored load as before."""
+    """Files written before "block_masks" / "training_free" were stored, and before DynamicViT had
+    one name (its state under "token_pruning"), load as before."""
     model = _token(_base()).eval()
     path = models.save_checkpoint(tmp_path / "m.pt", model)
     raw = torch.load(path, weights_only=True)
-    del raw["block_masks"], raw["training_free"]
+    del raw["block_masks"], raw["training_free"], raw["merging"]
+    raw["token_pruning"] = raw.pop("dynamicvit")
     torch.save(raw, path)
+    assert registry.method_state(models.load_checkpoint(path))["dynamicvit"] == raw["token_pruning"]
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         assert torch.allclose(model(x), models.load_checkpoint(path)(x), atol=1e-6)

@@ -13,8 +13,9 @@
   pipeline identical to ImageNet's.
 * Checkpoints (`save_checkpoint` / `load_checkpoint`), format "vitprune/1":
   `{"format", "model_name", "model_kwargs", <every registered method's state>, "state_dict",
-  **extra}`; the method keys are `registry.snapshot` ("block_spec", "block_masks",
-  "token_pruning", "training_free", "merging"; a key a file lacks means not applied).
+  **extra}`; the method keys are `registry.method_state` ("block_spec", "block_masks",
+  "dynamicvit", "training_free", "merging"; a key a file lacks means not applied, and DynamicViT's
+  older key "token_pruning" still loads).
 """
 
 from __future__ import annotations
@@ -254,12 +255,12 @@ def model_identity(model: nn.Module) -> tuple[str, dict[str, Any]]:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
     """Write a "vitprune/1" checkpoint atomically (tmp file, then os.replace), with every kind of
-    pruning state (`registry.snapshot`) so `load_checkpoint` rebuilds the same model."""
+    pruning state (`registry.method_state`) so `load_checkpoint` rebuilds the same model."""
     model = unwrap(model)
     name, kwargs = model_identity(model)
     payload = {
         "format": CHECKPOINT_FORMAT, "model_name": name, "model_kwargs": kwargs,
-        **registry.snapshot(model),
+        **registry.method_state(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
@@ -274,10 +275,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 def checkpoint_from_state(template: nn.Module, state_path: str | os.PathLike, path: str | os.PathLike,
                           keep_state: bool = False, **extra: Any) -> Path:
     """Save, as a checkpoint at `path`, a model of `template`'s architecture and pruning state
-    holding the weights an `engine.train` snapshot wrote to `state_path` (a bare state dict, gate
+    holding the weights `engine.train(handoff=...)` wrote to `state_path` (a bare state dict, gate
     values included); the state file is removed once the checkpoint is written, unless
-    `keep_state` (a snapshot kept beside resumable training state: a re-run that resumes past
-    the hand-off takes no new snapshot)."""
+    `keep_state` (a hand-off state kept beside resumable training state: a re-run that resumes past
+    the hand-off saves no new one)."""
     model = copy.deepcopy(unwrap(template))
     model.load_state_dict(torch_load(state_path))
     out = save_checkpoint(path, model, **extra)

@@ -21,7 +21,7 @@ from vitprune.errors import UserError
 CHOICES: dict[str, tuple[str, ...]] = {
     "mixed_precision": ("no", "bf16", "fp16", "auto"),  # auto: bf16 where native, else no (launch)
     "bench_precision": ("fp32", "bf16"),  # both models of a latency comparison at this one precision
-    "schedule": ("geometric", "linear", "explicit"),  # DynamicViT keep schedule (token_pruning)
+    "schedule": ("geometric", "linear", "explicit"),  # DynamicViT keep schedule (token_schedule)
     "backbone_decisions": ("gumbel", "topk"),  # how DynamicViT masks tokens while the backbone trains
     "importance": ("magnitude", "taylor"),  # block pruning's unit importance
     "scope": ("layer", "global"),  # block pruning ranks units per layer or across layers

@@ -208,7 +208,7 @@ def _method_info(model: nn.Module, opts: dict[str, dict[str, Any]]) -> dict[str,
     """The width methods' fractions asked for, every applied method's state, and the tokens
     entering each block under the token method (CLS included)."""
     info = {k: v for name, options in opts.items() if registry.get(name).kind == WIDTH for k, v in options.items()}
-    info.update({k: v for k, v in registry.snapshot(model).items() if v is not None and v is not False})
+    info.update({k: v for k, v in registry.method_state(model).items() if v is not None and v is not False})
     token_method = registry.attached(model)
     if token_method is not None:
         info["tokens_per_block"] = token_method.tokens_per_block(model)

@@ -1,7 +1,7 @@
 """ONNX export of every model kind vitprune builds, and the round-trip check in onnxruntime.
 
 Kinds (any combination a checkpoint or `registry.apply_all` produces):
-baseline timm ViT; DynamicViT (`token_pruning.attach`, eval mode = the gathered forward: the
+baseline timm ViT; DynamicViT (`dynamicvit.attach`, eval mode = the gathered forward: the
 score predictors and the top-k gather are inside the graph); the physically block-pruned
 dense model (`block_pruning.remove` / `apply_spec`); both orders of the combination (the
 exported graph only sees the final module structure); the training-free EViT-style comparator

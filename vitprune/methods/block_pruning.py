@@ -50,7 +50,7 @@ from timm.layers.attention import Attention
 from vitprune import param_rules
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import pruning_state, token_pruning
+from vitprune.methods import dynamicvit, pruning_state
 from vitprune.methods.method import WIDTH, Flag, Method
 # the gates (stage 1) live in block_masks; MASK / ALIVE, block_spec and the mask functions are part of this
 # method's interface and stay importable from here
@@ -267,8 +267,8 @@ def _tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens (CLS and other prefix tokens included) entering each block at batch 1."""
     model = unwrap(model)
     blocks = vit_blocks(model)
-    if pruning_state.token(model):
-        return [int(n) for n in token_pruning.tokens_per_block(model)]
+    if pruning_state.dynamicvit(model):
+        return [int(n) for n in dynamicvit.tokens_per_block(model)]
     n = int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 1))
     return [n] * len(blocks)
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from vitprune.errors import UserError
-from vitprune.methods import token_pruning
-from vitprune.methods.token_pruning import PREDICTOR_ATTR
+from vitprune.methods import dynamicvit
+from vitprune.methods.dynamicvit import PREDICTOR_ATTR
 from vitprune.torchutil import torch_load, unwrap
 
 
@@ -37,7 +37,7 @@ def load_official_checkpoint(model: nn.Module, path_or_state: Any, strict: bool 
     into a token-pruned model. With strict=False, missing predictor keys are allowed (start
     from a plain DeiT checkpoint); everything else must match."""
     bare = unwrap(model)
-    cfg = token_pruning.config(bare)
+    cfg = dynamicvit.config(bare)
     obj = torch_load(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
     state = official_state_dict(obj)
     stages = {int(k.split(".")[1]) for k in state if k.startswith(PREDICTOR_ATTR + ".")}

@@ -1,6 +1,6 @@
 """DynamicViT's training objective, and the side outputs of the training forward it reads.
 
-The token-pruning forward (`token_pruning`) leaves a `TrainAux` on the model; the loss pops it
+The token-pruning forward (`dynamicvit`) leaves a `TrainAux` on the model; the loss pops it
 and adds the keep-ratio and distillation terms to the classification loss. Kept apart from
 the forwards because this is the training recipe (weights and defaults from the official
 code), not the method: evaluation, export and counting never touch it.
@@ -93,7 +93,7 @@ def make_loss_fn(clf_weight: float = 1.0, ratio_weight: float = 2.0, distill_wei
 
 def _distillation_terms(teacher, images, logits, aux: TrainAux, temperature: float):
     bare_teacher = unwrap(teacher)
-    if pruning_state.token(bare_teacher) is not None:
+    if pruning_state.dynamicvit(bare_teacher) is not None:
         raise UserError("the DynamicViT teacher must be the unpruned model, but it has token pruning attached")
     with torch.no_grad():
         t_feats = bare_teacher.forward_features(images)

@@ -28,7 +28,7 @@ block; `schedule_for_macs` finds the schedule whose MACs (`measure.count`, trace
 with the merged shapes) come closest to a target, for comparisons at matched MACs.
 
 Nothing is trained and no parameter is added: the state dict is the baseline's. The model is
-patched in place by a class swap, as `token_pruning` does. Tokens per block count CLS.
+patched in place by a class swap, as `dynamicvit` does. Tokens per block count CLS.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ CONFIG_ATTR = pruning_state.MERGING_ATTR  # where apply() records its config (re
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, VisionTransformer):
         raise UserError(f"token merging patches timm VisionTransformer models, got {type(model).__name__}")
-    for state, what in ((pruning_state.token(model), "DynamicViT token pruning"),
+    for state, what in ((pruning_state.dynamicvit(model), "DynamicViT token pruning"),
                         (pruning_state.training_free(model), "training-free token pruning")):
         if state is not None:
             raise UserError(f"this model already has {what}; apply token merging to an unpruned "

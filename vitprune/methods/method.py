@@ -83,10 +83,12 @@ def state_entry(key: str, read: Callable[[nn.Module], Any]) -> Callable[[nn.Modu
     return state
 
 
-def restore_entry(key: str, apply: Callable[..., nn.Module]) -> Callable[[nn.Module, dict[str, Any]], nn.Module]:
-    """A `Method.restore` calling `apply(model, **saved[key])` when the checkpoint holds it."""
+def restore_entry(key: str, apply: Callable[..., nn.Module], *older_keys: str
+                  ) -> Callable[[nn.Module, dict[str, Any]], nn.Module]:
+    """A `Method.restore` calling `apply(model, **saved[key])` when the checkpoint holds it (or,
+    in a file written before the method had its one name, one of `older_keys`)."""
     def restore(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
-        value = saved.get(key)
+        value = next((saved[k] for k in (key, *older_keys) if saved.get(k) is not None), None)
         return model if value is None else (apply(model, **value) or model)
     return restore
 

@@ -3,14 +3,14 @@
 A pruned model carries its state as plain JSON-able attributes on the bare model (under any
 DDP / torch.compile wrapper), so a checkpoint can store it and rebuild the model:
 
-* token pruning (DynamicViT, `token_pruning.attach`): its schedule config, a dict;
+* token pruning (DynamicViT, `dynamicvit.attach`): its schedule config, a dict;
 * training-free token pruning (EViT-style, `training_free.apply`): its schedule config, a dict;
 * block pruning after removal (`block_pruning.remove` / `prune_to` / `apply_spec`): the
   per-block widths `[{"heads": h, "mlp": m}, ...]`;
 * block pruning before removal (`block_pruning.attach_masks`): gate buffers named `MASK` /
   `ALIVE` on the gated layers (their values are in the state dict).
 
-Each method's `Method.state` reads its part; `registry.snapshot` gathers them for
+Each method's `Method.state` reads its part; `registry.method_state` gathers them for
 `models.save_checkpoint`, and `registry.restore` re-applies them in `models.load_checkpoint`.
 """
 
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from vitprune.torchutil import unwrap
 
-TOKEN_ATTR = "vitprune_token_pruning"
+DYNAMICVIT_ATTR = "vitprune_dynamicvit"
 TRAINING_FREE_ATTR = "vitprune_training_free"
 MERGING_ATTR = "vitprune_merging"
 BLOCK_SPEC_ATTR = "vitprune_block_spec"
@@ -30,13 +30,13 @@ MASK = "vitprune_unit_mask"  # buffer on attn.proj / mlp.fc2 (and attn.norm / ml
 ALIVE = "vitprune_branch_alive"  # scalar buffer on attn.proj / mlp.fc2: 0 once every unit is pruned
 
 
-def token(model: nn.Module) -> dict[str, Any] | None:
+def dynamicvit(model: nn.Module) -> dict[str, Any] | None:
     """DynamicViT config of `model` (None: no token pruning attached)."""
-    return getattr(unwrap(model), TOKEN_ATTR, None)
+    return getattr(unwrap(model), DYNAMICVIT_ATTR, None)
 
 
-def set_token(model: nn.Module, cfg: dict[str, Any]) -> None:
-    setattr(unwrap(model), TOKEN_ATTR, cfg)
+def set_dynamicvit(model: nn.Module, cfg: dict[str, Any]) -> None:
+    setattr(unwrap(model), DYNAMICVIT_ATTR, cfg)
 
 
 def training_free(model: nn.Module) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
 A method is one module ending in `METHOD = Method(...)` (see `method.Method`) plus one entry in
 `BUILT_IN` below; code elsewhere asks the registry (`get`, `token_methods`, `applied`,
-`snapshot`, `restore`) instead of importing the module. `register` also takes a method
+`method_state`, `restore`) instead of importing the module. `register` also takes a method
 defined anywhere else (a user's, or a test's) at run time.
 """
 
@@ -14,10 +14,10 @@ from torch import nn
 
 from vitprune import param_rules
 from vitprune.errors import UserError
-from vitprune.methods import block_pruning, merging, token_pruning, training_free
+from vitprune.methods import block_pruning, dynamicvit, merging, training_free
 from vitprune.methods.method import TOKEN, WIDTH, Method
 
-BUILT_IN = (block_pruning, token_pruning, training_free, merging)  # width methods first: the order they apply in
+BUILT_IN = (block_pruning, dynamicvit, training_free, merging)  # width methods first: the order they apply in
 METHODS: dict[str, Method] = {}
 
 
@@ -73,7 +73,7 @@ def attached(model: nn.Module) -> Method | None:
     return next((m for m in applied(model) if m.kind == TOKEN), None)
 
 
-def snapshot(model: nn.Module) -> dict[str, Any]:
+def method_state(model: nn.Module) -> dict[str, Any]:
     """Every method's checkpoint state of `model` (plain values, None where not applied)."""
     return {key: value for m in METHODS.values() for key, value in m.state(model).items()}
 

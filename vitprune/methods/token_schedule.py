@@ -1,9 +1,9 @@
 """The keep schedule of token pruning as plain numbers: cumulative keep ratios per stage, the
 patch tokens each stage keeps, and the JSON-able config a patched model records.
 
-DynamicViT (`token_pruning`) and the training-free comparator (`training_free`) prune at the
+DynamicViT (`dynamicvit`) and the training-free comparator (`training_free`) prune at the
 same locations with the same counts; both read them here, so the comparator needs nothing
-of DynamicViT's predictors or forwards. Conventions are `token_pruning`'s: ratios are
+of DynamicViT's predictors or forwards. Conventions are `dynamicvit`'s: ratios are
 fractions of the patch tokens (CLS excluded), counts are floor(N * ratio).
 """
 

@@ -14,7 +14,7 @@ just before it (the last block with attention heads since the previous location;
 pruned to `NoAttention` has none). If no such block exists, the patch tokens' L2 norm is used
 instead (documented fallback, no attention to read). CLS (all prefix tokens) is always kept.
 
-The model is patched in place (class swap, as token_pruning does); no parameters are added,
+The model is patched in place (class swap, as dynamicvit does); no parameters are added,
 so its state dict is the baseline's. Train and eval forwards are identical (real gather).
 """
 
@@ -41,12 +41,12 @@ def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geom
           allow_empty_stage: bool = False) -> nn.Module:
     """Make a timm VisionTransformer drop its least CLS-attended patch tokens (in place); returns it.
 
-    Arguments as `token_pruning.attach`. Sets `model.vitprune_training_free` (the arguments).
+    Arguments as `dynamicvit.attach`. Sets `model.vitprune_training_free` (the arguments).
     Re-applying changes the rate. A DynamicViT-attached model is refused (two pruners at once).
     """
     if not isinstance(model, VisionTransformer):
         raise UserError(f"training-free token pruning patches timm VisionTransformer models, got {type(model).__name__}")
-    if pruning_state.token(model) is not None:
+    if pruning_state.dynamicvit(model) is not None:
         raise UserError("this model already has DynamicViT token pruning attached; apply the training-free "
                         "comparator to an unpruned (or block-pruned only) model")
     if model.global_pool != "token" or model.num_prefix_tokens < 1:

@@ -1,4 +1,4 @@
-"""timm VisionTransformer pieces the token pruners share (DynamicViT in `token_pruning`, the
+"""timm VisionTransformer pieces the token pruners share (DynamicViT in `dynamicvit`, the
 EViT-style comparator in `training_free`, ToMe in `merging`): argument checks (blocks, locations,
 a recorded config, no attention mask), the token embedding, timm Attention split into its q/k/v
 and output halves, DynamicViT's masked attention, token counts per block, the ToMe-style class

@@ -4,7 +4,7 @@ Each finding is a function returning a dict: the numbers it rests on plus a one-
 `text` that states them. The reported numbers come from `table1.REFERENCE_ROWS` (the
 study's Table 1 and the source papers, typed in once); the measured ones from
 `vitprune.measure.count` on random-init timm models (MACs do not depend on the weights) and
-from `vitprune.methods.token_pruning.keep_counts`.
+from `vitprune.methods.dynamicvit.keep_counts`.
 
 Findings:
   units       which unit each Table 1 "FLOPs (G)" number is (fvcore MACs vs doubled GMACs)
@@ -55,14 +55,14 @@ def token_spec(base_rate: float, schedule: str) -> dict[str, Any]:
 
 def spec_of(model: str, img_size: int = 224, token: dict[str, Any] | None = None) -> dict[str, Any]:
     """What to count: a timm model name at an input size, optionally with token pruning attached."""
-    return {"model": model, "img_size": int(img_size), "token_pruning": token}
+    return {"model": model, "img_size": int(img_size), "dynamicvit": token}
 
 
 def _code_version() -> str:
     """Hash of the counting code, so a changed counter never reuses old cached counts."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for name in ("measure/counts.py", "methods/token_pruning.py"):
+    for name in ("measure/counts.py", "methods/dynamicvit.py"):
         digest.update((package / name).read_bytes())
     for package in ("timm", "torch", "fvcore"):
         try:
@@ -133,13 +133,13 @@ class Counter:
 
         key = (spec["model"], spec["img_size"])
         model = self._base_model(*key)
-        if spec.get("token_pruning"):
-            from vitprune.methods import token_pruning  # local: imports torch (see above)
+        if spec.get("dynamicvit"):
+            from vitprune.methods import dynamicvit  # local: imports torch (see above)
 
             # one pruned copy per (model, size); re-attaching only changes its schedule
             if key not in self._pruned:
                 self._pruned[key] = copy.deepcopy(model)
-            model = token_pruning.attach(self._pruned[key], **spec["token_pruning"])
+            model = dynamicvit.attach(self._pruned[key], **spec["dynamicvit"])
         return measure.count(model, img_size=spec["img_size"])
 
     def release(self) -> None:
@@ -205,7 +205,7 @@ def units_finding(counter: Counter) -> dict[str, Any]:
 
 def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict[str, Any]:
     """Which keep-ratio schedule reproduces the study's DyViT-Sub GFLOPs (DeiT-B at 224)."""
-    from vitprune.methods import token_pruning  # local: keeps `import vitprune.study.audit` free of torch
+    from vitprune.methods import dynamicvit  # local: keeps `import vitprune.study.audit` free of torch
 
     rows = []
     for rate in rates:
@@ -216,7 +216,7 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
             row[f"{schedule}_gmacs"] = g
             row[f"{schedule}_error"] = g - study
             row[f"{schedule}_rounds_to_study"] = round(g, 1) == study
-            row[f"{schedule}_keep_counts"] = token_pruning.keep_counts(
+            row[f"{schedule}_keep_counts"] = dynamicvit.keep_counts(
                 196, rate, schedule, locations=LOCATIONS, allow_empty_stage=True)
         rows.append(row)
     summary = {}
@@ -248,11 +248,11 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
 def layer9_finding(schedule: dict[str, Any] | None = None, num_patches: int = 196,
                    base_rate: float = 0.4) -> dict[str, Any]:
     """Could block 9 have kept 0 tokens at base rate 0.4? Keep counts under both schedules."""
-    from vitprune.methods import token_pruning  # local: keeps `import vitprune.study.audit` free of torch
+    from vitprune.methods import dynamicvit  # local: keeps `import vitprune.study.audit` free of torch
 
-    counts = {s: token_pruning.keep_counts(num_patches, base_rate, s, locations=LOCATIONS, allow_empty_stage=True)
+    counts = {s: dynamicvit.keep_counts(num_patches, base_rate, s, locations=LOCATIONS, allow_empty_stage=True)
               for s in SCHEDULES}
-    ratios = {s: token_pruning.schedule_ratios(base_rate, s, num_stages=len(LOCATIONS)) for s in SCHEDULES}
+    ratios = {s: dynamicvit.schedule_ratios(base_rate, s, num_stages=len(LOCATIONS)) for s in SCHEDULES}
     text = (
         f"At base rate {base_rate:g} the linear schedule's last ratio is {ratios['linear'][-1]:g}, so "
         f"block {LOCATIONS[-1]} would get {counts['linear'][-1]} of {num_patches} patch tokens (keep counts "
@@ -374,7 +374,7 @@ def run_audit(out_dir: str | os.PathLike | None = None, *, counter: Counter | No
 def to_markdown(findings: list[dict[str, Any]]) -> str:
     lines = ["# Audit of the study's numbers", "",
              "Computed by `vitprune.study.audit` (MACs: `vitprune.measure.count` on random-init timm models, "
-             "batch 1, eval mode, attention matmuls counted; keep counts: `vitprune.methods.token_pruning.keep_counts`). "
+             "batch 1, eval mode, attention matmuls counted; keep counts: `vitprune.methods.dynamicvit.keep_counts`). "
              "GMACs = multiply-accumulates / 1e9; GFLOPs = 2 x GMACs.", ""]
     for f in findings:
         lines += [f"## {f['title']}", "", f["text"], ""]

@@ -11,7 +11,7 @@ figures share (method labels, markers and colours, the figure factory, the Paret
 
 Units: MACs are multiply-accumulates per image (`metrics["macs"]`), shown in M or G so the
 small Fashion-MNIST models and DeiT-B read naturally; accuracies are percent; tokens per
-block include the CLS token (token_pruning.tokens_per_block's convention).
+block include the CLS token (dynamicvit.tokens_per_block's convention).
 """
 
 from __future__ import annotations

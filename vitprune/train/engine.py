@@ -110,7 +110,7 @@ def load_train_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None
 def train(model: nn.Module, train_set: Dataset, config: TrainConfig, eval_set: Dataset | None = None, *,
           hooks: Hooks = Hooks(), teacher: nn.Module | None = None,
           checkpoint_dir: str | os.PathLike | None = None,
-          snapshot: tuple[float, str | os.PathLike] | None = None,
+          handoff: tuple[float, str | os.PathLike] | None = None,
           class_names: Sequence[str] | None = None, accelerator=None, desc: str = "train") -> list[dict[str, Any]]:
     """Train `model` in place with `config` and `hooks`; return the per-epoch history
     (train_loss, train_acc, lr, epoch_time_s, img_per_s, eval_top1/eval_top5 when `eval_set` is
@@ -119,11 +119,11 @@ def train(model: nn.Module, train_set: Dataset, config: TrainConfig, eval_set: D
     loss raises UserError naming the step.
 
     Several processes train the same model with DDP; the weights come back into `model` and an
-    `on_step` object's plain attributes into `hooks.on_step`. `snapshot=(fraction, path)` also saves
+    `on_step` object's plain attributes into `hooks.on_step`. `handoff=(fraction, path)` also saves
     the model's state dict (CPU tensors) to `path` once `handoff_step(fraction, total optimizer
     steps)` steps are done: a hand-off point (notebook 04 continues the model as it was then with
     another pruning method, so that both stages together cost one fine-tune)."""
-    job = dict(config=config, hooks=hooks, teacher=teacher, checkpoint_dir=checkpoint_dir, snapshot=snapshot,
+    job = dict(config=config, hooks=hooks, teacher=teacher, checkpoint_dir=checkpoint_dir, handoff=handoff,
                class_names=class_names, desc=desc)
     where = launch.plan(config.num_processes, config.mixed_precision, config.launch_config)
     if where.world_size == 1:
@@ -201,7 +201,7 @@ class _Trainer:
     """The training loop of this process (see `train`): set up in `__init__`, `run` the epochs."""
 
     def __init__(self, model: nn.Module, train_set: Dataset, eval_set: Dataset | None, *, config: TrainConfig,
-                 hooks: Hooks, teacher, checkpoint_dir, snapshot, class_names, desc: str, accelerator=None):
+                 hooks: Hooks, teacher, checkpoint_dir, handoff, class_names, desc: str, accelerator=None):
         c = config
         if c.epochs < 1 or c.batch_size < 1 or not c.lr > 0:
             raise UserError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {c.epochs}, {c.batch_size}, {c.lr}")
@@ -209,8 +209,8 @@ class _Trainer:
             raise UserError("the training set is empty")
         if not 0.0 <= c.model_ema_decay < 1.0:
             raise UserError(f"model_ema_decay must be in [0, 1), got {c.model_ema_decay}")
-        if snapshot and not 0.0 < snapshot[0] <= 1.0:
-            raise UserError(f"the hand-off fraction must be in (0, 1], got {snapshot[0]}")
+        if handoff and not 0.0 < handoff[0] <= 1.0:
+            raise UserError(f"the hand-off fraction must be in (0, 1], got {handoff[0]}")
         self.config, self.hooks, self.eval_set, self.class_names, self.desc = c, hooks, eval_set, class_names, desc
         self.acc = acc = accelerator or make_accelerator(c.seed, c.mixed_precision, c.grad_accum_steps,
                                                          hooks.leaves_unused_parameters)
@@ -264,12 +264,12 @@ class _Trainer:
             self.ema = ModelEmaV3(self.bare, decay=c.model_ema_decay, exclude_buffers=True)
         self.loss_fn = hooks.loss_fn or default_loss_fn(c.label_smoothing, c.distill_weight, c.distill_temperature)
         self.fingerprint = _fingerprint(c, self.lr, len(train_set), world, self.accum)
-        self.snapshot = snapshot
-        self.snapshot_step = handoff_step(snapshot[0], self.total_steps) if snapshot else None
+        self.handoff = handoff
+        self.handoff_at_step = handoff_step(handoff[0], self.total_steps) if handoff else None
         self.scale = {"num_processes": world, "mixed_precision": str(acc.mixed_precision),
                       "grad_accum_steps": self.accum, "global_batch": global_batch}
-        if self.snapshot_step is not None:
-            self.scale["snapshot_step"] = self.snapshot_step
+        if self.handoff_at_step is not None:
+            self.scale["handoff_at_step"] = self.handoff_at_step
         self.ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
         self.step = 0
 
@@ -303,7 +303,7 @@ class _Trainer:
         return list(state["history"]), epoch
 
     def _optimizer_step(self) -> None:
-        """The end of an accumulation window: hook, clip, step, EMA, hand-off snapshot."""
+        """The end of an accumulation window: hook, clip, step, EMA, hand-off save."""
         if self.hooks.on_step is not None:
             self.hooks.on_step(self.step, self.total_steps, self.bare)
         if self.config.grad_clip:
@@ -314,8 +314,8 @@ class _Trainer:
         if self.ema is not None:
             self.ema.update(self.bare, step=self.step)
         self.step += 1
-        if self.step == self.snapshot_step and self.acc.is_main_process:
-            _save_state(Path(self.snapshot[1]), {k: v.clone() for k, v in _cpu_state(self.bare).items()})
+        if self.step == self.handoff_at_step and self.acc.is_main_process:
+            _save_state(Path(self.handoff[1]), {k: v.clone() for k, v in _cpu_state(self.bare).items()})
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
         c, acc, epochs = self.config, self.acc, self.config.epochs

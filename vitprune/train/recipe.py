@@ -182,7 +182,7 @@ def seed_epoch(seed: int, epoch: int, process_index: int = 0) -> None:
 
 
 def handoff_step(fraction: float, total_steps: int) -> int:
-    """The optimizer step after which a `snapshot` at `fraction` of a `total_steps` run is taken."""
+    """The optimizer step after which the hand-off at `fraction` of a `total_steps` run is taken."""
     return min(total_steps, max(1, round(fraction * total_steps)))
 
 

@@ -60,7 +60,7 @@ from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blo
                               gather_tokens, masked_attention, masked_block, mixed_class, patch_masks,
                               refuse_attn_mask, required_config, tokens_entering_blocks)
 
-CONFIG_ATTR = pruning_state.TOKEN_ATTR  # where attach() records its config (read via pruning_state)
+CONFIG_ATTR = pruning_state.DYNAMICVIT_ATTR  # where attach() records its config (read via pruning_state)
 PREDICTOR_ATTR = "score_predictor"
 
 
@@ -128,7 +128,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
 
     Re-attaching to a model that already has predictors at the same locations only changes the
     schedule (evaluate one trained model at another rate); other locations are an error.
-    Sets `model.vitprune_token_pruning` (the arguments, so a checkpoint can re-attach).
+    Sets `model.vitprune_dynamicvit` (the arguments, so a checkpoint can re-attach).
     """
     if not isinstance(model, VisionTransformer):
         raise UserError(f"token pruning patches timm VisionTransformer models, got {type(model).__name__}")
@@ -143,7 +143,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
     # validates the schedule (and the empty-stage rule) before anything changes
     keep_counts(num_patches, base_rate, schedule, keep_ratios, locs, allow_empty_stage)
 
-    existing = pruning_state.token(model)
+    existing = pruning_state.dynamicvit(model)
     if existing is not None and tuple(existing["locations"]) != locs:
         raise UserError(f"model already has token pruning at blocks {list(existing['locations'])}; "
                         f"re-attach with the same locations or start from an unpruned model")
@@ -152,7 +152,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
         ref = next(model.parameters())
         model.add_module(PREDICTOR_ATTR, predictors.to(device=ref.device, dtype=ref.dtype))
         model.__class__ = _pruned_class(type(model))
-    pruning_state.set_token(model, schedule_config(base_rate, schedule, keep_ratios, locs, allow_empty_stage))
+    pruning_state.set_dynamicvit(model, schedule_config(base_rate, schedule, keep_ratios, locs, allow_empty_stage))
     model._tp_decision = getattr(model, "_tp_decision", "gumbel")
     model._tp_aux = None
     return model
@@ -160,7 +160,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
 
 def config(model: nn.Module) -> dict[str, Any]:
     """The attach arguments of a token-pruned model (UserError if it has none)."""
-    return required_config(pruning_state.token(model), "token pruning", "token_pruning.attach(model, base_rate)")
+    return required_config(pruning_state.dynamicvit(model), "token pruning", "dynamicvit.attach(model, base_rate)")
 
 
 def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[int]:
@@ -172,7 +172,7 @@ def model_keep_counts(model: nn.Module, num_patches: int | None = None) -> list[
 def tokens_per_block(model: nn.Module) -> list[int]:
     """Tokens entering each block in eval mode, prefix tokens (CLS) INCLUDED, at the model's input size."""
     model = unwrap(model)
-    cfg = pruning_state.token(model)
+    cfg = pruning_state.dynamicvit(model)
     stage_at = {} if cfg is None else dict(zip(cfg["locations"], model_keep_counts(model)))
     return tokens_entering_blocks(model, stage_at)
 
@@ -444,8 +444,8 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: st
 
 METHOD = Method(
     name="dynamicvit", label="DynamicViT", marker="o", kind=TOKEN, trains=True,
-    apply=attach, state=state_entry("token_pruning", pruning_state.token),
-    restore=restore_entry("token_pruning", attach), describe=describe, tokens_per_block=tokens_per_block,
+    apply=attach, state=state_entry("dynamicvit", pruning_state.dynamicvit),
+    restore=restore_entry("dynamicvit", attach, "token_pruning"), describe=describe, tokens_per_block=tokens_per_block,
     kept_token_masks=kept_token_masks, flags=SCHEDULE_FLAGS, from_flags=options_from_flags,
     parameters={"base_rate": param_rules.RATE, "keep_ratios": param_rules.each(param_rules.FRACTION)})
-"""DynamicViT (Rao et al. 2021); its checkpoint key stays "token_pruning" (vitprune/1 files)."""
+"""DynamicViT (Rao et al. 2021); checkpoints written before it had one name store it as "token_pruning"."""

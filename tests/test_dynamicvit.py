@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from conftest import smoke_run
 from vitprune.errors import UserError
 from vitprune.methods import dynamicvit_io
-from vitprune.methods import token_pruning as tp
+from vitprune.methods import dynamicvit
 
 torch.set_num_threads(2)
 
@@ -41,29 +41,29 @@ class ZeroAttention(nn.Module):
 
 def test_keep_counts_per_schedule_deit_grid():
     # 14 x 14 = 196 patch tokens (DeiT at 224), CLS excluded, floor(N * cumulative ratio)
-    assert tp.keep_counts(196, 0.7, "geometric") == [137, 96, 67]  # 0.7, 0.49, 0.343
-    assert tp.keep_counts(196, 0.7, "linear") == [137, 98, 58]  # 0.7, 0.5, 0.3
-    assert tp.keep_counts(196, 0.5, "geometric") == [98, 49, 24]
-    assert tp.keep_counts(196, None, "explicit", keep_ratios=[0.5, 0.25, 0.1]) == [98, 49, 19]
-    assert tp.keep_counts(196, 0.9, "geometric", locations=(4, 8)) == [176, 158]
+    assert dynamicvit.keep_counts(196, 0.7, "geometric") == [137, 96, 67]  # 0.7, 0.49, 0.343
+    assert dynamicvit.keep_counts(196, 0.7, "linear") == [137, 98, 58]  # 0.7, 0.5, 0.3
+    assert dynamicvit.keep_counts(196, 0.5, "geometric") == [98, 49, 24]
+    assert dynamicvit.keep_counts(196, None, "explicit", keep_ratios=[0.5, 0.25, 0.1]) == [98, 49, 19]
+    assert dynamicvit.keep_counts(196, 0.9, "geometric", locations=(4, 8)) == [176, 158]
 
 
 def test_keep_counts_ignore_binary_float_noise():
     # 0.7 - 0.4 == 0.29999999999999993 in floats; int(10 * that) would be 2, we count 0.3 -> 3
-    assert tp.keep_counts(10, 0.7, "linear") == [7, 5, 3]
+    assert dynamicvit.keep_counts(10, 0.7, "linear") == [7, 5, 3]
 
 
 def test_schedule_ratios():
-    assert tp.schedule_ratios(0.8, "geometric", num_stages=3) == pytest.approx([0.8, 0.64, 0.512])
-    assert tp.schedule_ratios(0.8, "linear", num_stages=3) == pytest.approx([0.8, 0.6, 0.4])
+    assert dynamicvit.schedule_ratios(0.8, "geometric", num_stages=3) == pytest.approx([0.8, 0.64, 0.512])
+    assert dynamicvit.schedule_ratios(0.8, "linear", num_stages=3) == pytest.approx([0.8, 0.6, 0.4])
 
 
 def test_empty_stage_is_an_error_naming_the_stage():
     with pytest.raises(UserError, match=r"stage 2 \(before block 9\) keeps 0 of 196"):
-        tp.keep_counts(196, 0.4, "linear")
-    assert tp.keep_counts(196, 0.4, "linear", allow_empty_stage=True) == [78, 39, 0]
+        dynamicvit.keep_counts(196, 0.4, "linear")
+    assert dynamicvit.keep_counts(196, 0.4, "linear", allow_empty_stage=True) == [78, 39, 0]
     with pytest.raises(UserError, match="stage 2"):
-        tp.attach(tiny_vit(), 0.4, "linear")
+        dynamicvit.attach(tiny_vit(), 0.4, "linear")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -78,39 +78,39 @@ def test_empty_stage_is_an_error_naming_the_stage():
 ])
 def test_bad_configurations_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
-        tp.attach(tiny_vit(), **kwargs)
+        dynamicvit.attach(tiny_vit(), **kwargs)
 
 
 def test_attach_keeps_timm_keys_and_adds_official_predictor_keys():
     plain = tiny_vit()
     plain_keys = set(plain.state_dict())
-    model = tp.attach(tiny_vit(), 0.7)
+    model = dynamicvit.attach(tiny_vit(), 0.7)
     keys = set(model.state_dict())
     assert plain_keys <= keys
     extra = sorted(keys - plain_keys)
     assert "score_predictor.0.in_conv.0.weight" in extra  # LayerNorm
     assert "score_predictor.2.out_conv.4.bias" in extra  # last Linear -> 2 (keep, drop)
     assert all(k.startswith("score_predictor.") for k in extra)
-    assert model.vitprune_token_pruning == {"base_rate": 0.7, "schedule": "geometric", "keep_ratios": None,
+    assert model.vitprune_dynamicvit == {"base_rate": 0.7, "schedule": "geometric", "keep_ratios": None,
                                             "locations": [3, 6, 9], "allow_empty_stage": False}
 
 
 def test_tokens_per_block_include_cls():
-    model = tp.attach(tiny_vit(), 0.7)  # 64 patches -> 44, 31, 21
-    assert tp.tokens_per_block(model) == [65] * 3 + [45] * 3 + [32] * 3 + [22] * 3
-    assert tp.tokens_per_block(tiny_vit()) == [65] * 12
+    model = dynamicvit.attach(tiny_vit(), 0.7)  # 64 patches -> 44, 31, 21
+    assert dynamicvit.tokens_per_block(model) == [65] * 3 + [45] * 3 + [32] * 3 + [22] * 3
+    assert dynamicvit.tokens_per_block(tiny_vit()) == [65] * 12
 
 
 def test_config_reattaches_to_a_fresh_model_and_reattach_changes_schedule():
-    model = tp.attach(tiny_vit(), 0.6, "linear")
-    fresh = tp.attach(tiny_vit(), **model.vitprune_token_pruning)
-    assert tp.describe(fresh)["keep_counts"] == tp.describe(model)["keep_counts"] == [38, 25, 12]
+    model = dynamicvit.attach(tiny_vit(), 0.6, "linear")
+    fresh = dynamicvit.attach(tiny_vit(), **model.vitprune_dynamicvit)
+    assert dynamicvit.describe(fresh)["keep_counts"] == dynamicvit.describe(model)["keep_counts"] == [38, 25, 12]
     predictors = model.score_predictor
-    tp.attach(model, 0.9)  # same locations: schedule changes, predictors stay
+    dynamicvit.attach(model, 0.9)  # same locations: schedule changes, predictors stay
     assert model.score_predictor is predictors
-    assert tp.model_keep_counts(model) == [57, 51, 46]
+    assert dynamicvit.model_keep_counts(model) == [57, 51, 46]
     with pytest.raises(UserError, match="already has token pruning"):
-        tp.attach(model, 0.9, locations=(2, 4))
+        dynamicvit.attach(model, 0.9, locations=(2, 4))
 
 
 # ---------------------------------------------------------------- forwards
@@ -130,13 +130,13 @@ def _masked_and_gathered(model, images):
     """Training-mode masked forward with top-k decisions vs the eval-mode gathered forward."""
     _spread_scores(model)
     model.train()
-    feats, aux = tp._masked_features(model, images, topk=True)
+    feats, aux = dynamicvit._masked_features(model, images, topk=True)
     model._tp_aux = aux  # the masked layout's average pooling reads the final mask
     masked = model.forward_head(feats)
     model.eval()
     with torch.no_grad():
         gathered = model(images)
-    _, stage_masks = tp.kept_token_masks(model, images)
+    _, stage_masks = dynamicvit.kept_token_masks(model, images)
     return masked, gathered, aux, stage_masks
 
 
@@ -144,11 +144,11 @@ def _masked_and_gathered(model, images):
 def test_masked_forward_equals_gathered_forward_with_fixed_decisions(rate):
     # Same kept set (deterministic top-k in the masked forward) => same logits; the masked
     # attention's eps term (1e-6, official) bounds the difference: tolerance 1e-5.
-    model = tp.attach(tiny_vit(seed=1), rate)
+    model = dynamicvit.attach(tiny_vit(seed=1), rate)
     images = torch.randn(4, 3, 32, 32)
     masked, gathered, aux, stage_masks = _masked_and_gathered(model, images)
     assert torch.equal(stage_masks[-1], aux.mask.bool())
-    assert [int(m.sum(1)[0]) for m in stage_masks] == tp.model_keep_counts(model)
+    assert [int(m.sum(1)[0]) for m in stage_masks] == dynamicvit.model_keep_counts(model)
     torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
 
 
@@ -159,7 +159,7 @@ def test_masked_equals_gathered_on_block_pruned_attention_and_avg_pool():
     model.blocks[4].attn = Attention(32, num_heads=2, attn_head_dim=8, qkv_bias=True)
     model.blocks[7].attn = ZeroAttention()
     model.blocks[10].attn = Attention(32, num_heads=1, attn_head_dim=8, qkv_bias=True)
-    tp.attach(model, 0.6)
+    dynamicvit.attach(model, 0.6)
     images = torch.randn(3, 3, 32, 32)
     masked, gathered, _, _ = _masked_and_gathered(model, images)
     torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
@@ -169,21 +169,21 @@ def test_masked_equals_gathered_on_block_pruned_attention_and_avg_pool():
 def test_topk_training_forward_is_the_masked_one_at_gathered_cost(global_pool):
     """Training with top-k decisions runs the gathered forward: same logits, same loss terms and
     the same backbone gradients as the masked forward with those decisions."""
-    model = tp.attach(tiny_vit(seed=3, global_pool=global_pool), 0.6)
+    model = dynamicvit.attach(tiny_vit(seed=3, global_pool=global_pool), 0.6)
     _spread_scores(model)
     images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     teacher = tiny_vit(seed=3, global_pool=global_pool).eval()
-    loss_fn = tp.make_loss_fn()
+    loss_fn = dynamicvit.make_loss_fn()
     model.train()
-    tp.set_decision_mode(model, "topk")
+    dynamicvit.set_decision_mode(model, "topk")
     loss, logits, logs = loss_fn(model, images, targets, teacher)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert not any(n.startswith("score_predictor") for n in grads)
     model.zero_grad()
-    tp.set_decision_mode(model, "gumbel")
+    dynamicvit.set_decision_mode(model, "gumbel")
     with torch.no_grad():  # what the masked forward gives with the same (top-k) decisions
-        feats, aux = tp._masked_features(model, images, topk=True)
+        feats, aux = dynamicvit._masked_features(model, images, topk=True)
         model._tp_aux = aux
         torch.testing.assert_close(model.forward_head(feats), logits.detach(), atol=1e-5, rtol=0)
     model.forward_features = types.MethodType(_masked_topk_features, model)  # this instance only
@@ -196,7 +196,7 @@ def test_topk_training_forward_is_the_masked_one_at_gathered_cost(global_pool):
 
 
 def _masked_topk_features(model, x, **_):
-    feats, model._tp_aux = tp._masked_features(model, x, topk=True)
+    feats, model._tp_aux = dynamicvit._masked_features(model, x, topk=True)
     return feats
 
 
@@ -205,7 +205,7 @@ def test_token_pruning_on_a_block_pruned_model():
     from vitprune.methods import block_pruning
 
     model = block_pruning.prune_to(tiny_vit(seed=9), keep_heads=0.5, keep_mlp=0.5)
-    tp.attach(model, 0.7)
+    dynamicvit.attach(model, 0.7)
     assert model.blocks[5].attn.num_heads == 2
     masked, gathered, _, _ = _masked_and_gathered(model, torch.randn(2, 3, 32, 32))
     torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
@@ -214,33 +214,33 @@ def test_token_pruning_on_a_block_pruned_model():
 def test_unpruned_blocks_match_plain_timm_model():
     # base_rate 1.0 keeps every token: logits identical to the model before attach
     plain = tiny_vit(seed=3).eval()
-    pruned = tp.attach(tiny_vit(seed=3), 1.0).eval()
+    pruned = dynamicvit.attach(tiny_vit(seed=3), 1.0).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(pruned(images), plain(images), atol=1e-6, rtol=0)
 
 
 def test_empty_stage_allowed_runs_on_cls_alone():
-    model = tp.attach(tiny_vit(), 0.4, "linear", allow_empty_stage=True)  # 25, 12, 0 of 64
-    assert tp.tokens_per_block(model)[-3:] == [1, 1, 1]
+    model = dynamicvit.attach(tiny_vit(), 0.4, "linear", allow_empty_stage=True)  # 25, 12, 0 of 64
+    assert dynamicvit.tokens_per_block(model)[-3:] == [1, 1, 1]
     images = torch.randn(2, 3, 32, 32)
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(images)).all()
     model.train()
-    loss, logits, logs = tp.make_loss_fn()(model, images, torch.tensor([0, 1]), None)
+    loss, logits, logs = dynamicvit.make_loss_fn()(model, images, torch.tensor([0, 1]), None)
     assert torch.isfinite(loss) and torch.isfinite(logits).all()
 
 
 def test_gumbel_decisions_are_cumulative_and_train_the_predictors():
-    model = tp.attach(tiny_vit(seed=4), 0.7).train()
+    model = dynamicvit.attach(tiny_vit(seed=4), 0.7).train()
     teacher = tiny_vit(seed=4).eval()
     images = torch.randn(4, 3, 32, 32)
-    loss, logits, logs = tp.make_loss_fn()(model, images, torch.tensor([0, 1, 2, 3]), teacher)
+    loss, logits, logs = dynamicvit.make_loss_fn()(model, images, torch.tensor([0, 1, 2, 3]), teacher)
     assert set(logs) >= {"ce", "ratio_loss", "kl", "token_mse", "keep_frac_0", "keep_frac_2"}
     model.train()
     model(images)
-    aux = tp.pop_aux(model)
+    aux = dynamicvit.pop_aux(model)
     for earlier, later in zip(aux.decisions, aux.decisions[1:]):
         assert bool((later <= earlier).all())  # a dropped token never comes back
     loss.backward()
@@ -251,11 +251,11 @@ def test_gumbel_decisions_are_cumulative_and_train_the_predictors():
 def test_ratio_loss_teaches_the_predictors_the_keep_ratio():
     # only the predictors learn, only the keep-ratio term: the kept fraction moves to the target.
     # Fresh predictors keep ~1/2 per stage (0.5, 0.25, 0.125); targets are 0.8, 0.64, 0.51.
-    model = tp.attach(tiny_vit(seed=5, depth=4), 0.8, locations=(1, 2, 3)).train()
+    model = dynamicvit.attach(tiny_vit(seed=5, depth=4), 0.8, locations=(1, 2, 3)).train()
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("score_predictor."))
-    loss_fn = tp.make_loss_fn(clf_weight=0.0, ratio_weight=1.0, distill_weight=0.0)
-    opt = torch.optim.Adam(tp.predictor_parameters(model), lr=1e-2)
+    loss_fn = dynamicvit.make_loss_fn(clf_weight=0.0, ratio_weight=1.0, distill_weight=0.0)
+    opt = torch.optim.Adam(dynamicvit.predictor_parameters(model), lr=1e-2)
     images = torch.randn(8, 3, 32, 32)
     first = None
     for _ in range(30):
@@ -266,31 +266,31 @@ def test_ratio_loss_teaches_the_predictors_the_keep_ratio():
         opt.step()
     with torch.no_grad():
         model(images)
-    fractions = [float(d.detach().mean()) for d in tp.pop_aux(model).decisions]
+    fractions = [float(d.detach().mean()) for d in dynamicvit.pop_aux(model).decisions]
     assert first > 0.05
     assert fractions == pytest.approx([0.8, 0.64, 0.51], abs=0.12)
 
 
 def test_keep_prior_starts_the_decisions_at_the_target_ratios():
-    model = tp.attach(tiny_vit(seed=10), 0.7)  # 0.7, 0.49, 0.343: conditional 0.7 per stage
-    tp.init_keep_prior(model)
+    model = dynamicvit.attach(tiny_vit(seed=10), 0.7)  # 0.7, 0.49, 0.343: conditional 0.7 per stage
+    dynamicvit.init_keep_prior(model)
     model.train()
     torch.manual_seed(0)
     model(torch.randn(16, 3, 32, 32))
-    fractions = [float(d.detach().mean()) for d in tp.pop_aux(model).decisions]
+    fractions = [float(d.detach().mean()) for d in dynamicvit.pop_aux(model).decisions]
     assert fractions == pytest.approx([0.7, 0.49, 0.343], abs=0.06)
 
 
 def test_teacher_with_token_pruning_is_refused():
-    model = tp.attach(tiny_vit(), 0.7).train()
-    teacher = tp.attach(tiny_vit(), 0.7).eval()
+    model = dynamicvit.attach(tiny_vit(), 0.7).train()
+    teacher = dynamicvit.attach(tiny_vit(), 0.7).eval()
     with pytest.raises(UserError, match="unpruned"):
-        tp.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), teacher)
+        dynamicvit.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), teacher)
 
 
 def test_param_groups_and_frozen_backbone_phase():
-    model = tp.attach(tiny_vit(), 0.7)
-    groups = tp.param_groups(model, backbone_lr_scale=0.01)
+    model = dynamicvit.attach(tiny_vit(), 0.7)
+    groups = dynamicvit.param_groups(model, backbone_lr_scale=0.01)
     assert [g["lr_scale"] for g in groups] == [1.0, 0.01]
     predictor_ids = {id(p) for p in model.score_predictor.parameters()}
     assert {id(p) for p in groups[0]["params"]} == predictor_ids
@@ -298,38 +298,38 @@ def test_param_groups_and_frozen_backbone_phase():
     assert not backbone_ids & predictor_ids
     assert id(model.cls_token) not in backbone_ids and id(model.pos_embed) not in backbone_ids  # frozen (official)
     assert id(model.blocks[0].attn.qkv.weight) in backbone_ids
-    hook = tp.frozen_backbone_hook(model, frozen_steps=2)
+    hook = dynamicvit.frozen_backbone_hook(model, frozen_steps=2)
     model.train()
-    loss, _, _ = tp.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
+    loss, _, _ = dynamicvit.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
     loss.backward()
     hook(1, 10, model)  # still frozen: backbone gradients dropped, predictors keep theirs
     assert model.blocks[5].mlp.fc1.weight.grad is None
     assert model.score_predictor[0].in_conv[1].weight.grad is not None
-    loss, _, _ = tp.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
+    loss, _, _ = dynamicvit.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
     loss.backward()
     hook(2, 10, model)  # phase over
     assert model.blocks[5].mlp.fc1.weight.grad is not None
 
 
 def test_backbone_trains_on_the_inference_masks_after_the_frozen_phase():
-    model = tp.attach(tiny_vit(), 0.7).train()
-    counts = tp.model_keep_counts(model)
-    hook = tp.frozen_backbone_hook(model, frozen_steps=2, then_decisions="topk")
+    model = dynamicvit.attach(tiny_vit(), 0.7).train()
+    counts = dynamicvit.model_keep_counts(model)
+    hook = dynamicvit.frozen_backbone_hook(model, frozen_steps=2, then_decisions="topk")
     x = torch.randn(4, 3, 32, 32)
     hook(0, 10, model)  # the predictors learn from Gumbel samples while the backbone is frozen
     model(x)
-    assert tp.pop_aux(model).decisions[0].requires_grad
+    assert dynamicvit.pop_aux(model).decisions[0].requires_grad
     hook(1, 10, model)  # the next step trains the backbone: exact top-k masks, predictors fixed
     model.zero_grad()
-    loss, _, _ = tp.make_loss_fn()(model, x, torch.tensor([0, 1, 2, 3]), None)
+    loss, _, _ = dynamicvit.make_loss_fn()(model, x, torch.tensor([0, 1, 2, 3]), None)
     loss.backward()
     assert model.score_predictor[0].in_conv[1].weight.grad is None
     assert model.blocks[5].mlp.fc1.weight.grad is not None
     model(x)
-    decisions = tp.pop_aux(model).decisions
+    decisions = dynamicvit.pop_aux(model).decisions
     assert [d.sum(dim=1).tolist() for d in decisions] == [[float(c)] * 4 for c in counts]
     with pytest.raises(UserError, match="frozen_epochs > 0"):
-        tp.frozen_backbone_hook(model, frozen_steps=0, then_decisions="topk")
+        dynamicvit.frozen_backbone_hook(model, frozen_steps=0, then_decisions="topk")
 
 
 # ---------------------------------------------------------------- compute
@@ -344,7 +344,7 @@ def _macs(model):
 
 def test_macs_fall_monotonically_with_base_rate():
     full = _macs(tiny_vit())
-    macs = [_macs(tp.attach(tiny_vit(), rate)) for rate in (0.9, 0.7, 0.5, 0.4)]
+    macs = [_macs(dynamicvit.attach(tiny_vit(), rate)) for rate in (0.9, 0.7, 0.5, 0.4)]
     assert all(a > b for a, b in zip(macs, macs[1:]))
     assert macs[0] < full
     assert macs[1] < 0.75 * full  # rho = 0.7: at least 25 % fewer MACs on this tiny model
@@ -355,7 +355,7 @@ def test_deit_base_plus_predictors_has_the_studys_89_4m_params():
 
     model = timm.create_model("deit_base_patch16_224", pretrained=False)
     base = sum(p.numel() for p in model.parameters())
-    tp.attach(model, 0.7)
+    dynamicvit.attach(model, 0.7)
     total = sum(p.numel() for p in model.parameters())
     # per predictor: LN 2*768 + 768*768+768 + 768*384+384 + 384*192+192 + 192*2+2
     assert total - base == 3 * 961_730
@@ -389,11 +389,11 @@ def _official_layout(model):
 
 
 def test_official_checkpoint_round_trip(tmp_path):
-    source = tp.attach(tiny_vit(seed=6), 0.7)
+    source = dynamicvit.attach(tiny_vit(seed=6), 0.7)
     torch.nn.init.normal_(source.score_predictor[1].out_conv[4].weight)  # not the default init
     path = tmp_path / "dynamicvit.pth"
     torch.save(_official_layout(source), path)
-    target = tp.attach(tiny_vit(seed=7), 0.7)
+    target = dynamicvit.attach(tiny_vit(seed=7), 0.7)
     dynamicvit_io.load_official_checkpoint(target, path)
     images = torch.randn(2, 3, 32, 32)
     source.eval(), target.eval()
@@ -403,19 +403,19 @@ def test_official_checkpoint_round_trip(tmp_path):
     ours = dynamicvit_io.save_official_checkpoint(source, tmp_path / "ours.pth")
     assert sorted(torch.load(ours)["model"]) == sorted(_official_layout(source)["model"])
     prefixed = {"model": {"module." + k: v for k, v in source.state_dict().items()}}
-    dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(seed=8), 0.7), prefixed)
+    dynamicvit_io.load_official_checkpoint(dynamicvit.attach(tiny_vit(seed=8), 0.7), prefixed)
 
 
 def test_official_checkpoint_mismatch_is_a_clear_error(tmp_path):
-    wide = tp.attach(tiny_vit(embed_dim=48, num_heads=4), 0.7)
+    wide = dynamicvit.attach(tiny_vit(embed_dim=48, num_heads=4), 0.7)
     with pytest.raises(UserError, match="mis-shaped: cls_token"):
-        dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), {"model": wide.state_dict()})
+        dynamicvit_io.load_official_checkpoint(dynamicvit.attach(tiny_vit(), 0.7), {"model": wide.state_dict()})
     plain = tiny_vit().state_dict()  # a plain DeiT file: predictors missing
     with pytest.raises(UserError, match="missing: score_predictor.0"):
-        dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain)
-    dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), plain, strict=False)
+        dynamicvit_io.load_official_checkpoint(dynamicvit.attach(tiny_vit(), 0.7), plain)
+    dynamicvit_io.load_official_checkpoint(dynamicvit.attach(tiny_vit(), 0.7), plain, strict=False)
     with pytest.raises(UserError, match="does not exist"):
-        dynamicvit_io.load_official_checkpoint(tp.attach(tiny_vit(), 0.7), tmp_path / "nope.pth")
+        dynamicvit_io.load_official_checkpoint(dynamicvit.attach(tiny_vit(), 0.7), tmp_path / "nope.pth")
 
 
 # ---------------------------------------------------------------- notebook 02 (smoke profile)
@@ -429,7 +429,7 @@ def test_notebook_02_smoke(smoke_runs):
     run_dir = smoke_run(smoke_runs, "02_token_pruning", base_rate=0.7)
     m = results.read_metrics(run_dir)
     assert m["method"] == "dynamicvit" and m["base_rate"] == 0.7 and m["schedule"] == "geometric"
-    assert m["keep_counts"] == tp.keep_counts(49, 0.7)  # vit_fmnist: 7 x 7 patches
+    assert m["keep_counts"] == dynamicvit.keep_counts(49, 0.7)  # vit_fmnist: 7 x 7 patches
     assert m["tokens_per_block"][-1] == 1 + m["keep_counts"][-1]
     assert m["flops"] == 2 * m["macs"] and m["macs"] < m["baseline_macs"]
     assert 0.0 <= m["top1"] <= 100.0 and m["eval_samples"] == 60
@@ -440,8 +440,8 @@ def test_notebook_02_smoke(smoke_runs):
         assert (kept["masks"][1:] <= kept["masks"][:-1]).all()
     # the saved model re-attaches its pruning from the checkpoint and runs gathered
     model = models.load_checkpoint(run_dir / "model.pt")
-    assert model.vitprune_token_pruning["base_rate"] == 0.7
-    assert tp.tokens_per_block(model) == m["tokens_per_block"]
+    assert model.vitprune_dynamicvit["base_rate"] == 0.7
+    assert dynamicvit.tokens_per_block(model) == m["tokens_per_block"]
     with torch.no_grad():
         assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
 
@@ -456,7 +456,7 @@ def test_gathered_macs_match_the_official_model_zoo(name, released_gmacs):
     import timm
     from vitprune import measure
 
-    model = tp.attach(timm.create_model(name, pretrained=False), 0.7).eval()
+    model = dynamicvit.attach(timm.create_model(name, pretrained=False), 0.7).eval()
     gmacs = measure.count(model)["macs"] / 1e9
     assert released_gmacs <= gmacs < released_gmacs + 0.1
 
@@ -464,7 +464,7 @@ def test_gathered_macs_match_the_official_model_zoo(name, released_gmacs):
 def test_notebook_02_rerun_that_resumes_past_the_handoff_still_writes_it(smoke_runs, tmp_path):
     """A re-run with the same training settings (here: another bench_repeats, or a second Run All
     in the lab) resumes from the finished per-epoch checkpoint and trains no step, so it takes no
-    new hand-off snapshot: the one kept beside that checkpoint becomes handoff.pt again."""
+    new hand-off save: the one kept beside that checkpoint becomes handoff.pt again."""
     import shutil
 
     from vitprune.study import pipeline
