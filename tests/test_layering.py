@@ -129,3 +129,15 @@ def test_no_module_over_500_lines():
     """A module a newcomer reads in one sitting: past 500 lines it is two concerns (split by one)."""
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
     assert not long, f"modules over 500 lines: {long}"
+
+
+def test_the_pipeline_and_its_run_processes_start_without_torch():
+    """`python -m vitprune.study.execution` is started once per run: importing torch there (~3 s)
+    would be paid by every run before its kernel imports it anyway."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vitprune.study.execution, vitprune.study.pipeline, vitprune.cli.run; "
+            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -24,7 +24,6 @@ import yaml
 
 from vitprune import param_rules
 from vitprune.errors import UserError
-from vitprune.methods import registry  # noqa: F401  (registering the methods declares their parameters' rules)
 from vitprune.study import release
 
 NOTEBOOKS = (
@@ -242,6 +241,7 @@ def validate(declared: dict[str, Param], values: dict[str, Any], source: str) ->
         raise UserError(
             f"{source}: unknown parameter(s) {unknown}; this notebook accepts: {', '.join(sorted(declared))}")
     checked = {key: declared[key].check(value, source) for key, value in values.items()}
+    from vitprune.methods import registry  # noqa: F401  local: registering the methods declares their parameters' rules; the run processes stay free of torch
     for key, value in checked.items():
         param_rules.check(key, value, source)
         if key in param_rules.PATHS and value:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vitprune.errors import UserError
-from vitprune.methods import registry
 from vitprune.study import config, run_folders, stats
 
 METRICS_FILE = "metrics.json"
@@ -91,6 +90,7 @@ COMBINATIONS = {"token_then_block": ("DynamicViT → block pruning", "D"),
 def method_order() -> tuple[str, ...]:
     """Every row method in table order: the baseline, the token methods, the width methods (each in
     registration order), the combinations."""
+    from vitprune.methods import registry  # local: the run processes import results without torch
     names = [m.name for m in registry.token_methods()]
     return ("baseline", *names, *(n for n in registry.METHODS if n not in names), *COMBINATIONS)
 
@@ -194,6 +194,11 @@ def _read_json(path: Path) -> dict | None:
 
 
 
+def _untrained() -> tuple[str, ...]:
+    from vitprune.methods import registry  # local: the run processes import results without torch
+    return registry.untrained()
+
+
 def seed_of(run: dict[str, Any]) -> int | None:
     """The fine-tune seed of a SEEDED notebook's run (None for the baseline and the data)."""
     seed = run["metrics"].get("seed")
@@ -251,7 +256,7 @@ def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for point, members in groups.items():
         members = sorted(members, key=lambda r: (seed_of(r) is None, seed_of(r) or 0))
         first = members[0]["metrics"]
-        trained = first.get("method") not in registry.untrained()  # evaluated as applied: the same at every seed
+        trained = first.get("method") not in _untrained()  # evaluated as applied: the same at every seed
         folded = dict(first)
         for key in ("top1", "top5", "speedup"):
             values = [r["metrics"][key] for r in members if isinstance(r["metrics"].get(key), (int, float))]
