@@ -1,8 +1,9 @@
 """`python -m vitprune COMMAND ...`: the command line (see the README for the contract).
 
-One module per command under `vitprune.cli` owns its parser; this table only names them, and
-`main` dispatches and turns a UserError into one `error: ...` line and exit status 2. Library
-modules never import `vitprune.cli`.
+One module per command owns its parser: `run`, `table`, `baseline`, `lab`, `book`, `data`,
+`measure` (also the bench command), `export`, `gpu_check`. This table only names them, and
+`main()` dispatches and turns a UserError into one `error: ...` line and exit status 2. Library modules
+never import `vitprune.cli`.
 """
 
 from __future__ import annotations

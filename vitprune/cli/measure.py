@@ -281,8 +281,8 @@ def format_bench(res: dict[str, Any]) -> str:
     return _aligned(rows)
 
 
-def bench_main(argv: list[str]) -> int:
-    """`python -m vitprune bench MODEL [...]`: interleaved latency, baseline vs variant."""
+def _bench_args(argv: list[str]) -> argparse.Namespace:
+    """`bench`'s arguments, each checked (one error line before any model is built)."""
     parser = argparse.ArgumentParser(
         prog="python -m vitprune bench",
         description="Latency of the unpruned model vs its token/block-pruned variant, timed "
@@ -309,7 +309,12 @@ def bench_main(argv: list[str]) -> int:
     if args.precision != "fp32" and args.runtime != "torch":
         raise UserError(f"--precision {args.precision} is torch's autocast: drop it, or use --runtime torch "
                         "(onnxruntime times fp32, or int8 with --int8)")
+    return args
 
+
+def bench_main(argv: list[str]) -> int:
+    """`python -m vitprune bench MODEL [...]`: interleaved latency, baseline vs variant."""
+    args = _bench_args(argv)
     model, opts, is_ckpt = _build(args)
     if is_ckpt:
         if not opts and not registry.is_pruned(model):

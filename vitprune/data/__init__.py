@@ -1,17 +1,17 @@
 """Datasets as Hugging Face `datasets.DatasetDict`s with correct labels, cached on disk: the
 names notebooks and tests call as `data.X`, gathered from the modules that define them.
 
-- `data_format`: the shared format (an `image` column stored RGB, a `label` ClassLabel
-  carrying the class names), RGB conversion of any PIL mode, column helpers.
-- `data_sources`: Fashion-MNIST from Debian's IDX files or the HF hub, HF `imagenet-1k`.
-- `data_folders`: class lists and ImageFolder directories, labels mapped by name, never by
-  the sort position of a folder (folders "0".."999" sort as strings, "10" before "2": that
-  scrambled every label of the study being reproduced).
-- `data_subsets`: seeded class-balanced subsets.
-- `data_cache`: the atomic on-disk cache (completion marker written last) and ImageFolder
-  export with a round-trip check.
-- `data_torch`: timm transforms, the torch Dataset view, preloading, batch augmentation and
-  `prepare_splits` (what notebooks 01-04 share).
+- `format`: the shared format (an image column stored RGB, a label ClassLabel carrying the class
+  names), RGB conversion of any PIL mode, column helpers.
+- `sources`: Fashion-MNIST from Debian's IDX files or the HF hub, HF imagenet-1k.
+- `folders`: class lists and ImageFolder directories, labels mapped by name, never by the sort
+  position of a folder (folders "0".."999" sort as strings, "10" before "2": that scrambled
+  every label of the study being reproduced).
+- `subsets`: seeded class-balanced subsets.
+- `cache`: the atomic on-disk cache (completion marker written last) and ImageFolder export with
+  a round-trip check.
+- `tensors`: timm transforms, the torch Dataset view, preloading, batch augmentation and
+  `data.prepare_splits` (what notebooks 01-04 share).
 
 Importing this package does not import torch (the `tensors` names load on first use).
 """

@@ -114,6 +114,52 @@ def class_folders(root: str | os.PathLike) -> list[str]:
     return folders
 
 
+def _map_to_reference(folders: Sequence[str], reference: list[str], where: str, subset: bool,
+                      numeric: list[str]) -> tuple[dict[str, int], list[str], str]:
+    """`map_folders` with a class list: each folder by its name, number or "<index>_<name>"."""
+    lookup: dict[str, int] = {}
+    for i, name in enumerate(reference):
+        lookup.setdefault(name, i)
+        lookup.setdefault(safe_name(name), i)
+    mapping, unknown, misordered = {}, [], []
+    for folder in folders:
+        if folder in lookup:
+            mapping[folder] = lookup[folder]
+        elif folder.isdigit():
+            if int(folder) < len(reference):
+                mapping[folder] = int(folder)
+            else:
+                unknown.append(folder)
+        elif (m := _PREFIXED.match(folder)) and m.group(2) in lookup:
+            label = lookup[m.group(2)]
+            if int(m.group(1)) != label:
+                misordered.append(f"{folder} (prefix says {int(m.group(1))}, class list says "
+                                  f"{reference[label]!r} is {label})")
+            mapping[folder] = label
+        else:
+            unknown.append(folder)
+    problems = []
+    if unknown:
+        problems.append(f"folders not in the class list: {short_list(unknown)}")
+    if misordered:
+        problems.append(f"folders out of class-list order: {short_list(misordered)}")
+    by_label = Counter(mapping.values())
+    dup = [f for f, lab in mapping.items() if by_label[lab] > 1]
+    if dup:
+        problems.append(f"several folders map to the same class: {short_list(sorted(dup))}")
+    missing = [reference[i] for i in range(len(reference)) if i not in by_label]
+    if missing and not subset:
+        problems.append(f"classes with no folder: {short_list(missing)} (a subset of the classes? "
+                        "map it by name with class_subset / --subset)")
+    if problems:
+        raise UserError(f"{where}: class folders disagree with the class list ({len(reference)} classes): "
+                        + "; ".join(problems) + ". Fix the folder names or pass the matching classes file")
+    naming = "numeric" if numeric and len(numeric) == len(folders) else "reference"
+    if missing:
+        naming = "reference-subset"
+    return mapping, reference, naming
+
+
 def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
                 where: str = "ImageFolder", subset: bool = False) -> tuple[dict[str, int], list[str], str]:
     """Folder names -> (mapping folder->label, class names, naming). Maps by name, never by
@@ -134,48 +180,7 @@ def map_folders(folders: Sequence[str], reference: Sequence[str] | None = None,
                             f"{short_list([f for f in folders if not f.isdigit()])}; rename them or pass a "
                             "classes file (--classes)")
     if reference is not None:
-        reference = list(reference)
-        lookup: dict[str, int] = {}
-        for i, name in enumerate(reference):
-            lookup.setdefault(name, i)
-            lookup.setdefault(safe_name(name), i)
-        mapping, unknown, misordered = {}, [], []
-        for folder in folders:
-            if folder in lookup:
-                mapping[folder] = lookup[folder]
-            elif folder.isdigit():
-                if int(folder) < len(reference):
-                    mapping[folder] = int(folder)
-                else:
-                    unknown.append(folder)
-            elif (m := _PREFIXED.match(folder)) and m.group(2) in lookup:
-                label = lookup[m.group(2)]
-                if int(m.group(1)) != label:
-                    misordered.append(f"{folder} (prefix says {int(m.group(1))}, class list says "
-                                      f"{reference[label]!r} is {label})")
-                mapping[folder] = label
-            else:
-                unknown.append(folder)
-        problems = []
-        if unknown:
-            problems.append(f"folders not in the class list: {short_list(unknown)}")
-        if misordered:
-            problems.append(f"folders out of class-list order: {short_list(misordered)}")
-        by_label = Counter(mapping.values())
-        dup = [f for f, lab in mapping.items() if by_label[lab] > 1]
-        if dup:
-            problems.append(f"several folders map to the same class: {short_list(sorted(dup))}")
-        missing = [reference[i] for i in range(len(reference)) if i not in by_label]
-        if missing and not subset:
-            problems.append(f"classes with no folder: {short_list(missing)} (a subset of the classes? "
-                            "map it by name with class_subset / --subset)")
-        if problems:
-            raise UserError(f"{where}: class folders disagree with the class list ({len(reference)} classes): "
-                            + "; ".join(problems) + ". Fix the folder names or pass the matching classes file")
-        naming = "numeric" if numeric and len(numeric) == len(folders) else "reference"
-        if missing:
-            naming = "reference-subset"
-        return mapping, reference, naming
+        return _map_to_reference(folders, list(reference), where, subset, numeric)
     if numeric:
         mapping = {f: int(f) for f in folders}
         labels = sorted(mapping.values())

@@ -1,4 +1,12 @@
-"""The pruning methods, each over timm's VisionTransformer: DynamicViT token pruning (`dynamicvit`,
-released-checkpoint layout in `dynamicvit_io`), training-free EViT-style pruning (`training_free`),
-ToMe merging (`merging`), block pruning of heads and MLP channels (`block_pruning`, `block_removal`);
-`vit_ops` holds the block-level forward pieces they share, `pruning_state` what a model carries."""
+"""The pruning methods, each a patch over timm's VisionTransformer that declares itself once
+(`method`: the `Method` record) and is listed by name in `registry`:
+
+- `dynamicvit`: DynamicViT's learned token pruning, with its objective (`dynamicvit_loss`) and the
+  released checkpoints' layout (`dynamicvit_io`); `token_schedule`: keep ratios and counts;
+- `training_free`: EViT-style token pruning by CLS attention, nothing trained;
+- `merging`: ToMe's token merging;
+- `block_pruning`: heads and MLP channels, with their gates (`block_masks`), importance scores
+  (`block_importance`) and physical removal (`block_removal`);
+- shared: `vit_ops` (block-level forward pieces), `selection` (token rankings both runtimes
+  agree on), `pruning_state` (the settings a pruned model carries).
+"""

@@ -1,3 +1,11 @@
-"""The study pipeline: parameters and run folders (`config`), the papermill runner (`pipeline`),
-what a run records (`results`, `runs`), statistics (`stats`), figures (`plots`), the audit
-(`audit`) and edge latency of saved models (`edge_latency`)."""
+"""The study pipeline, by concern:
+
+- parameters and profiles: `config`; run folders and manifests: `run_folders`, the released
+  baseline: `release`;
+- the papermill pipeline: `pipeline` (plans and starts runs), `execution` (one run in its
+  .partial twin);
+- what notebooks share: `notebook` (a run's session), `combination` (notebook 04's stages);
+- results and tables: `results`, `table1`, `comparisons`, `stats`, `edge_latency`;
+- figures: `plots`, `plot_kit`, `run_plots`, `kept_tokens`;
+- the audit of the study's own numbers: `audit`; the executed study as pages: `book`.
+"""

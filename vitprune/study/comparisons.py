@@ -149,6 +149,27 @@ def baseline_drops(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 VERDICT_WORDS = {"better": "above", "worse": "below"}
 
 
+def _drops_markdown(drops: list[dict[str, Any]]) -> list[str]:
+    """The drops against the baseline and the control (`baseline_drops`), as Markdown lines."""
+    lines = ["## Against the baseline and against the control", "",
+             "| row | MACs (M) | top-1 − baseline, mean [95 % interval] | top-1 − control: the cost of pruning "
+             "| seeds | the study's drop |", "|---|---:|---:|---:|---:|---|"]
+    for d in drops:
+        study = "—"
+        if "study_drop" in d:
+            held = d["holds_study_drop"]
+            study = f"{d['study_drop']:+.2f}: " + ("one seed, no interval" if held is None else
+                                                   "inside our interval" if held else "outside our interval")
+        versus_control = ("(the control)" if d["is_control"] else
+                          "no control run" if d["control"] is None else stats.format_interval(d["control"]))
+        lines.append(f"| {d['label']} | {d['macs'] / 1e6:.2f} | {stats.format_interval(d)} | {versus_control} "
+                     f"| {d['n']} | {study} |")
+    return lines + ["", "Baseline: one run (top-1 {:.2f} %), the start of every fine-tune. A control is its method's "
+                    "fine-tune with nothing pruned (same recipe, budget and seed): its own drop is what the fine-tune "
+                    "alone does, and a row minus its control, seed by seed, is what pruning costs. Intervals: "
+                    "Student's t over the fine-tune seeds.".format(drops[0]["baseline_top1"]), ""]
+
+
 def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] | None = None) -> str:
     """The comparisons as Markdown: drops against the baseline (with the study's), then every row
     against both sweeps at equal MACs, each a paired difference with its 95 % interval and a
@@ -163,25 +184,7 @@ def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] |
         verdict = "" if v["low"] is None else f" {v['verdict']}"
         return f"{v['at_macs']:.2f}; {stats.format_interval(v)}{verdict}"
 
-    lines = []
-    if drops:
-        lines += ["## Against the baseline and against the control", "",
-                  "| row | MACs (M) | top-1 − baseline, mean [95 % interval] | top-1 − control: the cost of pruning "
-                  "| seeds | the study's drop |", "|---|---:|---:|---:|---:|---|"]
-        for d in drops:
-            study = "—"
-            if "study_drop" in d:
-                held = d["holds_study_drop"]
-                study = f"{d['study_drop']:+.2f}: " + ("one seed, no interval" if held is None else
-                                                       "inside our interval" if held else "outside our interval")
-            versus_control = ("(the control)" if d["is_control"] else
-                              "no control run" if d["control"] is None else stats.format_interval(d["control"]))
-            lines.append(f"| {d['label']} | {d['macs'] / 1e6:.2f} | {stats.format_interval(d)} | {versus_control} "
-                         f"| {d['n']} | {study} |")
-        lines += ["", "Baseline: one run (top-1 {:.2f} %), the start of every fine-tune. A control is its method's "
-                  "fine-tune with nothing pruned (same recipe, budget and seed): its own drop is what the fine-tune "
-                  "alone does, and a row minus its control, seed by seed, is what pruning costs. Intervals: "
-                  "Student's t over the fine-tune seeds.".format(drops[0]["baseline_top1"]), ""]
+    lines = _drops_markdown(drops) if drops else []
     swept = [k[:-len("_top1_at_macs")] for k in (rows[0] if rows else {}) if k.endswith("_top1_at_macs")]
     lines += ["## At equal MACs", "",
               "| row | method | MACs (M) | top-1 % | seeds | "

@@ -76,10 +76,3 @@ def format_interval(interval: dict[str, Any], digits: int = 2) -> str:
     if interval.get("low") is None:
         return f"{mean} (one seed)"
     return f"{mean} [{interval['low']:+.{digits}f}, {interval['high']:+.{digits}f}]"
-
-
-def format_spread(mean: float, std: float | None, n: int, digits: int = 2) -> str:
-    """"87.42 ± 0.35 (n=3)"; a single value as "87.42 (n=1)"."""
-    if std is None:
-        return f"{mean:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
