@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from vitprune import models
 from vitprune.methods import block_pruning
-from vitprune.methods import dynamicvit
+from vitprune.methods import dynamicvit, dynamicvit_loss
 from vitprune.train import recipe
 
 
@@ -96,7 +96,7 @@ def run(model_name: str = "deit_base_patch16_224", img_size: int = 224, batch_si
     dynamicvit.set_decision_mode(dyvit, "gumbel")
     block = block_pruning.remove(block_pruning.prune_to(models.create_model(model_name, img_size=img_size),
                                                        keep, keep, "magnitude"))
-    dyvit_loss = dynamicvit.make_loss_fn()
+    dyvit_loss = dynamicvit_loss.make_loss_fn()
     block_loss = recipe.default_loss_fn(label_smoothing=0.1, distill_weight=0.5)
     out = {"model": model_name, "img_size": img_size, "batch_size": batch_size, "precision": precision,
            "device": str(dev), "base_rate": base_rate, "keep_heads": keep, "keep_mlp": keep,

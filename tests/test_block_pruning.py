@@ -12,7 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 from conftest import smoke_run
 from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
-from vitprune.methods import block_importance, dynamicvit
+from vitprune.methods import block_importance, block_masks, dynamicvit
 from vitprune.methods import block_pruning as bp
 
 
@@ -32,7 +32,7 @@ def deit_tiny() -> VisionTransformer:
 
 def random_masks(model, seed=1, dead_attn=(2,), dead_mlp=(3,)):
     g = torch.Generator().manual_seed(seed)
-    spec = bp.block_spec(model)
+    spec = block_masks.block_spec(model)
     heads = [torch.rand(s["heads"], generator=g) > 0.5 for s in spec]
     chans = [torch.rand(s["mlp"], generator=g) > 0.5 for s in spec]
     for i in dead_attn:
@@ -64,13 +64,13 @@ def test_masked_equals_removed(make):
     with torch.no_grad():
         full = model(x)
     heads, chans = random_masks(model)
-    bp.set_masks(model, heads, chans)
+    block_masks.set_masks(model, heads, chans)
     with torch.no_grad():
         masked = model(x)
     assert (masked - full).abs().max() > 1e-3  # the masks really change the model
     bp.remove(model)
-    assert not bp.has_masks(model)
-    assert not any(name.endswith(bp.MASK) for name in model.state_dict())
+    assert not block_masks.has_masks(model)
+    assert not any(name.endswith(block_masks.MASK) for name in model.state_dict())
     with torch.no_grad():
         removed = model(x)
     assert (removed - masked).abs().max() <= 1e-4
@@ -95,7 +95,7 @@ def test_removed_model_trains_and_keeps_weights_of_kept_heads():
     heads = [torch.ones(HEADS, dtype=torch.bool) for _ in range(DEPTH)]
     chans = [torch.ones(HIDDEN, dtype=torch.bool) for _ in range(DEPTH)]
     heads[5] = torch.tensor([True, False, True])
-    bp.set_masks(model, heads, chans)
+    block_masks.set_masks(model, heads, chans)
     bp.remove(model)
     d = DIM // HEADS
     kept_rows = torch.cat([torch.arange(s * DIM + h * d, s * DIM + (h + 1) * d) for s in range(3) for h in (0, 2)])
@@ -108,7 +108,7 @@ def test_removed_model_trains_and_keeps_weights_of_kept_heads():
 
 def test_spec_roundtrip_rebuilds_shapes(tmp_path):
     model = tiny_vit(qkv_bias=True)
-    bp.set_masks(model, *random_masks(model, seed=3))
+    block_masks.set_masks(model, *random_masks(model, seed=3))
     bp.remove(model)
     spec = model.vitprune_block_spec
     path = tmp_path / "pruned.pt"
@@ -299,7 +299,7 @@ def test_gradual_pruner_reaches_target_and_is_monotone():
         loss.backward()
         pruner(step, total, model)
         opt.step()
-        h, c = bp.get_masks(model)
+        h, c = block_masks.get_masks(model)
         counts.append((int(sum(m.sum() for m in h)), int(sum(m.sum() for m in c))))
     assert counts[-1] == (12, DEPTH * HIDDEN // 4)
     assert counts == sorted(counts, reverse=True)
@@ -318,12 +318,12 @@ def test_gradual_pruner_reaches_target_and_is_monotone():
 
 def test_masks_survive_state_dict_for_resume():
     model = tiny_vit()
-    bp.set_masks(model, *random_masks(model))
+    block_masks.set_masks(model, *random_masks(model))
     state = model.state_dict()
     other = tiny_vit()
-    bp.attach_masks(other)
+    block_masks.attach_masks(other)
     other.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(bp.get_masks(other)[1], bp.get_masks(model)[1]))
+    assert all(torch.equal(a, b) for a, b in zip(block_masks.get_masks(other)[1], block_masks.get_masks(model)[1]))
 
 
 @pytest.mark.parametrize("keep_heads", [0.5, 0.25])
@@ -364,7 +364,7 @@ def test_block_pruning_on_token_pruned_model():
     assert predictors
     x = images(model, n=3)
     heads, chans = random_masks(model, seed=5)
-    bp.set_masks(model, heads, chans)
+    block_masks.set_masks(model, heads, chans)
     with torch.no_grad():
         masked_eval = model(x)
     model.train()
@@ -428,7 +428,7 @@ def test_notebook_03_smoke(smoke_runs):
     assert sum(s["mlp"] for s in spec) == bp.keep_count(0.5, sum(m["baseline_mlp"]))
     assert m["macs"] < m["baseline_macs"] and m["mac_ratio"] == pytest.approx(m["baseline_macs"] / m["macs"])
     model = models.load_checkpoint(run / "model.pt")  # apply_spec rebuilds the pruned shapes
-    assert bp.block_spec(model) == spec
+    assert block_masks.block_spec(model) == spec
     assert any(isinstance(b.attn, bp.NoAttention) for b in model.blocks)
     c = measure.count(model)
     assert (c["params"], c["macs"]) == (m["params"], m["macs"])

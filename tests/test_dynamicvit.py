@@ -13,8 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from conftest import smoke_run
 from vitprune.errors import UserError
-from vitprune.methods import dynamicvit_io
-from vitprune.methods import dynamicvit
+from vitprune.methods import dynamicvit, dynamicvit_io, dynamicvit_loss, token_schedule
 
 torch.set_num_threads(2)
 
@@ -41,27 +40,27 @@ class ZeroAttention(nn.Module):
 
 def test_keep_counts_per_schedule_deit_grid():
     # 14 x 14 = 196 patch tokens (DeiT at 224), CLS excluded, floor(N * cumulative ratio)
-    assert dynamicvit.keep_counts(196, 0.7, "geometric") == [137, 96, 67]  # 0.7, 0.49, 0.343
-    assert dynamicvit.keep_counts(196, 0.7, "linear") == [137, 98, 58]  # 0.7, 0.5, 0.3
-    assert dynamicvit.keep_counts(196, 0.5, "geometric") == [98, 49, 24]
-    assert dynamicvit.keep_counts(196, None, "explicit", keep_ratios=[0.5, 0.25, 0.1]) == [98, 49, 19]
-    assert dynamicvit.keep_counts(196, 0.9, "geometric", locations=(4, 8)) == [176, 158]
+    assert token_schedule.keep_counts(196, 0.7, "geometric") == [137, 96, 67]  # 0.7, 0.49, 0.343
+    assert token_schedule.keep_counts(196, 0.7, "linear") == [137, 98, 58]  # 0.7, 0.5, 0.3
+    assert token_schedule.keep_counts(196, 0.5, "geometric") == [98, 49, 24]
+    assert token_schedule.keep_counts(196, None, "explicit", keep_ratios=[0.5, 0.25, 0.1]) == [98, 49, 19]
+    assert token_schedule.keep_counts(196, 0.9, "geometric", locations=(4, 8)) == [176, 158]
 
 
 def test_keep_counts_ignore_binary_float_noise():
     # 0.7 - 0.4 == 0.29999999999999993 in floats; int(10 * that) would be 2, we count 0.3 -> 3
-    assert dynamicvit.keep_counts(10, 0.7, "linear") == [7, 5, 3]
+    assert token_schedule.keep_counts(10, 0.7, "linear") == [7, 5, 3]
 
 
 def test_schedule_ratios():
-    assert dynamicvit.schedule_ratios(0.8, "geometric", num_stages=3) == pytest.approx([0.8, 0.64, 0.512])
-    assert dynamicvit.schedule_ratios(0.8, "linear", num_stages=3) == pytest.approx([0.8, 0.6, 0.4])
+    assert token_schedule.schedule_ratios(0.8, "geometric", num_stages=3) == pytest.approx([0.8, 0.64, 0.512])
+    assert token_schedule.schedule_ratios(0.8, "linear", num_stages=3) == pytest.approx([0.8, 0.6, 0.4])
 
 
 def test_empty_stage_is_an_error_naming_the_stage():
     with pytest.raises(UserError, match=r"stage 2 \(before block 9\) keeps 0 of 196"):
-        dynamicvit.keep_counts(196, 0.4, "linear")
-    assert dynamicvit.keep_counts(196, 0.4, "linear", allow_empty_stage=True) == [78, 39, 0]
+        token_schedule.keep_counts(196, 0.4, "linear")
+    assert token_schedule.keep_counts(196, 0.4, "linear", allow_empty_stage=True) == [78, 39, 0]
     with pytest.raises(UserError, match="stage 2"):
         dynamicvit.attach(tiny_vit(), 0.4, "linear")
 
@@ -173,7 +172,7 @@ def test_topk_training_forward_is_the_masked_one_at_gathered_cost(global_pool):
     _spread_scores(model)
     images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     teacher = tiny_vit(seed=3, global_pool=global_pool).eval()
-    loss_fn = dynamicvit.make_loss_fn()
+    loss_fn = dynamicvit_loss.make_loss_fn()
     model.train()
     dynamicvit.set_decision_mode(model, "topk")
     loss, logits, logs = loss_fn(model, images, targets, teacher)
@@ -228,7 +227,7 @@ def test_empty_stage_allowed_runs_on_cls_alone():
     with torch.no_grad():
         assert torch.isfinite(model(images)).all()
     model.train()
-    loss, logits, logs = dynamicvit.make_loss_fn()(model, images, torch.tensor([0, 1]), None)
+    loss, logits, logs = dynamicvit_loss.make_loss_fn()(model, images, torch.tensor([0, 1]), None)
     assert torch.isfinite(loss) and torch.isfinite(logits).all()
 
 
@@ -236,11 +235,11 @@ def test_gumbel_decisions_are_cumulative_and_train_the_predictors():
     model = dynamicvit.attach(tiny_vit(seed=4), 0.7).train()
     teacher = tiny_vit(seed=4).eval()
     images = torch.randn(4, 3, 32, 32)
-    loss, logits, logs = dynamicvit.make_loss_fn()(model, images, torch.tensor([0, 1, 2, 3]), teacher)
+    loss, logits, logs = dynamicvit_loss.make_loss_fn()(model, images, torch.tensor([0, 1, 2, 3]), teacher)
     assert set(logs) >= {"ce", "ratio_loss", "kl", "token_mse", "keep_frac_0", "keep_frac_2"}
     model.train()
     model(images)
-    aux = dynamicvit.pop_aux(model)
+    aux = dynamicvit_loss.pop_aux(model)
     for earlier, later in zip(aux.decisions, aux.decisions[1:]):
         assert bool((later <= earlier).all())  # a dropped token never comes back
     loss.backward()
@@ -254,7 +253,7 @@ def test_ratio_loss_teaches_the_predictors_the_keep_ratio():
     model = dynamicvit.attach(tiny_vit(seed=5, depth=4), 0.8, locations=(1, 2, 3)).train()
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("score_predictor."))
-    loss_fn = dynamicvit.make_loss_fn(clf_weight=0.0, ratio_weight=1.0, distill_weight=0.0)
+    loss_fn = dynamicvit_loss.make_loss_fn(clf_weight=0.0, ratio_weight=1.0, distill_weight=0.0)
     opt = torch.optim.Adam(dynamicvit.predictor_parameters(model), lr=1e-2)
     images = torch.randn(8, 3, 32, 32)
     first = None
@@ -266,7 +265,7 @@ def test_ratio_loss_teaches_the_predictors_the_keep_ratio():
         opt.step()
     with torch.no_grad():
         model(images)
-    fractions = [float(d.detach().mean()) for d in dynamicvit.pop_aux(model).decisions]
+    fractions = [float(d.detach().mean()) for d in dynamicvit_loss.pop_aux(model).decisions]
     assert first > 0.05
     assert fractions == pytest.approx([0.8, 0.64, 0.51], abs=0.12)
 
@@ -277,7 +276,7 @@ def test_keep_prior_starts_the_decisions_at_the_target_ratios():
     model.train()
     torch.manual_seed(0)
     model(torch.randn(16, 3, 32, 32))
-    fractions = [float(d.detach().mean()) for d in dynamicvit.pop_aux(model).decisions]
+    fractions = [float(d.detach().mean()) for d in dynamicvit_loss.pop_aux(model).decisions]
     assert fractions == pytest.approx([0.7, 0.49, 0.343], abs=0.06)
 
 
@@ -285,7 +284,7 @@ def test_teacher_with_token_pruning_is_refused():
     model = dynamicvit.attach(tiny_vit(), 0.7).train()
     teacher = dynamicvit.attach(tiny_vit(), 0.7).eval()
     with pytest.raises(UserError, match="unpruned"):
-        dynamicvit.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), teacher)
+        dynamicvit_loss.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), teacher)
 
 
 def test_param_groups_and_frozen_backbone_phase():
@@ -300,12 +299,12 @@ def test_param_groups_and_frozen_backbone_phase():
     assert id(model.blocks[0].attn.qkv.weight) in backbone_ids
     hook = dynamicvit.frozen_backbone_hook(model, frozen_steps=2)
     model.train()
-    loss, _, _ = dynamicvit.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
+    loss, _, _ = dynamicvit_loss.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
     loss.backward()
     hook(1, 10, model)  # still frozen: backbone gradients dropped, predictors keep theirs
     assert model.blocks[5].mlp.fc1.weight.grad is None
     assert model.score_predictor[0].in_conv[1].weight.grad is not None
-    loss, _, _ = dynamicvit.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
+    loss, _, _ = dynamicvit_loss.make_loss_fn()(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None)
     loss.backward()
     hook(2, 10, model)  # phase over
     assert model.blocks[5].mlp.fc1.weight.grad is not None
@@ -318,15 +317,15 @@ def test_backbone_trains_on_the_inference_masks_after_the_frozen_phase():
     x = torch.randn(4, 3, 32, 32)
     hook(0, 10, model)  # the predictors learn from Gumbel samples while the backbone is frozen
     model(x)
-    assert dynamicvit.pop_aux(model).decisions[0].requires_grad
+    assert dynamicvit_loss.pop_aux(model).decisions[0].requires_grad
     hook(1, 10, model)  # the next step trains the backbone: exact top-k masks, predictors fixed
     model.zero_grad()
-    loss, _, _ = dynamicvit.make_loss_fn()(model, x, torch.tensor([0, 1, 2, 3]), None)
+    loss, _, _ = dynamicvit_loss.make_loss_fn()(model, x, torch.tensor([0, 1, 2, 3]), None)
     loss.backward()
     assert model.score_predictor[0].in_conv[1].weight.grad is None
     assert model.blocks[5].mlp.fc1.weight.grad is not None
     model(x)
-    decisions = dynamicvit.pop_aux(model).decisions
+    decisions = dynamicvit_loss.pop_aux(model).decisions
     assert [d.sum(dim=1).tolist() for d in decisions] == [[float(c)] * 4 for c in counts]
     with pytest.raises(UserError, match="frozen_epochs > 0"):
         dynamicvit.frozen_backbone_hook(model, frozen_steps=0, then_decisions="topk")
@@ -429,7 +428,7 @@ def test_notebook_02_smoke(smoke_runs):
     run_dir = smoke_run(smoke_runs, "02_token_pruning", base_rate=0.7)
     m = results.read_metrics(run_dir)
     assert m["method"] == "dynamicvit" and m["base_rate"] == 0.7 and m["schedule"] == "geometric"
-    assert m["keep_counts"] == dynamicvit.keep_counts(49, 0.7)  # vit_fmnist: 7 x 7 patches
+    assert m["keep_counts"] == token_schedule.keep_counts(49, 0.7)  # vit_fmnist: 7 x 7 patches
     assert m["tokens_per_block"][-1] == 1 + m["keep_counts"][-1]
     assert m["flops"] == 2 * m["macs"] and m["macs"] < m["baseline_macs"]
     assert 0.0 <= m["top1"] <= 100.0 and m["eval_samples"] == 60

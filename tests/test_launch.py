@@ -118,7 +118,7 @@ def test_worker_user_error_reaches_the_caller():
 def test_two_processes_fine_tune_dynamicvit_on_topk_masks():
     """Once the backbone trains on top-k masks the predictors get no gradient: DDP must be told
     to expect unused parameters, or the second step fails ("Expected to have finished reduction")."""
-    from vitprune.methods import dynamicvit
+    from vitprune.methods import dynamicvit, dynamicvit_loss
 
     train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)  # 80 images: 5 steps of 2 x 8
     teacher = tiny_vit().eval()
@@ -127,7 +127,7 @@ def test_two_processes_fine_tune_dynamicvit_on_topk_masks():
     backbone = [p.detach().clone() for p in dynamicvit.backbone_parameters(student)]
     history = engine.train(
         student, train_set, TrainConfig(epochs=2, batch_size=8, lr=5e-3, progress=False, trace_every=0, num_processes=2),
-        teacher=teacher, hooks=Hooks(loss_fn=dynamicvit.make_loss_fn(), param_groups=dynamicvit.param_groups(student, 0.2),
+        teacher=teacher, hooks=Hooks(loss_fn=dynamicvit_loss.make_loss_fn(), param_groups=dynamicvit.param_groups(student, 0.2),
                                      on_step=dynamicvit.frozen_backbone_hook(student, 2, then_decisions="topk")))
     assert len(history) == 2 and all(h["num_processes"] == 2 for h in history)
     assert any(not torch.equal(a, b) for a, b in zip(predictors, dynamicvit.predictor_parameters(student)))
@@ -141,7 +141,7 @@ def test_two_processes_fine_tune_dynamicvit_on_a_block_pruned_model(then_decisio
     downstream, so its predictor is reached by the ratio loss alone, not from the output DDP walks
     back from. Both failed the step ("finished reduction" / "mark a variable ready only once")."""
     from vitprune.methods import block_pruning
-    from vitprune.methods import dynamicvit
+    from vitprune.methods import dynamicvit, dynamicvit_loss
 
     train_set, _ = engine_data.tensor_sets(train_per_class=8, eval_per_class=1)
     teacher = tiny_vit().eval()
@@ -150,7 +150,7 @@ def test_two_processes_fine_tune_dynamicvit_on_a_block_pruned_model(then_decisio
     predictors = [p.detach().clone() for p in dynamicvit.predictor_parameters(student)]
     history = engine.train(
         student, train_set, TrainConfig(epochs=1, batch_size=8, lr=5e-3, progress=False, trace_every=0, num_processes=2),
-        teacher=teacher, hooks=Hooks(loss_fn=dynamicvit.make_loss_fn(), param_groups=dynamicvit.param_groups(student, 0.2),
+        teacher=teacher, hooks=Hooks(loss_fn=dynamicvit_loss.make_loss_fn(), param_groups=dynamicvit.param_groups(student, 0.2),
                                      on_step=dynamicvit.frozen_backbone_hook(student, 2, then_decisions=then_decisions)))
     assert len(history) == 1 and history[0]["num_processes"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(predictors, dynamicvit.predictor_parameters(student)))

@@ -7,7 +7,7 @@ import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprune import models, torchutil
+from vitprune import hub, models, torchutil
 from vitprune.errors import UserError
 
 
@@ -87,7 +87,7 @@ def test_official_deit_layout_loads(tmp_path):
 
 def test_pretrained_without_hub_suggests_checkpoint(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(torchutil, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(UserError, match="checkpoint=PATH"):
         models.create_model("deit_tiny_patch16_224", pretrained=True)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitprune import models
-from vitprune.methods import block_pruning, dynamicvit, merging, pruning_state, registry, training_free
+from vitprune.methods import block_masks, block_pruning, dynamicvit, merging, pruning_state, registry, training_free
 
 LOCS = (1, 2, 3)
 
@@ -19,7 +19,7 @@ def _masked(model):
     heads = [torch.tensor([i != b % 4 for i in range(4)]) for b in range(4)]  # one head closed per block
     mlp = [torch.arange(128) % 3 != b % 3 for b in range(4)]  # a third of the channels closed
     mlp[2] = torch.zeros(128, dtype=torch.bool)  # one whole MLP branch closed
-    block_pruning.set_masks(model, heads, mlp)
+    block_masks.set_masks(model, heads, mlp)
     return model
 
 
@@ -79,10 +79,10 @@ def test_method_state_reads_what_the_pruners_write():
     assert registry.method_state(model) == {"block_spec": None, "block_masks": False,
                                              "dynamicvit": None, "training_free": None, "merging": None}
     _masked(model)
-    assert block_pruning.has_masks(model) and registry.method_state(model)["block_masks"]
+    assert block_masks.has_masks(model) and registry.method_state(model)["block_masks"]
     block_pruning.remove(model)
-    assert not block_pruning.has_masks(model)
-    assert pruning_state.block_spec(model) == block_pruning.block_spec(model) == model.vitprune_block_spec
+    assert not block_masks.has_masks(model)
+    assert pruning_state.block_spec(model) == block_masks.block_spec(model) == model.vitprune_block_spec
     _free(model)
     assert pruning_state.training_free(model) == training_free.config(model)
     assert pruning_state.dynamicvit(model) is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vitprune import torchutil
+from vitprune import hub, torchutil
 from vitprune.errors import UserError
 
 
@@ -60,18 +60,18 @@ def test_hub_reachable_respects_offline_and_proxy(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
-    assert torchutil.hub_reachable() is False
+    assert hub.hub_reachable() is False
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # "0" is not offline mode
-    assert torchutil.hub_reachable() is False
+    assert hub.hub_reachable() is False
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # cache-only: let the library look in its cache
-    assert torchutil.hub_reachable() is True
+    assert hub.hub_reachable() is True
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    assert torchutil.hub_reachable() is False
-    assert torchutil.hub_reachable(offline_env=("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")) is True
+    assert hub.hub_reachable() is False
+    assert hub.hub_reachable(offline_env=("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")) is True
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert torchutil.hub_reachable() is True
+    assert hub.hub_reachable() is True
 
 
 def test_logits_takes_the_first_of_a_tuple():

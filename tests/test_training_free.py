@@ -5,7 +5,7 @@ import torch
 
 from vitprune import measure
 from vitprune.errors import UserError
-from vitprune.methods import block_pruning, dynamicvit, selection, training_free, vit_ops
+from vitprune.methods import block_pruning, dynamicvit, selection, token_schedule, training_free, vit_ops
 from vitprune.models import create_model
 
 
@@ -17,9 +17,9 @@ def _tiny(**kw):
 def test_keep_counts_equal_dynamicvit():
     model = training_free.apply(_tiny(), base_rate=0.7, locations=(1, 3, 5))
     n = int(model.patch_embed.num_patches)
-    assert training_free.keep_counts(model) == dynamicvit.keep_counts(n, 0.7, locations=(1, 3, 5))
+    assert training_free.keep_counts(model) == token_schedule.keep_counts(n, 0.7, locations=(1, 3, 5))
     tokens = training_free.tokens_per_block(model)
-    assert tokens[0] == n + 1 and tokens[1] == dynamicvit.keep_counts(n, 0.7, locations=(1, 3, 5))[0] + 1
+    assert tokens[0] == n + 1 and tokens[1] == token_schedule.keep_counts(n, 0.7, locations=(1, 3, 5))[0] + 1
 
 
 def test_rate_one_equals_unmodified_model():

@@ -32,7 +32,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprune import torchutil
+from vitprune import hub
 from vitprune.errors import UserError
 from vitprune.methods import registry
 from vitprune.torchutil import torch_load, unwrap
@@ -211,7 +211,7 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
     if img_size is not None:
         model_kwargs["img_size"] = int(img_size)
     if pretrained:
-        if not torchutil.hub_reachable():
+        if not hub.hub_reachable():
             raise UserError(f"pretrained weights for {name!r} need the Hugging Face hub, which is not "
                             "reachable; download the official checkpoint elsewhere (e.g. DeiT's "
                             "deit_base_patch16_224-b5f2ef4d.pth) and pass checkpoint=PATH (notebook "

@@ -4,8 +4,6 @@
   wrappers (`.module`) and `torch.compile` (`._orig_mod`).
 * `torch_load(path)`: a checkpoint file read with `weights_only=True` (no arbitrary
   unpickling of a downloaded file); anything else is one UserError naming the file.
-* `hub_reachable()`: whether trying the Hugging Face hub makes sense (offline mode and
-  proxies respected).
 * `logits(output)`: plain logits from a model output.
 """
 
@@ -21,7 +19,6 @@ import torch
 import torch.nn as nn
 
 from vitprune.errors import UserError
-from vitprune.hub import hub_reachable  # noqa: F401  (re-exported: models and tests use torchutil.hub_reachable)
 
 # Globals a weights-only load may rebuild besides tensors and plain containers: official
 # DeiT / DynamicViT training files store their command line as an argparse.Namespace

@@ -18,7 +18,7 @@ from timm.layers.attention import Attention
 from torch import nn
 
 from vitprune.errors import UserError
-from vitprune.methods.block_masks import num_heads, vit_blocks
+from vitprune.methods.block_masks import vit_blocks
 from vitprune.torchutil import logits, unwrap
 
 

@@ -41,24 +41,19 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-
 from timm.layers import Mlp
 from timm.layers.attention import Attention
+from torch import nn
 
-from vitprune import param_rules
-from vitprune import measure
+from vitprune import measure, param_rules
 from vitprune.errors import UserError
 from vitprune.methods import dynamicvit, pruning_state
-from vitprune.methods.method import WIDTH, Flag, Method
-# the gates (stage 1) live in block_masks; MASK / ALIVE, block_spec and the mask functions are part of this
-# method's interface and stay importable from here
-from vitprune.methods.block_masks import (ALIVE, MASK, attach_masks, block_spec, detach_masks,  # noqa: F401
-                                          get_masks, has_masks, num_channels, num_heads, set_masks, vit_blocks)
 from vitprune.methods.block_importance import magnitude_importance, taylor_importance, taylor_scores_from_grads
+from vitprune.methods.block_masks import (attach_masks, block_spec, detach_masks, get_masks, has_masks, num_channels,
+                                          num_heads, set_masks, vit_blocks)
 from vitprune.methods.block_removal import NoAttention, NoMlp, shrink_attention, shrink_mlp
-from vitprune.torchutil import logits, unwrap
+from vitprune.methods.method import WIDTH, Flag, Method
+from vitprune.torchutil import unwrap
 
 IMPORTANCE = param_rules.CHOICES["importance"]
 SCOPES = param_rules.CHOICES["scope"]

@@ -46,19 +46,13 @@ from timm.models.vision_transformer import VisionTransformer
 from vitprune import param_rules
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection
+from vitprune.methods.dynamicvit_loss import TrainAux
 from vitprune.methods.method import TOKEN, Method, restore_entry, state_entry
+from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, SCHEDULE_FLAGS, keep_counts, options_from_flags,
+                                             recorded_keep_counts, schedule_config, schedule_ratios)
+from vitprune.methods.vit_ops import (check_blocks, check_locations, embed, gather_tokens, masked_block, mixed_class,
+                                      patch_masks, refuse_attn_mask, required_config, tokens_entering_blocks)
 from vitprune.torchutil import unwrap
-# the keep schedule (token_schedule, shared with training_free) and the training objective (dynamicvit_loss)
-# are part of this method's interface and stay importable from here
-from vitprune.methods.dynamicvit_loss import TrainAux, make_loss_fn, pop_aux  # noqa: F401
-from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, LINEAR_STEP, SCHEDULE_FLAGS, SCHEDULES, keep_counts,  # noqa: F401
-                                             options_from_flags, recorded_keep_counts, schedule_config,
-                                             schedule_ratios)
-# attention_qkv / attention_output / masked_attention / mixed_class / tokens_entering_blocks live in
-# vit_ops (shared with training_free) and stay importable from here
-from vitprune.methods.vit_ops import (attention_output, attention_qkv, check_blocks, check_locations, embed,  # noqa: F401
-                              gather_tokens, masked_attention, masked_block, mixed_class, patch_masks,
-                              refuse_attn_mask, required_config, tokens_entering_blocks)
 
 CONFIG_ATTR = pruning_state.DYNAMICVIT_ATTR  # where attach() records its config (read via pruning_state)
 PREDICTOR_ATTR = "score_predictor"

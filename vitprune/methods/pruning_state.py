@@ -7,7 +7,7 @@ DDP / torch.compile wrapper), so a checkpoint can store it and rebuild the model
 * training-free token pruning (EViT-style, `training_free.apply`): its schedule config, a dict;
 * block pruning after removal (`block_pruning.remove` / `prune_to` / `apply_spec`): the
   per-block widths `[{"heads": h, "mlp": m}, ...]`;
-* block pruning before removal (`block_pruning.attach_masks`): gate buffers named `MASK` /
+* block pruning before removal (`block_masks.attach_masks`): gate buffers named `MASK` /
   `ALIVE` on the gated layers (their values are in the state dict).
 
 Each method's `Method.state` reads its part; `registry.method_state` gathers them for

@@ -4,7 +4,7 @@ Each finding is a function returning a dict: the numbers it rests on plus a one-
 `text` that states them. The reported numbers come from `table1.REFERENCE_ROWS` (the
 study's Table 1 and the source papers, typed in once); the measured ones from
 `vitprune.measure.count` on random-init timm models (MACs do not depend on the weights) and
-from `vitprune.methods.dynamicvit.keep_counts`.
+from `vitprune.methods.token_schedule.keep_counts`.
 
 Findings:
   units       which unit each Table 1 "FLOPs (G)" number is (fvcore MACs vs doubled GMACs)
@@ -205,7 +205,7 @@ def units_finding(counter: Counter) -> dict[str, Any]:
 
 def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict[str, Any]:
     """Which keep-ratio schedule reproduces the study's DyViT-Sub GFLOPs (DeiT-B at 224)."""
-    from vitprune.methods import dynamicvit  # local: keeps `import vitprune.study.audit` free of torch
+    from vitprune.methods import token_schedule  # local: keeps `import vitprune.study.audit` free of torch
 
     rows = []
     for rate in rates:
@@ -216,7 +216,7 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
             row[f"{schedule}_gmacs"] = g
             row[f"{schedule}_error"] = g - study
             row[f"{schedule}_rounds_to_study"] = round(g, 1) == study
-            row[f"{schedule}_keep_counts"] = dynamicvit.keep_counts(
+            row[f"{schedule}_keep_counts"] = token_schedule.keep_counts(
                 196, rate, schedule, locations=LOCATIONS, allow_empty_stage=True)
         rows.append(row)
     summary = {}
@@ -248,11 +248,11 @@ def schedule_finding(counter: Counter, rates: tuple[float, ...] = RATES) -> dict
 def layer9_finding(schedule: dict[str, Any] | None = None, num_patches: int = 196,
                    base_rate: float = 0.4) -> dict[str, Any]:
     """Could block 9 have kept 0 tokens at base rate 0.4? Keep counts under both schedules."""
-    from vitprune.methods import dynamicvit  # local: keeps `import vitprune.study.audit` free of torch
+    from vitprune.methods import token_schedule  # local: keeps `import vitprune.study.audit` free of torch
 
-    counts = {s: dynamicvit.keep_counts(num_patches, base_rate, s, locations=LOCATIONS, allow_empty_stage=True)
+    counts = {s: token_schedule.keep_counts(num_patches, base_rate, s, locations=LOCATIONS, allow_empty_stage=True)
               for s in SCHEDULES}
-    ratios = {s: dynamicvit.schedule_ratios(base_rate, s, num_stages=len(LOCATIONS)) for s in SCHEDULES}
+    ratios = {s: token_schedule.schedule_ratios(base_rate, s, num_stages=len(LOCATIONS)) for s in SCHEDULES}
     text = (
         f"At base rate {base_rate:g} the linear schedule's last ratio is {ratios['linear'][-1]:g}, so "
         f"block {LOCATIONS[-1]} would get {counts['linear'][-1]} of {num_patches} patch tokens (keep counts "
@@ -374,7 +374,7 @@ def run_audit(out_dir: str | os.PathLike | None = None, *, counter: Counter | No
 def to_markdown(findings: list[dict[str, Any]]) -> str:
     lines = ["# Audit of the study's numbers", "",
              "Computed by `vitprune.study.audit` (MACs: `vitprune.measure.count` on random-init timm models, "
-             "batch 1, eval mode, attention matmuls counted; keep counts: `vitprune.methods.dynamicvit.keep_counts`). "
+             "batch 1, eval mode, attention matmuls counted; keep counts: `vitprune.methods.token_schedule.keep_counts`). "
              "GMACs = multiply-accumulates / 1e9; GFLOPs = 2 x GMACs.", ""]
     for f in findings:
         lines += [f"## {f['title']}", "", f["text"], ""]
