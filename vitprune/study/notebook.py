@@ -72,16 +72,17 @@ class Session:
         return engine.evaluate(teacher, eval_set, batch_size=batch_size, num_workers=num_workers,
                                **self.train_config.scale)["top1"]
 
-    def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, metrics: dict[str, Any], main_model: str | None = None) -> dict[str, Any]:
         """Write `metrics` (a `results.metrics_row`, or the notebook's own record) as this run's
         metrics.json, with where it ran (`launch.Plan.describe`), timm's recipe and the wall time.
-        A row whose model was saved in a sub-folder (`checkpoint`, relative: notebook 04's main
-        row) is also copied to <run_dir>/model.pt, atomically, as every model run provides."""
+        `main_model`: the main row's model file, relative to the run folder (notebook 04 saves each
+        order in a sub-folder), also copied to <run_dir>/model.pt, atomically, as every model run
+        provides."""
         metrics.update(self.plan.describe(), recipe=self.train_config.recipe,
                        wall_time_s=time.perf_counter() - self.started)
-        if metrics.get("checkpoint"):
+        if main_model:
             tmp = self.run_dir / "model.pt.tmp"
-            shutil.copyfile(self.run_dir / metrics["checkpoint"], tmp)
+            shutil.copyfile(self.run_dir / main_model, tmp)
             os.replace(tmp, self.run_dir / "model.pt")
         results.write_metrics(self.run_dir, metrics)
         return metrics
