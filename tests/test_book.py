@@ -37,3 +37,16 @@ def test_book_pages_load_in_a_browser(smoke_runs, tmp_path):
     assert shown["index.html"] >= 3, shown  # the study's figures
     blank = [name for name, count in shown.items() if count == 0 and name[:2] != "00"]
     assert not blank, f"pages without a figure: {blank}"  # every model notebook draws its run
+
+
+def test_a_page_folds_its_parameters_under_what_this_run_changed():
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# 02"},
+                    {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "base_rate: float = 0.7\n"},
+                    {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]},
+                     "source": 'profile = "fmnist"\nbase_rate = 0.5\nseed = 0\nrun_dir = "/x"\n'},
+                    {"cell_type": "code", "metadata": {}, "source": "print(base_rate)"}]}
+    folded = book.fold_parameters(nb, "02_token_pruning")
+    assert [c["cell_type"] for c in folded["cells"]] == ["markdown", "markdown", "code"]
+    text = folded["cells"][1]["source"]
+    assert "`base_rate = 0.5`" in text and "seed" not in text.split("<details>")[0]  # 0 is the default
+    assert "<details>" in text and "base_rate: float = 0.7" in text and "run_dir" in text.split("<details>")[1]

@@ -96,4 +96,4 @@ def test_the_studys_linear_rate_keeps_no_token_after_its_last_stage(smoke_runs):
     """study.yaml's linear 0.4 (the study's text: keep 0.4, 0.2, 0.0): block 9 on sees CLS alone."""
     m = results.read_metrics(smoke_run(smoke_runs, "02_token_pruning", point="linear_0.4"))
     assert m["schedule"] == "linear" and m["keep_counts"][-1] == 0 and m["tokens_per_block"][-1] == 1
-    assert m["label"].endswith("(linear)")
+    assert m["label"].endswith(", linear schedule")

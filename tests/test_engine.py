@@ -163,6 +163,21 @@ def test_handoff_saves_the_model_after_a_fraction_of_the_steps(tmp_path):
         run(tiny_model(), train_set, handoff=(1.5, tmp_path / "never.pt"))
 
 
+def test_live_curves_go_to_tensorboard_in_the_log_dir(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_set, eval_set = engine_data.tensor_sets(train_per_class=4, eval_per_class=1)
+    run(tiny_model(), train_set, eval_set, log_dir=str(tmp_path / "tb"), trace_every=1, desc="DynamicViT rho=0.7")
+    (run_dir,) = (tmp_path / "tb").iterdir()
+    assert run_dir.name == "DynamicViT_rho=0.7"
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "epoch/train_loss", "epoch/eval_top1"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]  # optimizer steps: 2 epochs x 2
+    assert len(events.Scalars("epoch/eval_top1")) == 2
+
+
 def test_custom_loss_fn_and_distillation():
     train_set, _ = engine_data.tensor_sets(train_per_class=4)
     seen = []

@@ -83,16 +83,18 @@ def test_layer_widths_relative_to_baseline(runs):
     assert heights[:4] == [0.5, 0.75, 0.0, 0.5]  # heads kept / 4 per block
 
 
-def test_training_curves_fall_back_to_train_accuracy():
-    runs = [{"run": "01_deit_baseline", "metrics": {"label": "base", "history": [
-                {"epoch": 1, "train_loss": 1.0, "train_acc": 60.0, "eval_top1": 70.0},
-                {"epoch": 2, "train_loss": 0.5, "train_acc": 80.0, "eval_top1": 85.0}]}},
-            {"run": "02_token_pruning/base_rate_0.7", "metrics": {"label": "dyn", "history": [
-                {"epoch": 1, "train_loss": 0.7, "train_acc": 75.0}]}}]
-    fig = plots.training_curves(runs)
-    lines = {line.get_label(): line for line in fig.axes[1].get_lines()}
-    assert list(lines["base"].get_ydata()) == [70.0, 85.0]
-    assert list(lines["dyn (train)"].get_ydata()) == [75.0] and lines["dyn (train)"].get_linestyle() == "--"
+def test_training_curves_draw_each_configuration_once_from_its_steps():
+    def run(name, seed, trace, control=False):
+        return {"run": name + f"__seed_{seed}", "metrics": {"label": name, "method": "dynamicvit", "seed": seed,
+                                                           "control": control, "history": [{"epoch": 1, "trace": trace}]}}
+    trace = [[10, 2.0, 1e-3], [20, 1.5, 9e-4], [30, 1.2, 5e-4]]
+    runs = [run("02_token_pruning/base_rate_0.7", 0, trace), run("02_token_pruning/base_rate_0.7", 1, trace),
+            run("02_token_pruning/control", 0, trace, control=True),
+            {"run": "01_deit_baseline", "metrics": {"label": "base", "history": [{"epoch": 1, "train_loss": 1.0}]}}]
+    lines = {line.get_label(): line for line in plots.training_curves(runs).axes[0].get_lines()}
+    assert sorted(lines) == ["02_token_pruning/base_rate_0.7", "02_token_pruning/control"]
+    assert list(lines["02_token_pruning/base_rate_0.7"].get_xdata()) == [10, 20, 30]
+    assert lines["02_token_pruning/control"].get_linestyle() == "--"
 
 
 def test_rate_sweep_keeps_schedules_apart(runs):

@@ -16,8 +16,10 @@ from vitprune.study import comparisons, results, run_folders, table1
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _history(epochs, start_loss, final_top1):
-    return [{"epoch": e, "train_loss": start_loss / (e + 1), "eval_top1": final_top1 - 5.0 / (e + 1)}
+def _history(epochs, start_loss, final_top1, steps=20):
+    """engine.train's per-epoch records, with the loss trace every 10 optimizer steps."""
+    return [{"epoch": e, "train_loss": start_loss / (e + 1), "eval_top1": final_top1 - 5.0 / (e + 1),
+             "trace": [[e * steps + s, start_loss / (e + 1 + s / steps), 1e-3] for s in (10, steps)]}
             for e in range(epochs)]
 
 

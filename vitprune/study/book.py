@@ -1,13 +1,15 @@
 """The executed study as static pages a reader opens in a browser (`make book`): an index with
-the README's results (default profile), Table 1, the figures and the audit, and each executed
-notebook of the pipeline's runs with its outputs. Built with nbconvert (offline, seconds; a
-jupyter-book 2 build fetches its theme from the network), into an ignored folder."""
+the numbers of the runs it renders (their notebook 05's Table 1, comparisons, figures and audit,
+never another run's text), and each executed notebook of the pipeline's runs with its outputs,
+its parameters folded under the values that differ from the notebook's defaults. Built with
+nbconvert (offline, seconds; a jupyter-book 2 build fetches its theme from the network), into an
+ignored folder."""
 
 from __future__ import annotations
 
+import ast
 import html
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -51,21 +53,54 @@ def executed_notebooks(runs_root: str | Path | None, profile: str) -> list[tuple
     return found
 
 
-def readme_results() -> str:
-    """The README's "Results" section (markdown), or empty."""
-    readme = config.project_root() / "README.md"
-    text = readme.read_text() if readme.is_file() else ""
-    match = re.search(r"^## Results.*?(?=^## |\Z)", text, flags=re.S | re.M)
-    return match.group(0) if match else ""
+def _literals(source: str) -> dict[str, Any]:
+    """`name = literal` assignments of papermill's injected cell (others skipped)."""
+    values = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return values
 
 
-def _notebook_page(path: Path, title: str) -> str:
+def fold_parameters(nb: dict, notebook: str) -> dict:
+    """The executed notebook with its parameters cell and papermill's injected cell replaced by one
+    markdown cell: the values that differ from the notebook's defaults in view, every line folded."""
+    defaults = {k: p.default for k, p in config.declared_parameters(config.notebook_path(notebook)).items()}
+    cells, folded, injected = [], [], {}
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            source = "".join(cell["source"])
+            folded.append(source)
+            if "injected-parameters" in tags:
+                injected = _literals(source)
+            continue
+        cells.append(cell)
+    if not folded:
+        return nb
+    differ = {k: v for k, v in injected.items() if k not in config.INJECTED and defaults.get(k, v) != v}
+    shown = ", ".join(f"`{k} = {v!r}`" for k, v in differ.items()) or "none"
+    text = (f"**Parameters.** Values this run changed from the notebook's defaults: {shown}.\n\n"
+            "<details><summary>Every parameter (the notebook's cell, then what the pipeline injected)</summary>\n\n"
+            + "".join(f"<pre>{html.escape(s)}</pre>\n" for s in folded) + "</details>\n")
+    first = next(i for i, c in enumerate(nb["cells"]) if set(c.get("metadata", {}).get("tags", []))
+                 & {"parameters", "injected-parameters"})
+    cells.insert(first, {"cell_type": "markdown", "id": "vitprune-parameters", "metadata": {}, "source": text})
+    return {**nb, "cells": cells}
+
+
+def _notebook_page(path: Path, title: str, notebook: str) -> str:
+    import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", embed_images=True)
-    exporter.mathjax_url = ""  # offline: no script from a CDN (the study's notebooks hold no LaTeX to typeset)
+    exporter.mathjax_url = ""  # offline: no script from a CDN (formulas show as their TeX source)
     exporter.require_js_url = ""
-    body, _ = exporter.from_filename(str(path), resources={"metadata": {"name": title}})
+    nb = nbformat.from_dict(fold_parameters(nbformat.read(str(path), as_version=4), notebook))
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     return body
 
 
@@ -78,21 +113,21 @@ def build(profile: str = config.DEFAULT_PROFILE, runs_root: str | Path | None = 
     if not notebooks:
         raise UserError(f"no finished runs of profile {profile!r} under {run_folders.runs_root_or_default(runs_root)}: "
                         f"run `python -m vitprune run --profile {profile}` (make reproduce) first")
-    figures = Path(figures_dir) if figures_dir else run_folders.figures_dir(profile)
-    if not figures.is_dir():
-        figures = run_folders.runs_root_or_default(runs_root) / profile / run_folders.FIGURES_NOTEBOOK / run_folders.FIGURES_SUBDIR
+    # the figures of these runs (their notebook 05), never the repository's committed ones from another run
+    figures = Path(figures_dir) if figures_dir else (
+        run_folders.runs_root_or_default(runs_root) / profile / run_folders.FIGURES_NOTEBOOK / run_folders.FIGURES_SUBDIR)
     out = Path(out) if out else config.project_root() / BOOK_DIR / profile
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "notebooks").mkdir(parents=True)
-    sections = [f"<h1>ViT pruning study: profile <code>{html.escape(profile)}</code></h1>"]
-    results = readme_results() if profile == config.DEFAULT_PROFILE else ""
-    for folder in sorted(set(re.findall(r"\((figures/[\w.-]+)/", results))):  # what the README's images show
-        if (config.project_root() / folder).is_dir():
-            shutil.copytree(config.project_root() / folder, staging / folder, dirs_exist_ok=True)
-    if results:
-        sections.append("<div id='results'>" + _markdown(results) + "</div>")
-    if figures.is_dir():
+    root = run_folders.runs_root_or_default(runs_root) / profile
+    sections = [f"<h1>ViT pruning study: profile <code>{html.escape(profile)}</code></h1>",
+                f"<p id='results'>The numbers, tables and figures below are those of the runs these pages render "
+                f"({len(notebooks)} executed notebooks under <code>{html.escape(str(root))}</code>), as their "
+                f"notebook 05 wrote them.</p>"]
+    if not figures.is_dir():
+        sections.append("<p>Notebook 05 has not run on these runs: no Table 1 or figures yet.</p>")
+    else:
         shutil.copytree(figures, staging / "figures" / profile, dirs_exist_ok=True)
         for name, title in TABLES.items():
             if (figures / f"{name}.md").is_file():
@@ -102,7 +137,7 @@ def build(profile: str = config.DEFAULT_PROFILE, runs_root: str | Path | None = 
     items = []
     for run, path in notebooks:
         page = "notebooks/" + run.replace("/", "__") + ".html"
-        (staging / page).write_text(_notebook_page(path, run))
+        (staging / page).write_text(_notebook_page(path, run, path.stem))
         items.append(f"<li><a href='{page}'>{html.escape(run)}</a></li>")
     sections.append("<h2 id='notebooks'>Executed notebooks</h2><ul>" + "".join(items) + "</ul>")
     (staging / "index.html").write_text(_page(f"vitprune: {profile}", "\n".join(sections)))

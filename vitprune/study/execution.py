@@ -213,6 +213,16 @@ def failure(run: Run, manifest: dict[str, Any] | None = None) -> UserError:
                      f"the last good run in {run.run_dir} is untouched)")
 
 
+def cell_progress(name: str, stream=None) -> dict[str, Any]:
+    """papermill's cell bar, named by the run, on stdout beside the run's other lines (stderr
+    keeps its one-line errors): redrawn live on a terminal; in a log (not a terminal) a line at
+    most every two minutes, so a long run says where it is without flooding it."""
+    stream = stream or sys.stdout
+    live = stream.isatty()
+    return {"desc": f"[{name}] cells", "unit": "cell", "file": stream, "leave": False, "dynamic_ncols": live,
+            "mininterval": 1.0 if live else 120.0, "ascii": not live}
+
+
 def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     """Execute one run with papermill into `<run_dir>.partial`, then put it in place of the run
     folder; on failure or Ctrl-C the run folder is left as it was."""
@@ -242,7 +252,7 @@ def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
             papermill.execute_notebook(str(config.notebook_path(run.notebook)), str(output),
                                        parameters={**run.params, "run_dir": str(staging)},
                                        cwd=str(config.project_root()),
-                                       kernel_name="python3", progress_bar=False,
+                                       kernel_name="python3", progress_bar=cell_progress(run.name),
                                        coalesce_streams=True,  # one stdout / stderr box per cell, bars at their last state
                                        kernel_manager_class=_ipc_kernel_manager(),
                                        # jupyter_client interrupts every kernel it shuts down; one busy

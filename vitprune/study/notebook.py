@@ -18,6 +18,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 from torch.utils.data import Dataset
 
+from vitprune.errors import UserError
 from vitprune.study import config, release, results, run_folders
 from vitprune.train import engine, launch
 from vitprune.train.recipe import TrainConfig
@@ -72,6 +73,31 @@ class Session:
         return engine.evaluate(teacher, eval_set, batch_size=batch_size, num_workers=num_workers,
                                **self.train_config.scale)["top1"]
 
+    def reading(self, metrics: dict[str, Any], study_drop: float | None = None) -> str:
+        """The run's result in words: against the baseline, against this notebook's control of the
+        same seed (the same fine-tune with nothing pruned) when it has run, and against the drop
+        the study reports where it reports one (points of top-1)."""
+        top1, base = float(metrics["top1"]), metrics.get("baseline_top1")
+        text = f"{metrics['label']}: top-1 {top1:.2f} %"
+        if base is not None:
+            text += f", {top1 - float(base):+.2f} points against the baseline ({float(base):.2f} %)"
+        if metrics.get("mac_ratio"):
+            text += f", at 1/{float(metrics['mac_ratio']):.2f} of its MACs"
+        if metrics.get("control"):
+            return text + ". This is the control: what the fine-tune alone does, with nothing pruned."
+        try:
+            control = results.read_metrics(self.upstream(self.notebook, "control", seed=self.params["seed"]))
+        except UserError:
+            control = None
+        if control and control.get("top1") is not None:
+            text += (f". Its control (the same fine-tune, nothing pruned) reached {float(control['top1']):.2f} %, "
+                     f"so pruning costs {top1 - float(control['top1']):+.2f} points at this seed")
+        else:
+            text += ". Its control has not run at this seed, so the drop mixes pruning with the fine-tune"
+        if study_drop is not None:
+            text += f"; the study reports {study_drop:+.2f} points for its small-scale DynamicViT at this rate"
+        return text + ". One seed: notebook 05 gives the interval over seeds."
+
     def finish(self, metrics: dict[str, Any], main_model: str | None = None) -> dict[str, Any]:
         """Write `metrics` (a `results.metrics_row`, or the notebook's own record) as this run's
         metrics.json, with where it ran (`launch.Plan.describe`), timm's recipe and the wall time.
@@ -98,6 +124,8 @@ def start(notebook: str, params: Mapping[str, Any]) -> Session:
     torch.manual_seed(int(params["seed"]))
     run_dir = run_folders.own_run_dir(dict(params), notebook)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # live curves of every fine-tune in the run folder: tensorboard --logdir runs/
+    train_config = train_config.replace(log_dir=str(run_dir / "tensorboard"))
     print("run dir:", run_dir)
     return Session(notebook, params, run_dir, plan, train_config, started)
 

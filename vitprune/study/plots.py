@@ -126,12 +126,15 @@ def rate_sweep(runs: list[dict]) -> Figure | None:
 
 
 def tokens_per_block(runs: list[dict]) -> Figure | None:
-    """Tokens entering each block (CLS included) for each DynamicViT rate."""
+    """Tokens entering each block (CLS included) for each schedule of a trained token method: one
+    line per distinct schedule (seeds and controls keep the same counts, so they are drawn once)."""
     rows = [r for r in runs if isinstance(metric(r, "tokens_per_block"), list) and metric(r, "tokens_per_block")
-            and metric(r, "method") in _trained_token_rows()]
-    if not rows:
+            and metric(r, "method") in _trained_token_rows() and not metric(r, "control")]
+    distinct = {(metric(r, "method"), tuple(metric(r, "tokens_per_block"))): r for r in rows}
+    if not distinct:
         return None
-    rows.sort(key=lambda r: -(metric(r, "base_rate") or 0))
+    rows = sorted(distinct.values(), key=lambda r: (results.method_rank(metric(r, "method")),
+                                                    -(metric(r, "base_rate") or 0)))
     import seaborn as sns
 
     colors = sns.color_palette("viridis", len(rows))
@@ -139,7 +142,9 @@ def tokens_per_block(runs: list[dict]) -> Figure | None:
     ax = axes[0, 0]
     for color, r in zip(colors, rows):
         tokens = metric(r, "tokens_per_block")
-        ax.step(range(len(tokens)), tokens, where="mid", marker="o", ms=3, color=color, label=run_label(r))
+        rate = f" ρ = {metric(r, 'base_rate'):g}" if is_number(metric(r, "base_rate")) else ""
+        ax.step(range(len(tokens)), tokens, where="mid", marker=method_marker(metric(r, "method")), ms=4,
+                color=color, label=method_label(metric(r, "method")) + rate)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("block index")
     ax.set_ylabel("tokens entering the block (incl. CLS)")
@@ -181,56 +186,38 @@ def speedup_vs_mac_ratio(runs: list[dict]) -> Figure | None:
     precisions = sorted({str(metric(r, "bench_precision") or "fp32") for r in pts})
     devices = sorted({str(metric(r, "bench_device") or "cpu").split(":")[0].upper() for r in pts})
     ax.set_xlabel("MAC ratio (baseline / variant)")
-    ax.set_ylabel(f"measured {' / '.join(devices)} speedup (median latency ratio, {', '.join(precisions)} both sides)")
+    ax.set_ylabel(f"measured {' / '.join(devices)} speedup ({', '.join(precisions)})")
     ax.set_title("Does fewer MACs mean faster?")
     ax.legend(fontsize=8)
     return fig
 
 
-HISTORY_KEYS = ("train_loss", "eval_top1", "train_acc")  # engine.train's per-epoch record
-
-
 def training_curves(runs: list[dict]) -> Figure | None:
-    """Per-epoch training loss and accuracy of every run that logged a `history`.
-
-    Accuracy is the eval top-1 where the run evaluated every epoch, else the training
-    accuracy (dashed, marked "train") -- fine-tuning runs often evaluate only at the end.
-    """
-    rows = [r for r in runs if isinstance(metric(r, "history"), list) and metric(r, "history")
-            and "#" not in r["run"]]
-    rows = [r for r in rows if any(isinstance(h, dict) and any(k in h for k in HISTORY_KEYS)
-                                   for h in metric(r, "history"))]
+    """The running training loss per optimizer step of each fine-tune (its history's `trace`),
+    one seed per configuration; controls dashed. A fine-tune of one or two epochs has as many
+    per-epoch records, so the curve is drawn from the steps."""
+    seen, rows = set(), []
+    for r in runs:
+        history = metric(r, "history")
+        if "#" in r["run"] or not isinstance(history, list):
+            continue
+        trace = [p for h in history if isinstance(h, dict) for p in (h.get("trace") or [])]
+        if len(trace) >= 2 and results.point_of(r) not in seen:
+            seen.add(results.point_of(r))
+            rows.append((r, trace))
     if not rows:
         return None
-    import seaborn as sns
-
-    colors = sns.color_palette("tab10", len(rows))
-    fig, axes = new_figure(ncols=2, size=(10.0, 4.0))
-    for n, r in enumerate(rows):
-        history = [h for h in metric(r, "history") if isinstance(h, dict)]
-        epochs = [h["epoch"] if is_number(h.get("epoch")) else i for i, h in enumerate(history)]
-        if epochs and epochs[0] == 0:  # 0-based epoch indices are shown 1-based
-            epochs = [e + 1 for e in epochs]
-
-        def series(key):
-            return [(e, h[key]) for e, h in zip(epochs, history) if is_number(h.get(key))]
-
-        loss = series("train_loss")
-        if loss:
-            axes[0, 0].plot(*zip(*loss), marker="o", ms=3, color=colors[n], label=run_label(r))
-        acc, style, suffix = series("eval_top1"), "-", ""
-        if not acc:
-            acc, style, suffix = series("train_acc"), "--", " (train)"
-        if acc:
-            axes[0, 1].plot(*zip(*acc), marker="o", ms=3, ls=style, color=colors[n], label=run_label(r) + suffix)
-    for ax, ylabel, title in ((axes[0, 0], "training loss", "Training loss"),
-                              (axes[0, 1], "top-1 accuracy (%)", "Accuracy (eval; dashed: train)")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        if ax.get_lines():
-            ax.legend(fontsize=7)
+    colors = palette()
+    fig, axes = new_figure(size=(7.5, 4.5))
+    ax = axes[0, 0]
+    for r, trace in rows:
+        method = str(metric(r, "method"))
+        ax.plot([p[0] for p in trace], [p[1] for p in trace], color=colors.get(method), lw=1.0, alpha=0.85,
+                ls="--" if metric(r, "control") else "-", label=run_label(r))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (running mean within the epoch)")
+    ax.set_title("How each fine-tune trained (one seed per configuration; dashed: controls)")
+    ax.legend(fontsize=6, ncol=2)
     return fig
 
 
@@ -272,9 +259,15 @@ def _baseline_widths(run: dict, runs: list[dict]) -> tuple[list[int] | None, lis
 
 def layer_widths(runs: list[dict]) -> Figure | None:
     """Per-layer attention heads and MLP channels kept by block pruning (fraction of the
-    original width when it is known, else absolute counts)."""
+    original width when it is known, else absolute counts), for the runs whose widths differ from
+    block to block (global ranking); per-layer ranking keeps every block alike, which Table 1's
+    row already says, so those runs draw nothing (and a profile with only them, no figure)."""
+    def varies(spec):
+        return len({b.get("heads") for b in spec}) > 1 or len({b.get("mlp") for b in spec}) > 1
+
     rows = [r for r in runs if isinstance(metric(r, "block_spec"), list) and metric(r, "block_spec")
-            and metric(r, "method") != "baseline" and "#" not in r["run"]]
+            and metric(r, "method") != "baseline" and "#" not in r["run"] and varies(metric(r, "block_spec"))]
+    rows = list({results.point_of(r): r for r in reversed(rows)}.values())[::-1]  # one seed per configuration
     if not rows:
         return None
     import seaborn as sns
@@ -395,15 +388,25 @@ def edge_latency(rows: list[dict]) -> Figure | None:
     return fig
 
 
+# figures drawn from one seed's runs (or none): the same with one seed or several
+ONE_SEED_FIGURES = ("kept_tokens", "tokens_per_block", "training_curves", "layer_widths", "reported_in_one_unit")
+
+
 def make_all(runs: list[dict], out_dir: str | os.PathLike, max_kept_images: int = 3) -> dict[str, Figure]:
     """Draw every figure the runs support, save each as PNG+PDF; returns {name: Figure}.
     Figures with nothing to draw are skipped, and a stale file of that name is removed so
     the folder never shows a figure from older runs. The seeds of a configuration are folded
-    (`results.fold_seeds`): means, with their standard deviation where a figure shows spread."""
+    (`results.fold_seeds`): means, with their standard deviation where a figure shows spread.
+    When several seeds are folded, the figures that show one seed or none (`ONE_SEED_FIGURES`)
+    are left to the one-seed folder: a seeded folder holds seeded figures only."""
     runs = results.fold_seeds(runs)
+    seeded = any(len(r.get("seed_runs", ())) > 1 for r in runs)
     drawn = {}
     for name, func in FIGURES.items():
-        fig = func(runs, max_images=max_kept_images) if func is kept_tokens.figure else func(runs)
+        if seeded and name in ONE_SEED_FIGURES:
+            fig = None
+        else:
+            fig = func(runs, max_images=max_kept_images) if func is kept_tokens.figure else func(runs)
         if fig is None:
             for fmt in FORMATS:
                 (Path(out_dir) / f"{name}.{fmt}").unlink(missing_ok=True)

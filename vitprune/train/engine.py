@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import types
 from contextlib import contextmanager
@@ -42,11 +43,12 @@ CHECKPOINT_NAME = "last.pt"
 
 
 def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
-                     find_unused_parameters: bool = False, **kwargs: Any):
+                     find_unused_parameters: bool = False, log_dir: str = "", **kwargs: Any):
     """An `accelerate.Accelerator` whose prepared loaders shuffle reproducibly (seed + epoch),
     with autocast at `mixed_precision` (no | bf16 | fp16 | auto) and accelerate's gradient accumulation.
     `find_unused_parameters`: DDP (> 1 process) expects steps in which some parameters get no
-    gradient (it then walks the autograd graph once per step, so it is off unless asked for)."""
+    gradient (it then walks the autograd graph once per step, so it is off unless asked for).
+    `log_dir`: accelerate's TensorBoard tracker writes there (`tensorboard --logdir runs/`)."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
@@ -59,6 +61,13 @@ def make_accelerator(seed: int = 0, mixed_precision: str = "no", gradient_accumu
         # accelerate keeps one precision per process; a later call with another one starts afresh
         AcceleratorState._reset_state()
     config = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=int(seed))
+    if log_dir:
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise UserError("log_dir asks for TensorBoard curves but tensorboard is not installed: "
+                            "pip install tensorboard (it is in vitprune's dependencies)")
+        kwargs.update(log_with="tensorboard", project_dir=str(log_dir))
     try:
         ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(find_unused_parameters))
         return Accelerator(dataloader_config=config, mixed_precision=mixed_precision,
@@ -213,7 +222,9 @@ class _Trainer:
             raise UserError(f"the hand-off fraction must be in (0, 1], got {handoff[0]}")
         self.config, self.hooks, self.eval_set, self.class_names, self.desc = c, hooks, eval_set, class_names, desc
         self.acc = acc = accelerator or make_accelerator(c.seed, c.mixed_precision, c.grad_accum_steps,
-                                                         hooks.leaves_unused_parameters)
+                                                         hooks.leaves_unused_parameters, log_dir=c.log_dir)
+        if c.log_dir:  # one TensorBoard run per training call, named by its description
+            acc.init_trackers(re.sub(r"[^\w.=-]+", "_", desc).strip("_") or "train")
         from accelerate.utils import set_seed
 
         set_seed(c.seed)
@@ -281,6 +292,8 @@ class _Trainer:
             self._save(epoch, history)
         if self.ema is not None:  # the run's result is the averaged model (DeiT's --model-ema)
             self.bare.load_state_dict(self.ema.module.state_dict())
+        if self.config.log_dir:
+            self.acc.end_training()
         self.model.eval()
         return history
 
@@ -353,6 +366,9 @@ class _Trainer:
             if c.trace_every and acc.sync_gradients and (
                     self.step % c.trace_every == 0 or batch_idx == len(self.loader) - 1):
                 trace.append([self.step, sums["loss"] / sums["seen"], self.scheduler.get_last_lr()[0]])
+                if c.log_dir:  # live curves: this process's running means (accelerate logs on the main one)
+                    acc.log({"train/loss": trace[-1][1], "train/lr": trace[-1][2],
+                             **{f"train/{k}": v / sums["seen"] for k, v in log_sums.items()}}, step=self.step)
             if batch_idx % 10 == 0:
                 bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
                                 acc=f"{100 * sums['correct'] / sums['seen']:.1f}",
@@ -378,6 +394,8 @@ class _Trainer:
                                c.eval_batch_size or c.batch_size, class_names=self.class_names, accelerator=acc,
                                progress=False, num_workers=c.num_workers, desc="eval")
             record.update(eval_top1=result["top1"], eval_top5=result["top5"])
+        if c.log_dir:
+            acc.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=self.step)
         acc.print(f"{self.desc} epoch {epoch + 1}/{c.epochs}: " + ", ".join(
             f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
         record.update(self.scale, trace=trace)

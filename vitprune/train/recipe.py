@@ -93,6 +93,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations of the eval set (the last epoch always)
     num_workers: int = 0  # DataLoader workers per process
     trace_every: int = 10  # optimizer steps between points of the history's loss trace
+    log_dir: str = ""  # TensorBoard event files of the run (accelerate's tracker, main process); empty: none
     progress: bool = True  # tqdm bars
     resume: bool = True  # continue from <checkpoint_dir>/last.pt when it matches this run
     num_processes: int | str = 1
