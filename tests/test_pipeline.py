@@ -457,12 +457,17 @@ def test_runs_start_by_the_longest_chain_waiting_on_them():
     assert chain == {"00": 5, "01": 4, "02/a": 3, "03/a": 3, "02/b": 2, "04": 2, "05": 1}
 
 
-def test_a_running_notebook_shows_its_cells(tmp_path):
-    """papermill's cell bar carries the run's name, on stdout; a log gets a line at most every two minutes."""
+def test_a_running_notebook_shows_its_cells_on_a_terminal_only(tmp_path):
+    """papermill's cell bar carries the run's name on a terminal; a log gets the pipeline's lines only."""
     import io
 
     from vitprune.study import execution
 
-    log = io.StringIO()
-    bar = execution.cell_progress("02_token_pruning/seed_0", stream=log)
-    assert bar["desc"] == "[02_token_pruning/seed_0] cells" and bar["mininterval"] == 120.0 and bar["file"] is log
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    bar = execution.cell_progress("02_token_pruning/seed_0", stream=terminal)
+    assert bar["desc"] == "[02_token_pruning/seed_0] cells" and bar["file"] is terminal
+    assert execution.cell_progress("02_token_pruning/seed_0", stream=io.StringIO()) is False

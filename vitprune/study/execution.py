@@ -213,14 +213,15 @@ def failure(run: Run, manifest: dict[str, Any] | None = None) -> UserError:
                      f"the last good run in {run.run_dir} is untouched)")
 
 
-def cell_progress(name: str, stream=None) -> dict[str, Any]:
-    """papermill's cell bar, named by the run, on stdout beside the run's other lines (stderr
-    keeps its one-line errors): redrawn live on a terminal; in a log (not a terminal) a line at
-    most every two minutes, so a long run says where it is without flooding it."""
+def cell_progress(name: str, stream=None) -> dict[str, Any] | bool:
+    """papermill's cell bar, named by the run, on stdout beside the run's other lines (stderr keeps
+    its one-line errors), redrawn live on a terminal. In a log (not a terminal) there is no bar:
+    the pipeline's own lines say when each run starts and ends, one line each."""
     stream = stream or sys.stdout
-    live = stream.isatty()
-    return {"desc": f"[{name}] cells", "unit": "cell", "file": stream, "leave": False, "dynamic_ncols": live,
-            "mininterval": 1.0 if live else 120.0, "ascii": not live}
+    if not stream.isatty():
+        return False
+    return {"desc": f"[{name}] cells", "unit": "cell", "file": stream, "leave": False, "dynamic_ncols": True,
+            "mininterval": 1.0}
 
 
 def execute(run: Run, env: dict[str, Any]) -> dict[str, Any]:
