@@ -81,7 +81,7 @@ class Session:
         text = f"{metrics['label']}: top-1 {top1:.2f} %"
         if base is not None:
             text += f", {top1 - float(base):+.2f} points against the baseline ({float(base):.2f} %)"
-        if metrics.get("mac_ratio"):
+        if metrics.get("mac_ratio") and float(metrics["mac_ratio"]) > 1.005:
             text += f", at 1/{float(metrics['mac_ratio']):.2f} of its MACs"
         if metrics.get("control"):
             return text + ". This is the control: what the fine-tune alone does, with nothing pruned."
