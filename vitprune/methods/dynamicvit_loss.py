@@ -49,7 +49,7 @@ def make_loss_fn(clf_weight: float = 1.0, ratio_weight: float = 2.0, distill_wei
     """DynamicViT objective for engine.train's `loss_fn(model, images, targets, teacher)` hook.
 
     loss = clf_weight * CE(label-smoothed)
-         + ratio_weight * mean_s (mean_b (kept fraction_{b,s}) - target_s)^2  (mean over stages)
+         + ratio_weight * mean_s mean_b (kept fraction_{b,s} - target_s)^2  (per image, then over stages)
          + distill_weight * KL(teacher logits || student logits) * T^2
          + token_distill_weight * MSE(kept student patch tokens, teacher tokens)
     Defaults from the official DeiT recipe (main_dynamic_vit.py / losses.DistillDiffPruningLoss:
