@@ -207,12 +207,16 @@ def training_curves(runs: list[dict]) -> Figure | None:
             rows.append((r, trace))
     if not rows:
         return None
+    import seaborn as sns
+
     colors = palette()
     fig, axes = new_figure(size=(7.5, 4.5))
     ax = axes[0, 0]
-    for r, trace in rows:
-        method = str(metric(r, "method"))
-        ax.plot([p[0] for p in trace], [p[1] for p in trace], color=colors.get(method), lw=1.0, alpha=0.85,
+    methods = [str(metric(r, "method")) for r, _ in rows]
+    shade = {m: iter(sns.dark_palette(colors.get(m, "0.3"), methods.count(m) + 1, reverse=True))
+             for m in set(methods)}  # one method's runs: its hue, darker to lighter
+    for (r, trace), method in zip(rows, methods):
+        ax.plot([p[0] for p in trace], [p[1] for p in trace], color=next(shade[method]), lw=1.2,
                 ls="--" if metric(r, "control") else "-", label=run_label(r))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (running mean within the epoch)")
