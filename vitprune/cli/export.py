@@ -17,9 +17,6 @@ from vitprune.cli import measure as cli_measure
 from vitprune.errors import UserError
 from vitprune.deploy import export
 
-CHECK_BATCHES = (1, 4)
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vitprune export",
@@ -50,7 +47,7 @@ def main(argv: list[str]) -> int:
     if args.weights:
         info["weights"] = os.path.abspath(args.weights)
     if not args.no_check:
-        info["check"] = export.verify(model, info["path"], CHECK_BATCHES, img_size=args.img_size, atol=args.atol)
+        info["check"] = export.verify(model, info["path"], img_size=args.img_size, atol=args.atol)
     if args.int8:
         out = Path(args.out)
         info["int8"] = export.quantize_int8(info["path"], out.with_name(out.stem + ".int8" + out.suffix))

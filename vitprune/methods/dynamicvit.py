@@ -435,7 +435,6 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: st
     return on_step
 
 
-
 METHOD = Method(
     name="dynamicvit", label="DynamicViT", marker="o", kind=TOKEN, trains=True,
     apply=attach, state=state_entry("dynamicvit", pruning_state.dynamicvit),

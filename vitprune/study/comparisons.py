@@ -45,10 +45,9 @@ def interpolate_top1(points: list[tuple[float, float]], macs: float) -> float | 
     return pts[0][1]  # a single point exactly at macs
 
 
-def _seed_sweeps(runs: list[dict[str, Any]]) -> dict[Any, dict[str, list[tuple[float, float]]]]:
-    """{seed: {swept method: [(MACs, top-1), ...]}}: each seed's sweep of each single method."""
+def _seed_sweeps(runs: list[dict[str, Any]], swept: list[str]) -> dict[Any, dict[str, list[tuple[float, float]]]]:
+    """{seed: {swept method: [(MACs, top-1), ...]}}: each seed's sweep of each of the `swept` methods."""
     out: dict[Any, dict[str, list[tuple[float, float]]]] = {}
-    swept = swept_methods(runs)
     for r in runs:
         m = r["metrics"]
         if m.get("method") in swept and is_model_row(m) and not is_control(m):
@@ -66,7 +65,8 @@ def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     method). The differences give `vs[method]`: {at_macs (mean), n, mean, std, low, high (95 %
     t interval, `stats.paired_interval`), verdict}. `margin` is the same against the best method
     at each seed. Keys `<method>_top1_at_macs` and `margin` (means) keep the one-seed reading."""
-    sweeps, swept = _seed_sweeps(runs), swept_methods(runs)
+    swept = swept_methods(runs)
+    sweeps = _seed_sweeps(runs, swept)
     out = []
     for point in fold_seeds([r for r in runs if is_model_row(r["metrics"])]):
         m = point["metrics"]
