@@ -11,6 +11,7 @@ from vitprune.study import book
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_book_pages_load_in_a_browser(smoke_runs, tmp_path):
     built = book.build("smoke", runs_root=smoke_runs.parent, out=tmp_path / "book")

@@ -460,6 +460,7 @@ def test_gathered_macs_match_the_official_model_zoo(name, released_gmacs):
     assert released_gmacs <= gmacs < released_gmacs + 0.1
 
 
+@pytest.mark.slow
 def test_notebook_02_rerun_that_resumes_past_the_handoff_still_writes_it(smoke_runs, tmp_path):
     """A re-run with the same training settings (here: another bench_repeats, or a second Run All
     in the lab) resumes from the finished per-epoch checkpoint and trains no step, so it takes no

@@ -323,6 +323,7 @@ def _launch(nproc: int, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_like_one(tmp_path):
     two = _launch(2, tmp_path / "two.json")
     assert two["num_processes"] == 2 and two["num_samples"] == 110

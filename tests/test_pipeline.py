@@ -144,6 +144,7 @@ def test_ctrl_c_keeps_the_last_good_run(toy, monkeypatch, capsys):
     assert manifest(runs / "toy/00_data_cache.partial")["status"] == "interrupted"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_hang_up_stops_a_run_in_one_line_and_keeps_the_good_run(toy):
     runs = toy / "runs"
@@ -388,6 +389,7 @@ def test_side_by_side_a_failure_stops_new_runs_and_keeps_the_good_ones(toy, monk
     assert "asked to fail" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="no SIGINT on this platform")
 def test_ctrl_c_stops_every_run_under_way_and_keeps_the_good_ones(toy):
     runs = toy / "runs"

@@ -72,6 +72,7 @@ def test_the_pipeline_checks_the_release_before_any_kernel_starts(released, smok
     assert not runs.exists()
 
 
+@pytest.mark.slow
 def test_notebook_01_evaluates_the_release_and_reproduces_its_top1(released, smoke_runs, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(smoke_runs / "00_data_cache", runs / "smoke" / "00_data_cache")  # the same tiny data
