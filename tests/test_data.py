@@ -396,6 +396,43 @@ def test_prepare_splits_subsets_preloads_and_augments(fmnist_cache):
         data.prepare_splits(datasets.DatasetDict({"train": dsd["train"]}), model)
 
 
+def test_preloaded_tensors_are_kept_in_the_cache_and_loaded_again(fmnist_cache, tmp_path, monkeypatch):
+    """A later run that preloads the same rows with the same transform loads the tensors the first
+    made (equal to the last bit) instead of decoding again; other rows, another transform or a
+    rebuilt cache get files of their own, and a damaged file is made again."""
+    import shutil
+
+    import timm
+    import torch
+
+    from vitprune.data import tensors
+
+    cache = tmp_path / "fmnist"
+    shutil.copytree(fmnist_cache[0], cache, ignore=shutil.ignore_patterns(tensors.PRELOADED))  # others' tensors
+    dsd = data.load_cache(cache)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=4, num_classes=10)
+    first = data.prepare_splits(dsd, model, train_per_class=3, seed=1)
+    made = (first.train_set, first.eval_set)
+    kept = sorted((cache / tensors.PRELOADED).glob("*.pt"))
+    assert len(kept) == 2
+    def not_again(*args, **kwargs):
+        raise AssertionError("decoded and transformed again")
+
+    monkeypatch.setattr(tensors, "preload", not_again)
+    again = data.prepare_splits(data.load_cache(cache), model, train_per_class=3, seed=1)
+    for old, new in zip(made, (again.train_set, again.eval_set)):
+        assert all(torch.equal(a, b) for a, b in zip(old.tensors, new.tensors))
+    monkeypatch.undo()
+    data.prepare_splits(dsd, model, train_per_class=3, seed=2).train_set  # other rows
+    data.prepare_splits(dsd, model, crop_pct=0.5).eval_set  # another transform
+    assert len(list((cache / tensors.PRELOADED).glob("*.pt"))) == 4
+    kept[0].write_bytes(b"not a tensor file")
+    redone = data.prepare_splits(data.load_cache(cache), model, train_per_class=3, seed=1)
+    assert len(redone.train_set) == 30 and len(redone.eval_set) == 60 and kept[0].stat().st_size > 100
+    assert tensors.preloaded_file(data.balanced_subset(dsd["train"], per_class=3, seed=1), None) != \
+        tensors.preloaded_file(data.balanced_subset(dsd["train"], per_class=3, seed=2), None)
+
+
 # ------------------------------------------------------------------ command line and notebook
 
 
@@ -503,6 +540,7 @@ def test_hf_imagenet_path_subsets_and_converts(tmp_path, monkeypatch):
             for b in dsd["train"].with_format("arrow")["image"].to_pylist()} == {"RGB"}
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 def test_notebook_00_runs_on_a_numeric_imagefolder(tmp_path):
     """The study's failure case end to end: folders "0".."11" (train/ and val/) through notebook 00."""

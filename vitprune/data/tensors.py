@@ -2,13 +2,20 @@
 tensor preloading, batch augmentation, and `prepare_splits`, the data preparation notebooks
 01-04 share (evaluation split, balanced subsets, views, preload, augmentation).
 
-Images are float tensors CHW normalised by the model's timm data config.
+Images are float tensors CHW normalised by the model's timm data config. A preloaded view is
+also kept in its dataset cache (`<cache>/preloaded/<key>.pt`, keyed by the cache's marker, the
+split, the subset's rows and the transform): every later run that preloads the same images with
+the same transform loads the same tensors instead of decoding and transforming them again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -19,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vitprune import param_rules
 from vitprune.progress import bar as progress_bar
+from vitprune.data.cache import CACHE_MARKER
 from vitprune.data.format import TRAIN_SPLIT, class_names, labels_of, to_rgb
 from vitprune.data.subsets import balanced_subset
 from vitprune.errors import UserError
@@ -151,6 +159,52 @@ def random_crop_flip(images: torch.Tensor, pad: int = 2, flip: bool = True) -> t
     return images
 
 
+PRELOADED = "preloaded"  # the folder of a dataset cache that keeps its views' preloaded tensors
+
+
+def preloaded_file(hf_split, transform: Callable | None) -> Path | None:
+    """Where the preloaded tensors of `hf_split` (a split of a dataset cache, or a subset of one)
+    under `transform` are kept: `<cache>/preloaded/<key>.pt`, the key hashing the cache's
+    completion marker (a rebuilt cache has another), the split, the subset's rows and the
+    transform's description. None when the split is not read from a finished cache on disk."""
+    files = getattr(hf_split, "cache_files", None) or []
+    if not files:
+        return None
+    root = Path(files[0]["filename"]).parent.parent
+    marker = root / CACHE_MARKER
+    indices = getattr(hf_split, "_indices", None)  # datasets' row mapping of a select(): None for a whole split
+    try:
+        rows = "all" if indices is None else hashlib.sha256(
+            np.asarray(indices.column(0).to_numpy(zero_copy_only=False)).tobytes()).hexdigest()
+        key = json.dumps([marker.read_text(), str(hf_split.split), len(hf_split), rows, repr(transform)])
+    except (OSError, AttributeError):
+        return None
+    return root / PRELOADED / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
+
+
+def _load_preloaded(path: Path | None) -> TensorDataset | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        images, labels = torch.load(path, map_location="cpu", weights_only=True)
+        return TensorDataset(images, labels)
+    except Exception:  # noqa: BLE001  a damaged file is made again
+        return None
+
+
+def _keep_preloaded(path: Path | None, tensors: TensorDataset) -> None:
+    """Save atomically (a reader never sees half a file); a cache it cannot write to is left alone."""
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        torch.save(tuple(tensors.tensors), tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def preload(dataset: Dataset, batch_size: int = 512, desc: str = "preload") -> TensorDataset:
     """Run a (deterministic) dataset once and keep its tensors: small datasets such as
     Fashion-MNIST then cost nothing per epoch (augment on batches with `batch_transform`)."""
@@ -219,10 +273,10 @@ class Splits:
                 raise UserError(f"the dataset cache has no {TRAIN_SPLIT!r} split to train on; rebuild it "
                                 "with notebook 00 from a source that has one")
             timm_train = self.augment == "timm"
-            view = TorchView(self.train_ds, transforms_for(self.model, train=timm_train,
-                                                           **(self.train_options if timm_train else {})))
+            transform = transforms_for(self.model, train=timm_train, **(self.train_options if timm_train else {}))
             use_preload = self.preload and self.augment != "timm"  # timm augments each image anew
-            self._train_set = preload(view, desc="preload train") if use_preload else view
+            self._train_set = self._preloaded(self.train_ds, transform, "preload train") if use_preload else \
+                TorchView(self.train_ds, transform)
         return self._train_set
 
     @property
@@ -232,10 +286,20 @@ class Splits:
     def eval_view(self, crop_pct: float | None = None) -> Dataset:
         """The evaluation split at one center-crop fraction (None: timm's default for the model)."""
         if crop_pct not in self._eval_sets:
-            view = TorchView(self.eval_ds, transforms_for(self.model, train=False, crop_pct=crop_pct))
-            self._eval_sets[crop_pct] = preload(view, desc=f"preload eval {crop_pct or ''}".strip()) \
-                if self.preload else view
+            transform = transforms_for(self.model, train=False, crop_pct=crop_pct)
+            self._eval_sets[crop_pct] = self._preloaded(self.eval_ds, transform, f"preload eval {crop_pct or ''}".strip()) \
+                if self.preload else TorchView(self.eval_ds, transform)
         return self._eval_sets[crop_pct]
+
+    @staticmethod
+    def _preloaded(hf_split, transform: Callable, desc: str) -> TensorDataset:
+        """The split preloaded under `transform`: kept in the dataset cache, or made and kept there."""
+        path = preloaded_file(hf_split, transform)
+        tensors = _load_preloaded(path)
+        if tensors is None:
+            tensors = preload(TorchView(hf_split, transform), desc=desc)
+            _keep_preloaded(path, tensors)
+        return tensors
 
 
 def prepare_splits(dsd, model, *, train_per_class: int = 0, train_fraction: float = 0.0, eval_per_class: int = 0,
