@@ -120,7 +120,7 @@ def test_released_dynamicvit_checkpoint_is_evaluated_and_block_pruned(inputs, pr
     combo = pipeline.run_profile("imagenet", only="04_combination", runs_root=str(runs),
                                  overrides={**declared_only(overrides, "04_combination"),
                                             "token_checkpoint": str(official), "order": "token_then_block",
-                                            "training_free_rates": [], "merging_rates": []})
+                                            "comparators": []})
     assert combo[0]["status"] == "ran"
     row = results.read_metrics(base / "04_combination/seed_0")["rows"][0]
     assert row["method"] == "token_then_block" and row["source_run"] == str(official)

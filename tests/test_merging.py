@@ -107,6 +107,35 @@ def test_schedule_for_matched_macs():
         merging.schedule_for_macs(model, mac_ratio=50)
 
 
+@pytest.mark.parametrize("curve", ["linear", "convex"])
+def test_schedule_search_finds_what_a_bisection_finds_in_fewer_counts(monkeypatch, curve):
+    """The interpolated search keeps the bisection's answer (smallest count of merges at or below the
+    target, then the closer of it and one fewer) for every target, with fewer counts."""
+    model = _tiny(depth=4)
+    total = len(model.blocks) * (int(model.patch_embed.num_patches) // 2)
+
+    def fake_macs(n: int) -> int:  # monotone in the merges, as the real counts are
+        return 10_000_000 - 40_000 * n + (0 if curve == "linear" else 300 * n * n // total)
+
+    calls = []
+
+    def count(m, **_):
+        calls.append(1)
+        return {"macs": fake_macs(sum(merging.config(m)["r"]))}  # the merges asked for
+
+    monkeypatch.setattr(measure, "count", count)
+    for target in range(int(fake_macs(total)), 10_000_001, 37_777):
+        lo, hi = 0, total  # the reference: plain bisection
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fake_macs(mid) <= target else (mid + 1, hi)
+        best = lo - 1 if lo > 0 and abs(fake_macs(lo - 1) - target) < abs(fake_macs(lo) - target) else lo
+        calls.clear()
+        found = merging.schedule_for_macs(model, target_macs=target)
+        assert sum(found["r"]) == best and found["macs"] == fake_macs(best)
+        assert len(calls) <= 6, f"{len(calls)} counts for target {target}"
+
+
 def test_block_pruned_model_merges_and_bad_input_is_refused():
     model = merging.apply(block_pruning.prune_to(_tiny(), 0.5, 0.5), 2)
     assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)

@@ -1,8 +1,9 @@
-"""A new pruning method is one declaration: a toy token method, defined and registered in this file
-alone, goes through everything the built-in ones do — apply, count, checkpoint save and load, a
+"""A new pruning method is one declaration: a toy token method, defined in tests/toy_method.py and
+registered here alone, goes through everything the built-in ones do — apply, count, checkpoint save and load, a
 training hand-off, ONNX, the command line's flags, the notebooks' parameter rules, composition
 with block pruning, and a Table 1 row and a figure point under its own label and marker."""
 
+import dataclasses
 import json
 
 import pytest
@@ -15,57 +16,8 @@ from vitprune.cli import main as cli
 from vitprune.errors import UserError
 from vitprune.deploy import export
 from vitprune.methods import registry
-from vitprune.methods.method import TOKEN, Flag, Method, restore_entry, state_entry
 from vitprune.study import plots, results, table1
-
-ATTR = "toy_norm_keep"
-
-
-def apply(model: nn.Module, keep: float = 0.5, at: int = 2) -> nn.Module:
-    """Before block `at`, keep the `keep` share of patch tokens with the largest L2 norm (CLS stays)."""
-    if not 0 < keep <= 1:
-        raise UserError(f"keep must be in (0, 1], got {keep}")
-    block = model.blocks[at]
-    if getattr(block, "_toy_hook", None) is not None:
-        block._toy_hook.remove()
-    block._toy_k = int(model.patch_embed.num_patches * keep)
-    block._toy_hook = block.register_forward_pre_hook(_keep_largest)
-    setattr(model, ATTR, {"keep": keep, "at": at})
-    return model
-
-
-def _keep_largest(block, args):
-    x = args[0]
-    idx = x[:, 1:].norm(dim=-1).topk(block._toy_k, dim=1).indices.sort(dim=1).values
-    block._toy_last = idx
-    kept = torch.gather(x[:, 1:], 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-    return (torch.cat([x[:, :1], kept], dim=1), *args[1:])
-
-
-def tokens_per_block(model):
-    cfg, n = getattr(model, ATTR), int(model.patch_embed.num_patches)
-    k = int(n * cfg["keep"])
-    return [n + 1 if i < cfg["at"] else k + 1 for i in range(len(model.blocks))]
-
-
-def kept_token_masks(model, images):
-    with torch.no_grad():
-        logits = model(images)
-    idx = model.blocks[getattr(model, ATTR)["at"]]._toy_last
-    mask = torch.zeros(images.shape[0], int(model.patch_embed.num_patches), dtype=torch.bool)
-    return logits, [mask.scatter(1, idx, True)]
-
-
-def from_flags(values):
-    return None if values.get("toy_keep") is None else {"keep": values["toy_keep"]}
-
-
-TOY = Method(name="toy", label="toy: largest-norm tokens", marker="X", kind=TOKEN, trains=False, apply=apply,
-             state=state_entry(ATTR, lambda m: getattr(m, ATTR, None)), restore=restore_entry(ATTR, apply),
-             describe=lambda m: dict(getattr(m, ATTR)), tokens_per_block=tokens_per_block,
-             kept_token_masks=kept_token_masks, flags=(Flag("--toy-keep", {"type": float, "help": "toy keep share"}),),
-             from_flags=from_flags, parameters={"toy_keep_rates": param_rules.each(param_rules.RATE)})
-
+from toy_method import ATTR, METHOD as TOY
 
 @pytest.fixture(autouse=True)
 def toy_registered():
@@ -154,5 +106,37 @@ def test_table1_row_and_figure_point_under_its_label_and_marker():
 
 
 def test_a_name_is_registered_once():
+    assert registry.register(TOY) is TOY  # the same declaration again (a plugin loaded twice): nothing new
     with pytest.raises(UserError, match="registered already"):
-        registry.register(TOY)
+        registry.register(dataclasses.replace(TOY, label="another toy"))
+
+
+def test_validating_a_plugin_leaves_nothing_registered(tmp_path):
+    """The pipeline checks parameters that name a plugin's method with the plugin registered, then
+    unregisters it: only the kernels, which load it again, keep it."""
+    from vitprune.study import config
+
+    declared = config.declared_parameters("04_combination")
+    registry.unregister("toy")
+    values = config.validate(declared, {"plugins": ["tests/toy_method.py"], "comparators": ["toy"]}, "test")
+    assert values["comparators"] == ["toy"] and "toy" not in registry.METHODS
+    with pytest.raises(UserError, match="parameter 'comparators' must be a list of registered token methods"):
+        config.validate(declared, {"comparators": ["toy"]}, "test")
+    with pytest.raises(UserError, match="plugin 'tests/nope.py' cannot be imported"):
+        config.validate(declared, {"plugins": ["tests/nope.py"]}, "test")
+
+
+def test_a_plugin_reaches_table1_through_the_smoke_profile_alone(smoke_runs):
+    """params/smoke names tests/toy_method.py as a plugin of notebooks 04 and 05 and lists the toy
+    among 04's comparators: no notebook names it, yet its rows are in Table 1 under its label and
+    in the accuracy-vs-MACs figure's runs."""
+    import pandas as pd
+
+    table = pd.read_csv(smoke_runs / "05_analysis" / "figures" / "table1.csv")
+    toy = table[table["method"] == "toy"]
+    assert list(toy["model"]) == ["toy: largest-norm tokens ρ=0.5"]
+    assert (toy["n_seeds"] == 0).all()  # no training: the same at every seed
+    runs = results.collect_runs(smoke_runs.parent, "smoke", seeds=[0])
+    assert sum(r["metrics"].get("method") == "toy" for r in runs) == 1
+    legend = {t.get_text() for t in plots.accuracy_vs_macs(runs).axes[0].get_legend().get_texts()}
+    assert "toy: largest-norm tokens" in legend

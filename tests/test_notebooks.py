@@ -91,6 +91,28 @@ def test_cells_are_narrative_and_calls(path):
                 and not called.endswith((".unlink", ".rename", ".write_bytes")), f"{path.name}: code cell {i} calls {called}"
 
 
+# what each notebook's code cells may not name: 02 fine-tunes whichever token method `method` names and
+# 04 takes its comparators from the registry (`comparators`), so the methods live in their declarations
+NOT_NAMED = {"02_token_pruning": ("dynamicvit", "dynamicvit_io", "dynamicvit_loss", "training_free", "merging"),
+             "04_combination": ("training_free", "merging")}
+
+
+@pytest.mark.parametrize("stem", sorted(NOT_NAMED))
+def test_methods_come_from_the_registry(stem):
+    nb = json.loads((config.project_root() / "notebooks" / f"{stem}.ipynb").read_text())
+    for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+        if "parameters" in cell["metadata"].get("tags", []):
+            continue
+        code = "\n".join(line for line in "".join(cell["source"]).splitlines() if not line.lstrip().startswith("%"))
+        for node in ast.walk(ast.parse(code)):
+            names = [a.name.split(".")[-1] for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) \
+                else [node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module.split(".")[-1])
+            named = sorted(set(names) & set(NOT_NAMED[stem]))
+            assert not named, f"{stem}: code cell {i} names {named}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_defaults_are_the_default_profile(path):
     """A notebook opened in JupyterLab runs what the pipeline runs first: its parameters cell's

@@ -182,6 +182,7 @@ def test_no_runs_is_a_user_error(tmp_path):
         results.require_runs(results.collect_runs(tmp_path, "smoke"), tmp_path, "smoke")
 
 
+@pytest.mark.slow
 def test_table_cli(runs_tree, tmp_path):
     root, _ = runs_tree
     out = tmp_path / "out"
@@ -280,6 +281,31 @@ def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
     text = comparisons.equal_mac_markdown(list(rows.values()))
     assert "t->b (85.00 % at 0.00 M MACs, 1 seed(s)): +1.00 points against block pruning (one seed, no interval)" in text
     assert "Pareto-dominates here: no (0 of 2 orders" in text  # one seed: no interval, so no verdict
+
+
+def test_an_untrained_row_of_one_seed_is_set_against_every_seed(tmp_path):
+    """Notebook 04 evaluates the comparators at one seed only (nothing in them trains): the
+    equal-MAC comparison still pairs that row with each seed's sweep, as when every seed held it."""
+    def row(method, label, macs, top1, seed):
+        return {"method": method, "label": label, "macs": macs, "flops": 2 * macs, "params": 1, "top1": top1,
+                "seed": seed}
+
+    def comparison(free_seeds):
+        root = tmp_path / "x".join(map(str, free_seeds))
+        _write_run(root / "fmnist/01_deit_baseline", row("baseline", "base", 30, 90.0, 0))
+        for seed, (high, low) in {0: (88.0, 80.0), 1: (86.0, 80.0), 2: (90.0, 80.0)}.items():
+            for ratio, macs, top1 in ((1.5, 20, high), (3.0, 10, low)):
+                _write_run(root / f"fmnist/03_block_pruning/target_mac_ratio_{ratio}__seed_{seed}",
+                           row("block", f"block {ratio}", macs, top1, seed))
+            t2b = row("token_then_block", "t->b", 15, 85.0, seed)
+            free = [row("training_free", "free", 15, 83.0, seed)] if seed in free_seeds else []
+            _write_run(root / f"fmnist/04_combination/seed_{seed}", {**t2b, "rows": [t2b, *free]})
+        return {r["label"]: r for r in comparisons.equal_mac_comparison(results.collect_runs(root, "fmnist"))}
+
+    every, once = comparison([0, 1, 2]), comparison([0])
+    assert once["free"]["vs"]["block"] == every["free"]["vs"]["block"]
+    assert once["free"]["vs"]["block"]["n"] == 3 and once["free"]["vs"]["block"]["mean"] == pytest.approx(-1.0)
+    assert once["free"]["margin_interval"] == every["free"]["margin_interval"]
 
 
 def test_seeded_comparisons_pair_runs_by_seed_with_t_intervals(tmp_path):

@@ -101,6 +101,9 @@ RULES: dict[str, Rule] = {
     "edge_mac_ratio": off_or_at_least(1),
     # lists
     "crop_pcts": each(RATE), "locations": each(at_least(0)), "seeds": each(at_least(0)),
+    "comparator_rates": each(RATE),
+    "plugins": Rule(lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v),
+                    "a list of module names or .py files, each ending in METHOD = Method(...)"),
     "edge_batch_sizes": positive_int_list(),
     **{name: Rule(lambda v, allowed=allowed: v in allowed, "one of " + ", ".join(allowed))
        for name, allowed in CHOICES.items()},
@@ -108,8 +111,9 @@ RULES: dict[str, Rule] = {
 
 
 def declare(rules: dict[str, Rule]) -> None:
-    """Add a method's parameter rules (`methods.registry.register` calls it); a name has one rule."""
-    clash = [name for name, rule in rules.items() if RULES.get(name, rule) is not rule]
+    """Add a method's parameter rules (`methods.registry.register` calls it); a name has one rule
+    (the same words: a plugin loaded again declares its rules again)."""
+    clash = [name for name, rule in rules.items() if RULES.get(name, rule).text != rule.text]
     if clash:
         raise UserError(f"parameters {clash} have a rule already; a parameter means one thing in every notebook")
     RULES.update(rules)

@@ -52,7 +52,7 @@ from vitprune.methods.block_importance import magnitude_importance, taylor_impor
 from vitprune.methods.block_masks import (attach_masks, block_spec, detach_masks, get_masks, has_masks, num_channels,
                                           num_heads, set_masks, vit_blocks)
 from vitprune.methods.block_removal import NoAttention, NoMlp, shrink_attention, shrink_mlp
-from vitprune.methods.method import WIDTH, Flag, Method
+from vitprune.methods.method import WIDTH, FineTune, Flag, Method, Training
 from vitprune.torchutil import unwrap
 
 IMPORTANCE = param_rules.CHOICES["importance"]
@@ -384,6 +384,22 @@ def _restore(model: nn.Module, saved: dict) -> nn.Module:
     return model
 
 
+def _fine_tune(model: nn.Module, epochs: int, fresh: bool, *, keep_heads: float = 0.5, keep_mlp: float = 0.5,
+               importance: str = "taylor", scope: str = "layer", min_heads: int = 0, min_mlp: int = 0,
+               prune_start: float = 0.0, prune_end: float = 0.7, importance_ema: float = 0.9,
+               update_every: int = 1) -> FineTune:
+    """Gradual pruning while fine-tuning: a `GradualPruner` closes gates before the optimizer steps
+    (cubic schedule from `prune_start` to `prune_end` of the steps, then recovery); the loss is the
+    recipe's (cross-entropy and KL distillation from the teacher's logits). `remove` afterwards."""
+    pruner = GradualPruner(model, keep_heads, keep_mlp, importance=importance, scope=scope, min_heads=min_heads,
+                           min_mlp=min_mlp, start=prune_start, end=prune_end, ema=importance_ema,
+                           update_every=update_every)
+    return FineTune(on_step=pruner, teacher="logits",
+                    summary=f"gates close from {100 * prune_start:.0f} % to {100 * prune_end:.0f} % of the steps "
+                            f"to keep {keep_heads:.3g} of the heads and {keep_mlp:.3g} of the MLP channels "
+                            f"({importance} importance, {scope} ranking)")
+
+
 def _from_flags(values: dict) -> dict | None:
     if values.get("keep_heads") is None and values.get("keep_mlp") is None:
         return None
@@ -395,12 +411,14 @@ def _from_flags(values: dict) -> dict | None:
 
 
 METHOD = Method(
-    name="block", label="block pruning", marker="s", kind=WIDTH, trains=True,
+    name="block", label="block pruning", marker="s", kind=WIDTH,
     apply=prune_to, state=_state, restore=_restore, describe=lambda model: {"block_spec": block_spec(model)},
     from_flags=_from_flags,
     flags=(Flag("--keep-heads", {"type": float, "help": "block pruning: fraction of attention heads kept "
                                                         "(weight magnitude ranks them)"}),
            Flag("--keep-mlp", {"type": float, "help": "block pruning: fraction of MLP hidden channels kept"})),
     parameters={"keep_heads": param_rules.FRACTION, "keep_mlp": param_rules.FRACTION,
-                "target_mac_ratio": param_rules.off_or_at_least(1), "block_mac_ratio": param_rules.off_or_at_least(1)})
+                "target_mac_ratio": param_rules.off_or_at_least(1), "block_mac_ratio": param_rules.off_or_at_least(1)},
+    training=Training(settings=("keep_heads", "keep_mlp", "importance", "scope", "min_heads", "min_mlp",
+                                "prune_start", "prune_end", "importance_ema", "update_every"), plug=_fine_tune))
 """Structured pruning of attention heads and MLP channels (gradual, Taylor or magnitude importance)."""

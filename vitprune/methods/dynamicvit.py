@@ -46,9 +46,10 @@ from timm.models.vision_transformer import VisionTransformer
 from vitprune import param_rules
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection
-from vitprune.methods.dynamicvit_loss import TrainAux
-from vitprune.methods.method import TOKEN, Method, restore_entry, state_entry
+from vitprune.methods.dynamicvit_loss import TrainAux, make_loss_fn
+from vitprune.methods.method import TOKEN, FineTune, Method, Training, restore_entry, state_entry
 from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, SCHEDULE_FLAGS, keep_counts, options_from_flags,
+                                             options_from_params,
                                              recorded_keep_counts, schedule_config, schedule_ratios)
 from vitprune.methods.vit_ops import (check_blocks, check_locations, embed, gather_tokens, masked_block, mixed_class,
                                       patch_masks, refuse_attn_mask, required_config, tokens_entering_blocks)
@@ -402,10 +403,13 @@ def param_groups(model: nn.Module, backbone_lr_scale: float = 0.01) -> list[dict
     return groups
 
 
-def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: str = "gumbel") -> Callable:
+def frozen_backbone_hook(model: nn.Module, frozen_steps: int | None = None, then_decisions: str = "gumbel", *,
+                         frozen_fraction: float | None = None) -> Callable:
     """An engine.train `on_step(step, total_steps, model)` that drops the backbone's gradients
-    for the first `frozen_steps` optimizer steps, so only the predictors learn at first (official:
-    backbone lr 0 for the first 5 of 30 epochs; its decisions are Gumbel samples throughout).
+    for the first `frozen_steps` optimizer steps (or the first `frozen_fraction` of the run's
+    steps, as the loop counts them: on N processes the run has 1/N of the steps), so only the
+    predictors learn at first (official: backbone lr 0 for the first 5 of 30 epochs; its
+    decisions are Gumbel samples throughout).
 
     `then_decisions`: how tokens are dropped once the backbone trains. 'gumbel' is the official
     recipe; 'topk' trains the backbone on the deterministic top-k masks inference uses (as EViT,
@@ -413,32 +417,83 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int, then_decisions: st
     On tiny models with short fine-tunes the Gumbel masks stay noisy (each token is dropped at
     random with its predicted probability), and the backbone learns little that helps at
     inference."""
-    if frozen_steps < 0:
-        raise UserError(f"frozen_steps must be >= 0, got {frozen_steps}")
+    if (frozen_steps is None) == (frozen_fraction is None):
+        raise UserError("give one of frozen_steps and frozen_fraction")
+    if (frozen_steps if frozen_steps is not None else frozen_fraction) < 0:
+        raise UserError(f"the frozen phase must be >= 0, got {frozen_steps if frozen_steps is not None else frozen_fraction}")
     if then_decisions not in DECISION_MODES:
         raise UserError(f"then_decisions must be one of {', '.join(DECISION_MODES)}, got {then_decisions!r}")
-    if then_decisions == "topk" and frozen_steps == 0:
+    if then_decisions == "topk" and not (frozen_steps or frozen_fraction):
         raise UserError("top-k decisions give the predictors no gradient, so they learn only during the frozen "
                         "phase: set frozen_epochs > 0 (or use gumbel decisions)")
     params = backbone_parameters(model)
     set_decision_mode(model, "gumbel")
 
     def on_step(step: int, total_steps: int, model_: nn.Module) -> None:
-        if step < frozen_steps:
+        frozen = frozen_steps if frozen_steps is not None else int(round(frozen_fraction * total_steps))
+        if step < frozen:
             for p in params:
                 p.grad = None
         # from the next forward on (idempotent, so a resumed run lands in the right phase)
-        set_decision_mode(model_, "gumbel" if step + 1 < frozen_steps else then_decisions)
+        set_decision_mode(model_, "gumbel" if step + 1 < frozen else then_decisions)
 
     # under top-k decisions the predictors get no gradient: with > 1 process DDP must expect that
     on_step.leaves_unused_parameters = then_decisions == "topk"
     return on_step
 
 
+# ---------------------------------------------------------------- the method's fine-tune and declaration
+
+
+def _init(model: nn.Module, keep_prior: bool = True, token_checkpoint: str = "") -> None:
+    """Fresh predictors: at the target keep ratios (`keep_prior`), or the official weights of a
+    released DynamicViT (`token_checkpoint`, official layout)."""
+    if keep_prior:
+        init_keep_prior(model)
+    if token_checkpoint:
+        from vitprune.methods import dynamicvit_io  # local: it imports this module
+
+        dynamicvit_io.load_official_checkpoint(model, token_checkpoint)
+        print("DynamicViT weights from", token_checkpoint)
+
+
+def _fine_tune(model: nn.Module, epochs: int, fresh: bool, *, clf_weight: float = 1.0, ratio_weight: float = 2.0,
+               distill_weight: float = 0.5, token_distill_weight: float | None = None, label_smoothing: float = 0.1,
+               backbone_lr_scale: float = 0.01, frozen_epochs: float = 0.0,
+               backbone_decisions: str = "gumbel") -> FineTune:
+    """DynamicViT's fine-tune (the official main_dynamic_vit.py): its objective (`dynamicvit_loss`),
+    the backbone at `backbone_lr_scale` of the predictors' lr, frozen for the first `frozen_epochs`,
+    then trained on `backbone_decisions` masks. Trained predictors continued (not `fresh`) with top-k
+    decisions and no frozen phase keep their choice while the backbone adapts (a combination's stage)."""
+    loss_fn = make_loss_fn(clf_weight=clf_weight, ratio_weight=ratio_weight, distill_weight=distill_weight,
+                           token_distill_weight=token_distill_weight, label_smoothing=label_smoothing)
+    if backbone_decisions == "topk" and frozen_epochs == 0 and not fresh:
+        set_decision_mode(model, "topk")
+        for p in predictor_parameters(model):
+            p.requires_grad_(False)
+        on_step, summary = None, "the predictors keep their choice; the backbone trains on the tokens they keep"
+    else:
+        fraction = frozen_epochs / epochs if epochs else 0.0
+        on_step = frozen_backbone_hook(model, then_decisions=backbone_decisions, frozen_fraction=fraction)
+        summary = (f"the first {100 * fraction:.0f} % of the steps train the predictors alone (backbone frozen, "
+                   f"Gumbel masks), the rest the backbone too on {backbone_decisions} masks")
+    return FineTune(loss_fn=loss_fn, param_groups=param_groups(model, backbone_lr_scale), on_step=on_step,
+                    teacher="tokens", summary=summary)
+
+
+def _row_label(params: dict[str, Any]) -> str:
+    schedule = params.get("schedule", "geometric")
+    return f"DynamicViT ρ={params['base_rate']:g}" + ("" if schedule == "geometric" else f", {schedule} schedule")
+
+
 METHOD = Method(
-    name="dynamicvit", label="DynamicViT", marker="o", kind=TOKEN, trains=True,
+    name="dynamicvit", label="DynamicViT", marker="o", kind=TOKEN,
     apply=attach, state=state_entry("dynamicvit", pruning_state.dynamicvit),
     restore=restore_entry("dynamicvit", attach, "token_pruning"), describe=describe, tokens_per_block=tokens_per_block,
     kept_token_masks=kept_token_masks, flags=SCHEDULE_FLAGS, from_flags=options_from_flags,
-    parameters={"base_rate": param_rules.RATE, "keep_ratios": param_rules.each(param_rules.FRACTION)})
+    parameters={"base_rate": param_rules.RATE, "keep_ratios": param_rules.each(param_rules.FRACTION)},
+    from_params=options_from_params, row_label=_row_label,
+    training=Training(settings=("clf_weight", "ratio_weight", "distill_weight", "token_distill_weight",
+                                "label_smoothing", "backbone_lr_scale", "frozen_epochs", "backbone_decisions"),
+                      plug=_fine_tune, init=_init, init_settings=("keep_prior", "token_checkpoint")))
 """DynamicViT (Rao et al. 2021); checkpoints written before it had one name store it as "token_pruning"."""

@@ -33,6 +33,7 @@ patched in place by a class swap, as `dynamicvit` does. Tokens per block count C
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Sequence
 
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitprune import measure, param_rules
+from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, vit_ops
 from vitprune.methods.method import TOKEN, Flag, Method, comma_list, restore_entry, state_entry
@@ -132,7 +133,8 @@ def schedule_for_macs(model: nn.Module, target_macs: int | None = None, *,
                       mac_ratio: float | None = None) -> dict[str, Any]:
     """The spread schedule whose MACs per image come closest to `target_macs` (or to the
     unmerged model's MACs / `mac_ratio`). MACs fall monotonically with the number of merges,
-    so a bisection over it needs ~log2(depth x N/2) counts (`measure.count`, batch 1).
+    so a search over it finds the count in a few `measure.count`s (batch 1; interpolated, the same
+    answer a bisection gives).
     The model is left with its previous merge config (or none). Returns {"r", "macs",
     "target_macs", "base_macs"}."""
     if (target_macs is None) == (mac_ratio is None):
@@ -160,10 +162,15 @@ def schedule_for_macs(model: nn.Module, target_macs: int | None = None, *,
         if target < floor_macs:
             raise UserError(f"target {target:.4g} MACs is below what merging can reach ({floor_macs:.4g} MACs with "
                             f"half the tokens merged in every block); ask for fewer MACs saved")
-        # smallest number of merges whose MACs are <= target; then the closer of it and one fewer
+        # smallest number of merges whose MACs are <= target (every count below lo is above it, hi's is
+        # not); each probe interpolates between the nearest counts known on either side (MACs fall
+        # almost linearly with the merges), so a few counts find what a bisection finds in ~log2(hi)
         cache = {0: base, hi: floor_macs}
         while lo < hi:
-            mid = (lo + hi) // 2
+            left = max(lo - 1, 0)
+            fall = cache[left] - cache[hi]
+            step = math.ceil((cache[left] - target) / fall * (hi - left)) if fall > 0 else 1
+            mid = min(max(left + step, lo), hi - 1) if hi - lo > 1 else lo
             cache.setdefault(mid, macs_for(spread_schedule(model, mid)))
             if cache[mid] <= target:
                 hi = mid
@@ -301,11 +308,30 @@ class _MergingMixin:
 
 
 
-def apply_options(model: nn.Module, r: int | Sequence[int] | None = None, mac_ratio: float | None = None) -> nn.Module:
-    """`apply` with `r` given, or with the spread schedule closest to the unmerged MACs / `mac_ratio`."""
+def apply_options(model: nn.Module, r: int | Sequence[int] | None = None, mac_ratio: float | None = None,
+                  target_macs: int | None = None) -> nn.Module:
+    """`apply` with `r` given, or with the spread schedule closest to the unmerged MACs / `mac_ratio`
+    (or to `target_macs` per image)."""
     if r is None:
-        r = schedule_for_macs(model, mac_ratio=mac_ratio)["r"]
+        r = schedule_for_macs(model, target_macs=target_macs, mac_ratio=mac_ratio)["r"]
     return apply(model, r)
+
+
+def _from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A notebook's comparator row: the spread schedule at the MACs of the row it is matched to
+    (`target_macs`: notebook 04 gives the MACs of the rate's first comparator), or `merge_r`."""
+    if params.get("merge_r") is not None:
+        return {"r": params["merge_r"]}
+    if params.get("target_macs") is None:
+        raise UserError("ToMe merging has no keep rate: list it after a comparator that has one (e.g. "
+                        "training_free), whose MACs it then matches")
+    return {"target_macs": params["target_macs"]}
+
+
+def _row_label(params: dict[str, Any]) -> str:
+    """Named by the row whose MACs it matches (`matched_label`, e.g. "EViT-style ρ=0.7"), else its rate."""
+    matched = params.get("matched_label") or f"ρ={params['base_rate']:g}"
+    return f"ToMe at {matched}'s MACs, no training"
 
 
 def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
@@ -321,7 +347,7 @@ def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
 
 
 METHOD = Method(
-    name="merging", label="ToMe merging, training-free", marker="^", kind=TOKEN, trains=False,
+    name="merging", label="ToMe merging, training-free", marker="^", kind=TOKEN,
     apply=apply_options, state=state_entry("merging", pruning_state.merging),
     restore=restore_entry("merging", apply), describe=describe, tokens_per_block=tokens_per_block,
     kept_token_masks=kept_token_masks, from_flags=_from_flags,
@@ -329,5 +355,6 @@ METHOD = Method(
                                       "(comma-separated)"}),
            Flag("--merge-mac-ratio", {"type": float, "help": "ToMe token merging with the schedule whose MACs come "
                                                              "closest to the unmerged model's / F"})),
-    parameters={"merging_rates": param_rules.each(param_rules.RATE)})
+    from_params=_from_params,
+    row_label=_row_label)
 """ToMe (Bolya et al. 2023): bipartite soft matching, size-weighted merges, proportional attention."""

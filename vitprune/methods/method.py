@@ -1,5 +1,6 @@
-"""What a pruning method declares about itself, once (`Method`), and the command-line flags it
-adds (`Flag`). Each method module ends with its `METHOD = Method(...)`; `registry` collects them.
+"""What a pruning method declares about itself, once (`Method`), the command-line flags it
+adds (`Flag`) and how it fine-tunes (`Training`, which returns a `FineTune` for each run). Each
+method module ends with its `METHOD = Method(...)`; `registry` collects them.
 
 Code outside the method's own module never names a method: checkpoints (`models`), the
 `measure` / `bench` / `export` flags, the notebooks' parameter rules, metrics, tables and
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -38,6 +39,49 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class FineTune:
+    """What one method plugs into one fine-tune; `vitprune.train.finetune` merges the methods'
+    into the loop's hooks. A method that plugs nothing in is fine-tuned with the recipe's loss
+    (label-smoothed cross-entropy plus KL distillation from the teacher at `distill_weight`).
+
+    - `loss_fn(model, images, targets, teacher) -> (loss, logits, logs)`: the method's objective
+      (at most one method of a fine-tune has one);
+    - `param_groups`: [{"params", "lr_scale"}] (at most one method has them);
+    - `on_step(step, total_steps, model)`: called before every optimizer step (a pruner that reads
+      the gradients, a phase switch); `leaves_unused_parameters` on it tells DDP to expect
+      parameters without gradients;
+    - `teacher`: what `loss_fn` reads of the teacher: "logits", "tokens" (and logits) or "none";
+    - `summary`: one line for the notebook, e.g. the phases of the fine-tune.
+    """
+
+    loss_fn: Callable | None = None
+    param_groups: list[dict] | None = None
+    on_step: Callable[[int, int, nn.Module], None] | None = None
+    teacher: str = "logits"
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a method fine-tunes, declared once (`Method.training`).
+
+    - `settings`: the notebook parameters the fine-tune reads (names as in a parameters cell:
+      loss weights, phases, learning-rate scales); one a notebook does not declare takes the
+      default of `plug`'s keyword;
+    - `plug(model, epochs, fresh, **settings) -> FineTune`: the fine-tune's pieces for `model`,
+      which has the method applied; `epochs` of the run, `fresh` True when the method's own
+      parameters were just created (nothing learned yet) rather than continued from a checkpoint;
+    - `init(model, **settings)`: what happens once after `apply` on a fresh model (e.g. DynamicViT's
+      keep prior, official weights), reading the settings it names in `init_settings`.
+    """
+
+    settings: tuple[str, ...]
+    plug: Callable[..., FineTune]
+    init: Callable[..., None] | None = None
+    init_settings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Method:
     """A pruning method over timm's VisionTransformer.
 
@@ -53,14 +97,18 @@ class Method:
     - `flags` and `from_flags(values)`: the command line's options (values: {dest: value} of
       this method's flags as given, None when absent) -> `apply`'s keywords, or None when the
       method is not asked for;
-    - `parameters`: rules for the notebook parameters the method adds (`param_rules.check`).
+    - `parameters`: rules for the notebook parameters the method adds (`param_rules.check`);
+    - `from_params(params)`: `apply`'s keywords from a notebook's parameters (`base_rate`, the
+      keep schedule, `target_macs` for a method matched to another row's MACs), as `from_flags`
+      for the command line;
+    - `row_label(params)`: the Table 1 label of a row of this method at those parameters;
+    - `training`: how it fine-tunes (None: it is evaluated as applied).
     """
 
     name: str  # one name everywhere: Table 1's `method`, metrics, figures, --method
     label: str  # how figures and tables name it
     marker: str  # matplotlib marker of its points
     kind: str  # TOKEN or WIDTH: at most one token method at a time; width methods are applied first
-    trains: bool  # False: evaluated as applied (the same at every seed)
     apply: Callable[..., nn.Module]
     state: Callable[[nn.Module], dict[str, Any]]
     restore: Callable[[nn.Module, dict[str, Any]], nn.Module]
@@ -70,6 +118,26 @@ class Method:
     flags: tuple[Flag, ...] = ()
     from_flags: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda values: None
     parameters: dict[str, Rule] = field(default_factory=dict)
+    from_params: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    row_label: Callable[[Mapping[str, Any]], str] | None = None
+    training: Training | None = None
+
+    @property
+    def trains(self) -> bool:
+        """False: evaluated as applied (its rows are the same at every seed)."""
+        return self.training is not None
+
+    def options(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`apply`'s keywords at a notebook's parameters (one UserError line if it takes none)."""
+        if self.from_params is None:
+            raise UserError(f"method {self.name!r} declares no from_params: a notebook cannot apply it")
+        return self.from_params(params)
+
+    def label_at(self, params: Mapping[str, Any]) -> str:
+        """The row label at a notebook's parameters (its `label` and rate when it declares none)."""
+        if self.row_label is not None:
+            return self.row_label(params)
+        return f"{self.label} ρ={params['base_rate']:g}" if params.get("base_rate") is not None else self.label
 
     def attached(self, model: nn.Module) -> bool:
         """True when the method is applied to `model`."""

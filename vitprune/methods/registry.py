@@ -3,12 +3,18 @@
 A method is one module ending in `METHOD = Method(...)` (see `method.Method`) plus one entry in
 `BUILT_IN` below; code elsewhere asks the registry (`get`, `token_methods`, `applied`,
 `method_state`, `restore`) instead of importing the module. `register` also takes a method
-defined anywhere else (a user's, or a test's) at run time.
+defined anywhere else (a user's, or a test's) at run time, and `load_plugins` the `METHOD` of a
+module or `.py` file a notebook's `plugins` parameter names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import importlib.util
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 from torch import nn
 
@@ -22,8 +28,10 @@ METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Add `method` (its name must be new; a flag it shares with another method must be declared
-    identically; its parameter rules join `param_rules`)."""
+    """Add `method` (its name must be new, or name this same declaration; a flag it shares with
+    another method must be declared identically; its parameter rules join `param_rules`)."""
+    if METHODS.get(method.name) is method:
+        return method
     if method.name in METHODS:
         raise UserError(f"a method named {method.name!r} is registered already")
     if method.kind not in (TOKEN, WIDTH):
@@ -48,6 +56,50 @@ for _module in BUILT_IN:
     register(_module.METHOD)
 
 
+def load_plugins(plugins: Sequence[str], root: str | Path | None = None) -> list[Method]:
+    """Register the method of each plugin: a module name (`my_package.my_method`) or a `.py` file
+    (relative to `root`, else the working folder), which ends in `METHOD = Method(...)` as the
+    built-in methods do. Loading one again registers nothing new. Returns the plugins' methods."""
+    found = []
+    for plugin in plugins:
+        path = Path(root or ".") / plugin if str(plugin).endswith(".py") else None
+        try:
+            if path is None:
+                module = importlib.import_module(plugin)
+            else:
+                name = "vitprune_plugin_" + path.stem
+                module = sys.modules.get(name)
+                if module is None or Path(module.__file__).resolve() != path.resolve():
+                    spec = importlib.util.spec_from_file_location(name, path)
+                    if spec is None or not path.is_file():
+                        raise FileNotFoundError(path)
+                    module = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(module)
+                    sys.modules[name] = module
+        except (ImportError, FileNotFoundError, SyntaxError) as exc:
+            raise UserError(f"plugin {plugin!r} cannot be imported ({exc}); give a module name on the Python path "
+                            "or a .py file relative to the repository") from exc
+        method = getattr(module, "METHOD", None)
+        if not isinstance(method, Method):
+            raise UserError(f"plugin {plugin!r} defines no METHOD = vitprune.methods.method.Method(...)")
+        found.append(register(method))
+    return found
+
+
+@contextmanager
+def plugged_in(plugins: Sequence[str], root: str | Path | None = None) -> Iterator[list[Method]]:
+    """`load_plugins` for the duration of a `with` block: the methods it registered anew, and their
+    parameter rules, are gone after it (a process that only checks parameters keeps no plugin's)."""
+    before, rules = set(METHODS), dict(param_rules.RULES)
+    try:
+        yield load_plugins(plugins, root)
+    finally:
+        for name in set(METHODS) - before:
+            unregister(name)
+        param_rules.RULES.clear()
+        param_rules.RULES.update(rules)
+
+
 def get(name: str) -> Method:
     if name not in METHODS:
         raise UserError(f"no pruning method named {name!r}; known: {', '.join(METHODS)}")
@@ -56,6 +108,21 @@ def get(name: str) -> Method:
 
 def token_methods() -> list[Method]:
     return [m for m in METHODS.values() if m.kind == TOKEN]
+
+
+def _fits(kind: str, trains: bool):
+    return lambda name: name in METHODS and METHODS[name].kind == kind and METHODS[name].trains == trains
+
+
+# the notebooks' method parameters: 02 fine-tunes `method`, 04 evaluates each of `comparators` as applied
+param_rules.declare({
+    "method": param_rules.Rule(_fits(TOKEN, True), "a registered token method that fine-tunes, like dynamicvit "
+                               "(vitprune.list_methods(); a plugin's once `plugins` names it)"),
+    "comparators": param_rules.Rule(
+        lambda names: isinstance(names, (list, tuple)) and all(map(_fits(TOKEN, False), names)),
+        "a list of registered token methods that need no training, like training_free and merging "
+        "(vitprune.list_methods(); a plugin's once `plugins` names it)"),
+})
 
 
 def untrained() -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch.nn as nn
 
@@ -130,6 +130,17 @@ SCHEDULE_FLAGS = (
                                  "help": "allow a stage that keeps no patch token (the study's degenerate row)"}),
 )
 """The keep schedule's flags: DynamicViT and the training-free comparator both declare them."""
+
+
+def options_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`schedule_config`'s keywords from a notebook's parameters (`base_rate`, `schedule`,
+    `keep_ratios`, `locations`, `allow_empty_stage`; absent ones take the defaults)."""
+    options = {"base_rate": params["base_rate"], "schedule": params.get("schedule", "geometric"),
+               "keep_ratios": params.get("keep_ratios") or None,
+               "allow_empty_stage": bool(params.get("allow_empty_stage", False))}
+    if params.get("locations") is not None:
+        options["locations"] = list(params["locations"])
+    return options
 
 
 def options_from_flags(values: dict[str, Any]) -> dict[str, Any] | None:

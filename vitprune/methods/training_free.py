@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from vitprune import param_rules
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, token_schedule, vit_ops
 from vitprune.methods.method import TOKEN, Flag, Method, restore_entry, state_entry
@@ -180,12 +179,13 @@ def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
 
 
 METHOD = Method(
-    name="training_free", label="EViT-style, training-free", marker="v", kind=TOKEN, trains=False,
+    name="training_free", label="EViT-style, training-free", marker="v", kind=TOKEN,
     apply=apply, state=state_entry("training_free", pruning_state.training_free),
     restore=restore_entry("training_free", apply), describe=describe, tokens_per_block=tokens_per_block,
     kept_token_masks=kept_token_masks, from_flags=_from_flags,
     flags=(Flag("--training-free", {"action": "store_true", "help": "the keep schedule drives the EViT-style "
                                     "CLS-attention pruning instead of DynamicViT (nothing trained)"}),
            *token_schedule.SCHEDULE_FLAGS),
-    parameters={"training_free_rates": param_rules.each(param_rules.RATE)})
+    from_params=token_schedule.options_from_params,
+    row_label=lambda params: f"EViT-style ρ={params['base_rate']:g}, no training")
 """EViT's token selection without training (Liang et al. 2022)."""

@@ -1,14 +1,16 @@
 """What notebook 04 (the combination) does besides training: where each order starts
 (`first_stage`: a single-method run's hand-off), what its second stage trains on
 (`second_stage_set`: what the first stage's budget left), finishing each model (`finish_model`:
-evaluate, count, save, its metrics row) and the run's main row (`main_row`).
+evaluate, count, save, its metrics row), the training-free comparators' rows (`comparator_rows`)
+and the run's main row (`main_row`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -81,8 +83,36 @@ def second_stage_set(stage: dict[str, Any] | None, splits, dsd, model: nn.Module
     return data.prepare_splits(dsd, model, train_per_class=per_class, **split_options).train_set, 1
 
 
+def comparator_rows(baseline: nn.Module, comparators: Sequence[str], rates: Sequence[float],
+                    params: Mapping[str, Any], finish: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the methods that need no training (`comparators`, registered names), each applied
+    to a copy of `baseline` at each keep rate of `rates` and finished by `finish` (`finish_model`
+    with the notebook's evaluation set), in the order listed. A method with a keep rate takes it as
+    `base_rate` (with the notebook's keep schedule `params`); one without (ToMe) is matched to the
+    MACs of the first comparator's row at that rate (`target_macs`), and its row says so
+    (`matched_rate`, `matched_macs`)."""
+    rows: list[dict[str, Any]] = []
+    first: dict[float, dict[str, Any]] = {}  # the first comparator's row at each rate
+    for name in comparators:
+        method = registry.get(name)
+        if method.trains:
+            raise UserError(f"comparator {name!r} trains; notebook 02 fine-tunes it (method: {name})")
+        for rate in rates:
+            reference = first.get(rate, {})
+            at = {**params, "base_rate": rate, "target_macs": reference.get("macs"),
+                  "matched_label": reference.get("label", "").split(",")[0]}  # e.g. "EViT-style ρ=0.7"
+            options = method.options(at)
+            model = registry.apply(copy.deepcopy(baseline), name, **options)
+            matched = {"matched_rate": rate, "matched_macs": reference["macs"]} if "target_macs" in options else {}
+            rows.append(finish(model, name, method.label_at(at), history=None, train_wall_time_s=0.0,
+                               **method.describe(model), **matched))
+            first.setdefault(rate, rows[-1])
+            del model
+    return rows
+
+
 def main_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The run's main row: the first combined order's (a trained model), else the first row."""
     if not rows:
-        raise UserError("nothing was run: choose an order and/or give training_free_rates")
+        raise UserError("nothing was run: choose an order and/or give comparators")
     return next((r for r in rows if r["method"] not in registry.untrained()), rows[0])

@@ -76,10 +76,13 @@ def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  "macs": float(m["macs"]), "top1": float(m["top1"]), "top1_std": m.get("top1_std"),
                  "n_seeds": m.get("n_seeds", 1), "trained": m.get("trained", True), "vs": {}}
         best: list[float] = []
+        # an untrained row (evaluated at one seed) is the same at every seed: set against each seed's sweep
+        pairs = [(seed_of(r), r) for r in point["seed_runs"]] if m.get("trained", True) else \
+            [(seed, point["seed_runs"][0]) for seed in sorted(sweeps, key=lambda s: (s is None, s or 0))]
         for method in swept:
             diffs, ats = [], []
-            for r in point["seed_runs"]:
-                pts = sweeps.get(seed_of(r), {}).get(method, [])
+            for seed, r in pairs:
+                pts = sweeps.get(seed, {}).get(method, [])
                 at = interpolate_top1(pts, float(r["metrics"]["macs"])) if len(pts) >= 2 else None
                 if at is not None:
                     ats.append(at)
@@ -90,9 +93,9 @@ def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 interval = stats.paired_interval(diffs)
                 entry["vs"][method] = {**interval, "at_macs": stats.summary(ats)["mean"],
                                        "verdict": stats.verdict(interval)}
-        for r in point["seed_runs"]:  # against the best single method at each seed
+        for seed, r in pairs:  # against the best single method at each seed
             covered = [interpolate_top1(pts, float(r["metrics"]["macs"]))
-                       for method, pts in sweeps.get(seed_of(r), {}).items()
+                       for method, pts in sweeps.get(seed, {}).items()
                        if method != m.get("method") and len(pts) >= 2]
             covered = [c for c in covered if c is not None]
             if covered:

@@ -234,16 +234,23 @@ def declared_parameters(notebook: str | os.PathLike) -> dict[str, Param]:
     return params
 
 
-def validate(declared: dict[str, Param], values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check every key, type and range (`param_rules`); return the values with types normalised."""
+def validate(declared: dict[str, Param], values: dict[str, Any], source: str,
+             plugins: Sequence[str] = ()) -> dict[str, Any]:
+    """Check every key, type and range (`param_rules`); return the values with types normalised.
+    A value may name a method of the `plugins` the values set, or of `plugins` (the profile's, when
+    `values` are an override or a sweep point of it)."""
     unknown = sorted(set(values) - set(declared))
     if unknown:
         raise UserError(
             f"{source}: unknown parameter(s) {unknown}; this notebook accepts: {', '.join(sorted(declared))}")
     checked = {key: declared[key].check(value, source) for key, value in values.items()}
-    from vitprune.methods import registry  # noqa: F401  local: registering the methods declares their parameters' rules; the run processes stay free of torch
+    from vitprune.methods import registry  # local: registering the methods declares their parameters' rules; the run processes stay free of torch
+    plugins = checked.get("plugins") or list(plugins)
+    param_rules.check("plugins", plugins, source)
+    with registry.plugged_in(plugins, root=project_root()):  # the methods the values below may name
+        for key, value in checked.items():
+            param_rules.check(key, value, source)
     for key, value in checked.items():
-        param_rules.check(key, value, source)
         if key in param_rules.PATHS and value:
             path = resolve_path(value)
             if release.is_release(path):  # the released baseline: the file its record names, or one line why not
@@ -328,6 +335,12 @@ def lab_values(profile: str, notebook: str) -> dict[str, Any]:
     return values
 
 
+def _plugins_of(folder: Path, notebook: str) -> list[str]:
+    """The `plugins` a profile folder's YAML gives `notebook` (its sweep values may name their methods)."""
+    path = folder / f"{notebook}.yaml"
+    return list((load_yaml(path) if path.exists() else {}).get("plugins") or [])
+
+
 def profile_sweep(profile: str) -> dict[str, dict[str, list]]:
     """`params/<profile>/sweep.yaml`: {notebook: {param: [values...]}}; one run per combination
     (its `points` are `profile_points`)."""
@@ -345,7 +358,7 @@ def profile_sweep(profile: str) -> dict[str, dict[str, list]]:
             if not isinstance(values, list) or not values:
                 raise UserError(f"{path}: {notebook}.{key} must be a non-empty list")
             for value in values:
-                validate(declared, {key: value}, f"{path} ({notebook})")
+                validate(declared, {key: value}, f"{path} ({notebook})", _plugins_of(path.parent, notebook))
     _read_points(path)
     return data
 
@@ -370,7 +383,8 @@ def _read_points(path: Path, only_points: bool = False) -> dict[str, dict[str, d
             if not re.fullmatch(r"[a-z][a-z0-9_.]*", str(name)) or "__" in str(name) or not isinstance(values, dict):
                 raise UserError(f"{path}: {POINTS}.{notebook}.{name}: a point is a name (lower case, digits, _ and .) "
                                 "mapping to {param: value}")
-            validate(declared_parameters(notebook), values, f"{path} ({POINTS}.{notebook}.{name})")
+            validate(declared_parameters(notebook), values, f"{path} ({POINTS}.{notebook}.{name})",
+                     _plugins_of(path.parent, notebook))
     return points
 
 

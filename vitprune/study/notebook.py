@@ -19,12 +19,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitprune.errors import UserError
+from vitprune.methods import registry
 from vitprune.study import config, release, results, run_folders
 from vitprune.train import engine, launch
 from vitprune.train.recipe import TrainConfig
 
 # parameters that never change the trained weights: they do not key the per-epoch checkpoints
 NOT_TRAINING = ("preload", "eval_per_class", "eval_batch_size", "num_workers", "threads", "launch_config")
+WEIGHTS = ("checkpoint", "token_checkpoint")  # parameters naming weights a fine-tune starts from (keys its checkpoints)
 
 
 @dataclass
@@ -59,7 +61,8 @@ class Session:
         training (all but NOT_TRAINING and `exclude`) and by the `sources` it starts from: an
         interrupted run resumes, changed settings (or a retrained upstream model) start afresh."""
         settings = config.training_settings(self.notebook, dict(self.params), NOT_TRAINING + tuple(exclude))
-        return run_folders.train_state_dir(self.run_dir, settings, sources=list(sources))
+        weights = [self.params[k] for k in WEIGHTS if self.params.get(k)]  # weights it starts from, by parameter
+        return run_folders.train_state_dir(self.run_dir, settings, sources=list(sources) + weights)
 
     def baseline_top1(self, teacher: nn.Module, eval_set: Dataset, batch_size: int, num_workers: int = 0) -> float:
         """The top-1 a fine-tune is compared with, one rule for notebooks 02-04: notebook 01's
@@ -114,10 +117,17 @@ class Session:
         return metrics
 
 
+def load_plugins(params: Mapping[str, Any]) -> None:
+    """Register the methods of the notebook's `plugins` (module names, or .py files relative to the
+    repository), as the pipeline did when it checked the parameters that name them."""
+    registry.load_plugins(params.get("plugins") or [], root=config.project_root())
+
+
 def start(notebook: str, params: Mapping[str, Any]) -> Session:
-    """Set up `notebook`'s run from its parameters (validated launch first: a bad value fails
-    before any data is read) and print where it writes."""
+    """Set up `notebook`'s run from its parameters (its plugins registered, validated launch first:
+    a bad value fails before any data is read) and print where it writes."""
     started = time.perf_counter()
+    load_plugins(params)
     torch.set_num_threads(int(params["threads"]))
     train_config = TrainConfig.from_params(params)
     plan = launch.plan(**train_config.scale)

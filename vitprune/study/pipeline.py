@@ -78,7 +78,7 @@ def plan(profile: str, notebooks: list[str], overrides: dict[str, Any], runs_roo
     for nb in notebooks:
         base = config.profile_params(profile, nb)
         own = {k: v for k, v in overrides.items() if k in declared[nb]}
-        base.update(config.validate(declared[nb], own, "-p override"))
+        base.update(config.validate(declared[nb], own, "-p override", base.get("plugins") or []))
         # An override of a swept parameter pins the sweep to that single value.
         axes = {k: [base[k]] if k in own else v for k, v in sweeps.get(nb, {}).items()}
         if config.is_seeded(nb):
@@ -86,7 +86,7 @@ def plan(profile: str, notebooks: list[str], overrides: dict[str, Any], runs_roo
         points = [(None, dict(zip(axes, combo))) for combo in itertools.product(*axes.values())] or [(None, {})]
         points += [(name, {**values, "seed": seed}) for name, values in named.get(nb, {}).items() for seed in seed_list]
         for name, point in points:
-            params = {**base, **config.validate(declared[nb], point, f"sweep of {nb}")}
+            params = {**base, **config.validate(declared[nb], point, f"sweep of {nb}", base.get("plugins") or [])}
             rdir = run_folders.point_run_dir(runs_root, profile, nb, params, name)
             variant = rdir.name if rdir.parent.name == nb else None
             if "seeds" in declared[nb]:

@@ -216,22 +216,6 @@ def point_of(run: dict[str, Any]) -> str:
     return base + (f"#{row}" if row else "")
 
 
-def fine_tune_budget(history: list[dict[str, Any]] | None, wall_s: float | None) -> dict[str, Any] | None:
-    """A fine-tune's budget from engine.train's history: optimizer steps, images seen (steps x
-    global batch) and wall time in seconds; None for a model that was not trained. A run with a
-    hand-off (engine.train's `handoff`) also gets `handoff`: the steps and images spent
-    up to it (what a combination that continues from there has used of this budget)."""
-    if not history:
-        return None
-    steps = sum(int(h["steps_per_epoch"]) for h in history)
-    batch = int(history[0].get("global_batch", 0))
-    out = {"steps": steps, "images": steps * batch, "wall_s": float(wall_s) if wall_s is not None else None}
-    k = history[0].get("handoff_at_step")
-    if k:
-        out["handoff"] = {"steps": int(k), "images": int(k) * batch}
-    return out
-
-
 def _budget_total(m: dict[str, Any]) -> dict[str, Any] | None:
     """Every fine-tuning stage a row's model went through since the baseline, summed."""
     stages = [b for b in (m.get("stage_budgets") or [m.get("budget")]) if b]

@@ -11,11 +11,23 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from vitprune.study import plots
+
 
 def as_run(metrics: Mapping[str, Any], run_dir: str | Path = "", name: str = "") -> dict[str, Any]:
     """A run record as `results.collect_runs` gives them (what plots.py reads) for metrics that
     are not written yet or not a run of their own (the baseline beside a fine-tune)."""
     return {"run": name or str(metrics.get("label", "run")), "run_dir": str(run_dir), "metrics": dict(metrics)}
+
+
+def tokens_against_baseline(model: Any, method: str, label: str, base_rate: float,
+                            tokens_per_block: Sequence[int]) -> Figure | None:
+    """plots.py's tokens-per-block figure for one token-pruned run (`tokens_per_block`, CLS
+    included) beside the unpruned `model`, into whose every block every token enters."""
+    every = [int(model.num_prefix_tokens) + int(model.patch_embed.num_patches)] * len(model.blocks)
+    return plots.tokens_per_block([
+        as_run({"method": method, "label": "baseline", "base_rate": 1.0, "tokens_per_block": every}),
+        as_run({"method": method, "label": label, "base_rate": base_rate, "tokens_per_block": list(tokens_per_block)})])
 
 
 def training_trace(history: Sequence[Mapping[str, Any]], title: str = "") -> Figure | None:

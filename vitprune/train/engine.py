@@ -36,8 +36,8 @@ from vitprune.progress import bar as progress_bar
 from vitprune.errors import UserError
 from vitprune.torchutil import logits as logits_of
 from vitprune.train import launch
-from vitprune.train.recipe import (Hooks, TrainConfig, build_param_groups, default_loss_fn, handoff_step,
-                                   hard_labels, make_mixup, seed_epoch, warmup_cosine)
+from vitprune.train.recipe import (Hooks, StepHooks, TrainConfig, build_param_groups, default_loss_fn,
+                                   handoff_step, hard_labels, make_mixup, seed_epoch, warmup_cosine)
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -142,8 +142,8 @@ def train(model: nn.Module, train_set: Dataset, config: TrainConfig, eval_set: D
         raise UserError("pass either an accelerator or num_processes > 1 / launch_config, not both")
     out = launch.run(_train_worker, (model, train_set, eval_set, job), where)
     model.load_state_dict(out["model"])
-    if out["on_step"]:
-        vars(hooks.on_step).update(out["on_step"])
+    for hook, state in zip(_stateful_hooks(hooks.on_step), out["on_step"]):
+        vars(hook).update(state)
     model.eval()
     return out["history"]
 
@@ -196,14 +196,17 @@ def _plain(value: Any) -> bool:
     return False
 
 
+def _stateful_hooks(on_step: Any) -> list[Any]:
+    """The step hook objects whose plain attributes a worker hands back (a `StepHooks`' parts)."""
+    parts = on_step.parts if isinstance(on_step, StepHooks) else [on_step]
+    return [h for h in parts if h is not None and not isinstance(h, types.FunctionType) and hasattr(h, "__dict__")]
+
+
 def _train_worker(model, train_set, eval_set, job: dict[str, Any]) -> dict[str, Any]:
     """One launched process: train, then hand back the weights, history and hook state."""
     history = _Trainer(model, train_set, eval_set, **job).run()
-    hook = job["hooks"].on_step
-    hook_state = None
-    if hook is not None and not isinstance(hook, types.FunctionType) and hasattr(hook, "__dict__"):
-        hook_state = {k: v for k, v in vars(hook).items() if _plain(v)}
-    return {"model": _cpu_state(model), "history": history, "on_step": hook_state}
+    states = [{k: v for k, v in vars(h).items() if _plain(v)} for h in _stateful_hooks(job["hooks"].on_step)]
+    return {"model": _cpu_state(model), "history": history, "on_step": states}
 
 
 class _Trainer:

@@ -35,6 +35,19 @@ class StepHook(Protocol):
     def __call__(self, step: int, total_steps: int, model: nn.Module) -> None: ...
 
 
+class StepHooks:
+    """Several `StepHook`s called in order before each optimizer step (a width method's pruner, then
+    a token method's phase switch); each part's plain attributes come back from the workers."""
+
+    def __init__(self, parts: Sequence[Callable[[int, int, nn.Module], None]]):
+        self.parts = list(parts)
+        self.leaves_unused_parameters = any(getattr(h, "leaves_unused_parameters", False) for h in self.parts)
+
+    def __call__(self, step: int, total_steps: int, model: nn.Module) -> None:
+        for hook in self.parts:
+            hook(step, total_steps, model)
+
+
 @dataclass(frozen=True)
 class Hooks:
     """What a method plugs into `engine.train`; each is optional (tests/test_engine.py exercises each).
