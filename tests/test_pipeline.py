@@ -223,6 +223,7 @@ def test_cli_prints_one_error_line(toy):
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: -p ['valu']")
 
 
+@pytest.mark.slow
 def test_only_a_downstream_notebook_after_a_full_run_is_up_to_date(toy):
     """Its upstream keys are the same set whether the swept notebook ran in this invocation or
     earlier, and a hand-pinned extra run of that notebook does not make it stale."""
@@ -234,6 +235,7 @@ def test_only_a_downstream_notebook_after_a_full_run_is_up_to_date(toy):
     assert [(s["run"], s["status"]) for s in again] == [("04_combination", "up to date")]
 
 
+@pytest.mark.slow
 def test_seeds_repeat_the_fine_tunes_and_pair_them_by_seed(toy):
     """--seeds N: every seeded notebook once per seed (a run folder each); a seed's run reads only the
     same seed's upstream runs, so a one-seed run after the seeded study is up to date; 05 is told the seeds."""
@@ -356,6 +358,7 @@ def _span(run_dir: Path) -> tuple[float, float]:
     return m["started"], m["ended"]
 
 
+@pytest.mark.slow
 def test_runs_go_side_by_side_where_their_threads_fit_the_cores(toy, monkeypatch):
     """Two 1-thread runs of the sweep overlap on a 2-core machine, each after the run they read;
     --jobs 1 runs them one after the other (as do runs whose threads fill the cores)."""
