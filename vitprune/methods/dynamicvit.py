@@ -419,11 +419,12 @@ def frozen_backbone_hook(model: nn.Module, frozen_steps: int | None = None, then
     inference."""
     if (frozen_steps is None) == (frozen_fraction is None):
         raise UserError("give one of frozen_steps and frozen_fraction")
-    if (frozen_steps if frozen_steps is not None else frozen_fraction) < 0:
-        raise UserError(f"the frozen phase must be >= 0, got {frozen_steps if frozen_steps is not None else frozen_fraction}")
+    phase = frozen_steps if frozen_steps is not None else frozen_fraction
+    if phase < 0:
+        raise UserError(f"the frozen phase must be >= 0, got {phase}")
     if then_decisions not in DECISION_MODES:
         raise UserError(f"then_decisions must be one of {', '.join(DECISION_MODES)}, got {then_decisions!r}")
-    if then_decisions == "topk" and not (frozen_steps or frozen_fraction):
+    if then_decisions == "topk" and not phase:
         raise UserError("top-k decisions give the predictors no gradient, so they learn only during the frozen "
                         "phase: set frozen_epochs > 0 (or use gumbel decisions)")
     params = backbone_parameters(model)

@@ -319,9 +319,7 @@ def apply_options(model: nn.Module, r: int | Sequence[int] | None = None, mac_ra
 
 def _from_params(params: dict[str, Any]) -> dict[str, Any]:
     """A notebook's comparator row: the spread schedule at the MACs of the row it is matched to
-    (`target_macs`: notebook 04 gives the MACs of the rate's first comparator), or `merge_r`."""
-    if params.get("merge_r") is not None:
-        return {"r": params["merge_r"]}
+    (`target_macs`: notebook 04 gives the MACs of the rate's first comparator)."""
     if params.get("target_macs") is None:
         raise UserError("ToMe merging has no keep rate: list it after a comparator that has one (e.g. "
                         "training_free), whose MACs it then matches")

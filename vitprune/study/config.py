@@ -353,12 +353,12 @@ def profile_sweep(profile: str) -> dict[str, dict[str, list]]:
         if notebook not in NOTEBOOKS or not isinstance(axes, dict):
             raise UserError(f"{path}: keys must be notebook names mapping to {{param: [values]}} (or {POINTS!r}), "
                             f"got {notebook!r}")
-        declared = declared_parameters(notebook)
+        declared, plugins = declared_parameters(notebook), _plugins_of(path.parent, notebook)
         for key, values in axes.items():
             if not isinstance(values, list) or not values:
                 raise UserError(f"{path}: {notebook}.{key} must be a non-empty list")
             for value in values:
-                validate(declared, {key: value}, f"{path} ({notebook})", _plugins_of(path.parent, notebook))
+                validate(declared, {key: value}, f"{path} ({notebook})", plugins)
     _read_points(path)
     return data
 
