@@ -1,25 +1,30 @@
 """Training-free token merging (ToMe), the comparator that merges tokens instead of dropping them.
 
 Method: Bolya, Fu, Dai, Zhang, Feichtenhofer, Hoffman, "Token Merging: Your ViT but Faster",
-ICLR 2023 (arXiv:2210.09461). Our own implementation of the paper's description:
+ICLR 2023 (arXiv:2210.09461). Our own implementation, held to the official code's outputs:
 
 - Where: inside every block, between the attention and the MLP branch (paper sec. 3, fig. 1),
   `r_i` tokens are merged away in block i, so the MLP of block i and everything after run on
   fewer tokens.
 - Similarity: the attention keys averaged over heads (paper sec. 3, "Token similarity"), cosine
   similarity.
-- Bipartite soft matching (paper sec. 3, "Bipartite Soft Matching"): split the tokens into two
-  alternating sets A (even positions) and B (odd positions); give each A token one edge to its
-  most similar B token; keep the r most similar edges; merge each of those A tokens into its
-  B token (several may merge into one); the other A tokens and all B tokens stay. r is
-  clipped to half the patch tokens, so at least half survive each block.
+- Bipartite soft matching (paper sec. 3, "Bipartite Soft Matching"), as the official code
+  (facebookresearch/ToMe, `tome/merge.py`) does it: set A holds the even positions of all
+  tokens, the class token (position 0) among them, set B the odd ones; each A token gets one
+  edge to its most similar B token; the r most similar edges merge their A token into its B
+  token (several may merge into one); the other A tokens and all B tokens stay. The class token's
+  edges rank last and no edge goes to a distillation token, so neither merges. r is clipped to
+  half the patch tokens, so at least half survive each block. The merged tokens are ordered as
+  the official code orders them (unmerged A tokens by position, then B), and the next block
+  splits that order again.
 - Merging is a size-weighted average, x_b <- (s_b x_b + sum s_a x_a) / (s_b + sum s_a), and the
   sizes add: s counts how many input patches a token holds.
 - Proportional attention (paper eq. 1): softmax(q k^T / sqrt(d) + log s), so a merged token
   weighs as much as the patches it holds.
-- Prefix tokens (CLS, distillation/register tokens) are never merged (the paper protects CLS).
-  Unlike the paper's code we leave them out of the matching instead of giving them -inf scores;
-  the effect is the same.
+- Rankings use `selection.top_k` on the similarities' float values (`selection.COSINE_STEP`):
+  the official order, exact ties to the lower position. `tests/fixtures/official/tome.pt` holds
+  the official code's logits on fixed weights and images (made by tools/official_fixtures.py);
+  ours equal them (max |Δ logit| checked at <= 1e-4; 0 on 1,000 fmnist test images).
 - A block whose heads were all pruned (`block_pruning.NoAttention`) has no keys: its normed
   input tokens are the similarity features instead.
 
@@ -64,6 +69,9 @@ def _check_model(model: nn.Module) -> None:
     if model.global_pool != "token" or model.num_prefix_tokens < 1:
         raise UserError(f"token merging here classifies from the class token: it needs global_pool 'token', "
                         f"got {model.global_pool!r}")
+    if getattr(model, "num_reg_tokens", 0) or model.num_prefix_tokens > 2:
+        raise UserError(f"ToMe's matching protects a class token and a distillation token only; this model has "
+                        f"{model.num_prefix_tokens} prefix tokens (register tokens are not supported)")
     vit_ops.check_blocks(model, "token merging")
 
 
@@ -227,50 +235,63 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
 
 def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
                     prefix: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge r of the patch tokens of x [B, T, C] (sizes [B, T, 1], similarity features metric
-    [B, T, d]) by bipartite soft matching; prefix tokens stay first and untouched. Returns the
-    merged tokens [B, T - r, C], their sizes, and for each merged patch token the position (among
-    the T - prefix patch tokens it came from) of the token it continues: merged-away tokens have
-    none (what `kept_token_masks` follows)."""
+    """Merge r tokens of x [B, T, C] (sizes [B, T, 1], similarity features metric [B, T, d]) by
+    bipartite soft matching as the official code does (facebookresearch/ToMe, `tome/merge.py`):
+    set A holds the even positions of *all* tokens (the class token, at 0, among them) and set B
+    the odd ones; each A token's edge goes to its most similar B token; the r most similar edges
+    merge their A token into its B token. The class token never merges (its edges rank last), nor
+    does a distillation token at position 1 (no A token picks it). The result is ordered as the
+    official code orders it: the unmerged A tokens by position, then every B token (a distillation
+    token back at position 1), so the next block's A/B split runs over that order.
+
+    Returns the merged tokens [B, T - r, C], their sizes, and for each of them the position (in
+    x) of the token it continues (a merged-away token has none): what `kept_token_masks` follows.
+    `prefix` is 1 (class token) or 2 (class and distillation tokens)."""
+    B, T, C = x.shape
     if r <= 0:
-        n = x.shape[1] - prefix
-        return x, size, torch.arange(n, device=x.device).expand(x.shape[0], n)
-    B, _, C = x.shape
-    patches, psize = x[:, prefix:], size[:, prefix:]
+        return x, size, torch.arange(T, device=x.device).expand(B, T)
     with torch.no_grad():  # which tokens merge is a discrete choice: no gradient through it
-        feats = metric[:, prefix:]
-        feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        feats = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         similarity = feats[:, 0::2] @ feats[:, 1::2].transpose(-1, -2)  # [B, |A|, |B|] cosine
+        na, nb = similarity.shape[1:]
         # each A token's most similar B token, then the A tokens by that similarity; both ranked on
-        # rounded keys (lower index first on ties) so an exported graph merges the same tokens
-        cosine = dict(step=selection.STEP, low=selection.COSINE_RANGE[0], high=selection.COSINE_RANGE[1])
-        partner = selection.top_k(similarity, 1, **cosine)[..., 0]
+        # integer keys of the float values (lower index first on exact ties, as the official sort)
+        cosine = dict(step=selection.COSINE_STEP, low=selection.COSINE_RANGE[0], high=selection.COSINE_RANGE[1])
+        no_distill = (torch.arange(nb, device=x.device) == 0).expand_as(similarity) if prefix > 1 else None
+        partner = selection.top_k(similarity, 1, exclude=no_distill, **cosine)[..., 0]  # never the distillation token
         best = similarity.gather(-1, partner.unsqueeze(-1))[..., 0]
-        order = selection.top_k(best, r, full=True, **cosine)
-        src = order[:, :r]    # the A tokens merged away (most similar edges)
-        stay = order[:, r:]   # the A tokens kept
+        no_cls = (torch.arange(na, device=x.device) == 0).expand_as(best)  # A's first: the class token
+        order = selection.top_k(best, r, full=True, exclude=no_cls, **cosine)
+        src = order[:, :r]  # the A tokens merged away (most similar edges)
+        stay = order[:, r:].topk(na - r, dim=-1, largest=False).values  # the others, by position
         dst = partner.gather(1, src)  # where each merged A token goes
-    xa, xb = patches[:, 0::2], patches[:, 1::2]
-    sa, sb = psize[:, 0::2], psize[:, 1::2]
-    # size-weighted average: sum of s * x over the merged group, divided by the summed size
-    moved = (xa * sa).gather(1, src.unsqueeze(-1).expand(-1, -1, C))
-    weighted_b = (xb * sb).scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, C), moved)
-    size_b = sb.scatter_add(1, dst.unsqueeze(-1), sa.gather(1, src.unsqueeze(-1)))
-    kept_a = xa.gather(1, stay.unsqueeze(-1).expand(-1, -1, C))
-    size_a = sa.gather(1, stay.unsqueeze(-1))
-    merged = torch.cat([x[:, :prefix], kept_a, weighted_b / size_b], dim=1)
-    continues = torch.cat([2 * stay, 2 * torch.arange(xb.shape[1], device=x.device).expand(B, -1) + 1], dim=1)
-    return merged, torch.cat([size[:, :prefix], size_a, size_b], dim=1), continues
+    # size-weighted average (official `merge_wavg`): every token is (sum of s * x) / (sum of s)
+    # over the tokens it now holds
+    weighted = x * size
+    wa, wb = weighted[:, 0::2], weighted[:, 1::2]
+    sa, sb = size[:, 0::2], size[:, 1::2]
+    wb = wb.scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, C), wa.gather(1, src.unsqueeze(-1).expand(-1, -1, C)))
+    sb = sb.scatter_add(1, dst.unsqueeze(-1), sa.gather(1, src.unsqueeze(-1)))
+    wa, sa = wa.gather(1, stay.unsqueeze(-1).expand(-1, -1, C)), sa.gather(1, stay.unsqueeze(-1))
+    came_from = [2 * stay, 2 * torch.arange(nb, device=x.device).expand(B, nb) + 1]
+    if prefix > 1:  # class token, distillation token, then the rest of A and of B
+        parts = [(wa[:, :1], sa[:, :1], came_from[0][:, :1]), (wb[:, :1], sb[:, :1], came_from[1][:, :1]),
+                 (wa[:, 1:], sa[:, 1:], came_from[0][:, 1:]), (wb[:, 1:], sb[:, 1:], came_from[1][:, 1:])]
+    else:
+        parts = [(wa, sa, came_from[0]), (wb, sb, came_from[1])]
+    weighted, size, continues = (torch.cat(p, dim=1) for p in zip(*parts))
+    return weighted / size, size, continues
 
 
 def merged_features(model: nn.Module, images: torch.Tensor, record: bool = False):
     """The merging forward: normed tokens after the last block [B, T_last, C]. Blocks before the
     first merge run timm's own forward (so r = 0 everywhere is the unmodified model exactly).
-    With `record`, also the original patch index each token continues, after every merging block."""
+    With `record`, also the original patch index each patch token continues, after every merging block."""
     x = vit_ops.embed(model, images)
     prefix = model.num_prefix_tokens
     counts = merge_counts(model, x.shape[1] - prefix)
-    origin = torch.arange(x.shape[1] - prefix, device=x.device).expand(x.shape[0], -1)
+    # per token, the original patch it continues (prefix tokens stay first: their entries are never read)
+    origin = (torch.arange(x.shape[1], device=x.device) - prefix).clamp_min(0).expand(x.shape[0], -1)
     kept = []
     size = None  # all ones until the first merge
     for blk, r in zip(model.blocks, counts):
@@ -287,7 +308,7 @@ def merged_features(model: nn.Module, images: torch.Tensor, record: bool = False
             x, size, continues = bipartite_merge(x, size, metric, r, prefix)
             origin = origin.gather(1, continues)
             if record:
-                kept.append(origin.clone())
+                kept.append(origin[:, prefix:].clone())
         x = x + dp2(ls2(blk.mlp(blk.norm2(x))))
     return (model.norm(x), kept) if record else model.norm(x)
 
