@@ -1,4 +1,4 @@
-"""Our ToMe and EViT against their official code's logits on the same weights and images
+"""Methods named for a paper against their official code's logits on the same weights and images
 (tests/fixtures/official/, made by tools/official_fixtures.py from the official repositories;
 the official code itself is not needed here)."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vitprune import models
-from vitprune.methods import merging
+from vitprune.methods import evit, merging
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "official"
@@ -42,14 +42,20 @@ def _model(entry: dict) -> torch.nn.Module:
     return models.load_checkpoint(path)
 
 
-@pytest.mark.parametrize("key", ["vit_cls", "deit_distilled", "vit_fmnist"])
-def test_tome_equals_the_official_patch(key):
-    entry = _fixture("tome")["models"][key]
+# how each fixture's setting (ToMe's r, EViT's keep rate) applies our method
+APPLY = {"tome": lambda model, r, entry: merging.apply(model, r),
+         "evit": lambda model, rate, entry: evit.apply(model, rate, locations=entry["locations"])}
+
+
+@pytest.mark.parametrize("method,key", [("tome", "vit_cls"), ("tome", "deit_distilled"), ("tome", "vit_fmnist"),
+                                        ("evit", "vit_cls"), ("evit", "vit_fmnist")])
+def test_equal_to_the_official_code(method, key):
+    entry = _fixture(method)["models"][key]
     model = _model(entry)
     images = entry["inputs"].float()
-    for r, official in entry["logits"].items():
+    for setting, official in entry["logits"].items():
         with torch.no_grad():
-            ours = merging.apply(model, r)(images)
+            ours = APPLY[method](model, setting, entry)(images)
         diff = (ours - official).abs().max().item()
-        assert diff <= TOLERANCE, f"{key} r={r}: max |Δ logit| {diff:.2e} against the official ToMe"
+        assert diff <= TOLERANCE, f"{method} {key} at {setting}: max |Δ logit| {diff:.2e} against the official code"
         assert torch.equal(ours.argmax(-1), official.argmax(-1))

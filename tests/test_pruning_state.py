@@ -77,7 +77,8 @@ def test_every_pruned_kind_round_trips_with_equal_logits(kind, tmp_path):
 def test_method_state_reads_what_the_pruners_write():
     model = _base()
     assert registry.method_state(model) == {"block_spec": None, "block_masks": False,
-                                             "dynamicvit": None, "training_free": None, "merging": None}
+                                             "dynamicvit": None, "training_free": None, "merging": None,
+                                             "evit": None}
     _masked(model)
     assert block_masks.has_masks(model) and registry.method_state(model)["block_masks"]
     block_pruning.remove(model)

@@ -7,10 +7,11 @@ import torch
 
 from vitprune import measure, models
 from vitprune.deploy import export
-from vitprune.methods import merging, registry
+from vitprune.methods import evit, merging, registry
 from test_export import _spread  # spread weights: random-init predictor scores nearly tie, top-k could pick either
 
-OPTIONS = {"dynamicvit": {"base_rate": 0.7}, "training_free": {"base_rate": 0.7}, "merging": {"r": 4}}
+OPTIONS = {"dynamicvit": {"base_rate": 0.7}, "training_free": {"base_rate": 0.7}, "merging": {"r": 4},
+           "evit": {"keep_rate": 0.7}}
 PATCHES = 64  # 32 x 32 images, patch 4
 
 
@@ -22,8 +23,8 @@ def tiny_vit() -> torch.nn.Module:
 
 def test_every_token_method_is_registered_with_options_here():
     assert {m.name for m in registry.token_methods()} == set(OPTIONS)
-    with pytest.raises(Exception, match="no pruning method named 'evit'; known: block, dynamicvit"):
-        registry.get("evit")
+    with pytest.raises(Exception, match="no pruning method named 'tome'; known: block, dynamicvit"):
+        registry.get("tome")
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
@@ -53,7 +54,10 @@ def test_token_method_applies_counts_exports_and_shows_its_kept_tokens(name, tmp
     kept = [int(m[0].sum()) for m in masks]
     assert masks and all(m.shape == (2, PATCHES) and m.dtype == torch.bool for m in masks)
     assert kept == sorted(kept, reverse=True) and kept[-1] < PATCHES
-    assert set(kept) <= {t - 1 for t in tokens} | {t - 1 - r for t, r in zip(tokens, _merges(model, name))}
+    if name == "evit":  # a fused token kept at a later location holds no patch of its own
+        assert all(c - i <= k <= c for i, (k, c) in enumerate(zip(kept, evit.keep_counts(model))))
+    else:
+        assert set(kept) <= {t - 1 for t in tokens} | {t - 1 - r for t, r in zip(tokens, _merges(model, name))}
 
 
 def _merges(model, name):

@@ -3,8 +3,9 @@
     python tools/official_fixtures.py --tome PATH/TO/ToMe --evit PATH/TO/evit
 
 PATH: checkouts of github.com/facebookresearch/ToMe (CC BY-NC 4.0: read and run, never copied
-here) and github.com/youweiliang/evit. Their code is imported from those folders; this file holds
-none of it. It writes tests/fixtures/official/{tome,evit}.pt: for each model the weights (small
+here) and github.com/youweiliang/evit (its `helpers` module imports the unrelated `torchprofile`,
+which is stood in for by an empty module). Their code is imported from those folders; this file
+holds none of it. It writes tests/fixtures/official/{tome,evit}.pt: for each model the weights (small
 timm ViTs with seeded random weights; the released vit_fmnist is named by its sha256, not
 copied), the input images (fp16, so both sides read the same values), the settings and the
 official logits. tests/test_official_fixtures.py compares our methods against them without the
@@ -21,7 +22,6 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +115,47 @@ def tome_logits(tome_repo: Path) -> dict:
     return fixture
 
 
+# ------------------------------------------------------------------ EViT
+
+EVIT_RATES = {"vit_cls": [0.7, 0.5], "vit_fmnist": [0.7, 0.5]}  # at every location (the official *_shrink_base)
+EVIT_LOCATIONS = (1, 2, 3)  # vit_cls has 4 blocks
+EVIT_FMNIST_LOCATIONS = (3, 6, 9)
+
+
+def official_evit(evit_module, model: torch.nn.Module, rate: float, locations) -> torch.nn.Module:
+    """The official `EViT` class with `model`'s geometry and weights, keeping `rate` at `locations`."""
+    depth = len(model.blocks)
+    keep_rate = tuple(rate if i in locations else 1 for i in range(depth))
+    first = model.blocks[0]
+    kwargs = dict(img_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0], in_chans=3,
+                  num_classes=model.num_classes, embed_dim=model.embed_dim, depth=depth,
+                  num_heads=first.attn.num_heads, mlp_ratio=first.mlp.fc1.out_features / model.embed_dim,
+                  qkv_bias=first.attn.qkv.bias is not None, keep_rate=keep_rate, fuse_token=True)
+    if isinstance(model.patch_embed, models.ConvStem):
+        kwargs["embed_layer"] = lambda **kw: copy.deepcopy(model.patch_embed)
+    official = evit_module.EViT(**kwargs)
+    official.load_state_dict({k: v for k, v in model.state_dict().items()}, strict=True)
+    return official.eval()
+
+
+def evit_logits(evit_repo: Path) -> dict:
+    sys.modules.setdefault("torchprofile", types.SimpleNamespace(profile_macs=None))  # helpers.py's unused import
+    sys.path.insert(0, str(evit_repo))
+    evit_module = importlib.import_module("evit")
+    fixture = {"source": "youweiliang/evit evit.EViT (fuse_token=True)", "models": {}}
+    for key, (model, rebuild, inputs) in models_and_inputs().items():
+        if key not in EVIT_RATES:
+            continue
+        locations = EVIT_FMNIST_LOCATIONS if key == "vit_fmnist" else EVIT_LOCATIONS
+        logits = {}
+        with torch.no_grad():
+            for rate in EVIT_RATES[key]:
+                logits[rate] = official_evit(evit_module, model, rate, locations)(inputs.float())
+        fixture["models"][key] = {**rebuild, "inputs": inputs, "locations": list(locations), "logits": logits}
+        print(f"EViT {key}: keep rates {EVIT_RATES[key]} at blocks {list(locations)}, {len(inputs)} images")
+    return fixture
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tome", type=Path, help="checkout of facebookresearch/ToMe")
@@ -124,6 +165,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.tome:
         torch.save(tome_logits(args.tome), OUT / "tome.pt")
+    if args.evit:
+        torch.save(evit_logits(args.evit), OUT / "evit.pt")
     for path in sorted(OUT.glob("*.pt")):
         print(f"{path.relative_to(REPO)}: {path.stat().st_size / 1e6:.2f} MB")
 

@@ -137,7 +137,7 @@ def attach(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geo
     num_patches = int(model.patch_embed.num_patches)
     # validates the schedule (and the empty-stage rule) before anything changes
     keep_counts(num_patches, base_rate, schedule, keep_ratios, locs, allow_empty_stage)
-
+    pruning_state.refuse_other_token_method(model, "DynamicViT")
     existing = pruning_state.dynamicvit(model)
     if existing is not None and tuple(existing["locations"]) != locs:
         raise UserError(f"model already has token pruning at blocks {list(existing['locations'])}; "

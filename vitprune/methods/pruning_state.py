@@ -5,6 +5,7 @@ DDP / torch.compile wrapper), so a checkpoint can store it and rebuild the model
 
 * token pruning (DynamicViT, `dynamicvit.attach`): its schedule config, a dict;
 * training-free token pruning (EViT-style, `training_free.apply`): its schedule config, a dict;
+* token merging (ToMe, `merging.apply`) and EViT (`evit.apply`): their configs, dicts;
 * block pruning after removal (`block_pruning.remove` / `prune_to` / `apply_spec`): the
   per-block widths `[{"heads": h, "mlp": m}, ...]`;
 * block pruning before removal (`block_masks.attach_masks`): gate buffers named `MASK` /
@@ -20,11 +21,13 @@ from typing import Any
 
 import torch.nn as nn
 
+from vitprune.errors import UserError
 from vitprune.torchutil import unwrap
 
 DYNAMICVIT_ATTR = "vitprune_dynamicvit"
 TRAINING_FREE_ATTR = "vitprune_training_free"
 MERGING_ATTR = "vitprune_merging"
+EVIT_ATTR = "vitprune_evit"
 BLOCK_SPEC_ATTR = "vitprune_block_spec"
 MASK = "vitprune_unit_mask"  # buffer on attn.proj / mlp.fc2 (and attn.norm / mlp.norm): 1 keep, 0 pruned
 ALIVE = "vitprune_branch_alive"  # scalar buffer on attn.proj / mlp.fc2: 0 once every unit is pruned
@@ -51,6 +54,33 @@ def set_training_free(model: nn.Module, cfg: dict[str, Any]) -> None:
 def merging(model: nn.Module) -> dict[str, Any] | None:
     """ToMe merging config of `model` ({"r": [merges per block]}; None: not applied)."""
     return getattr(unwrap(model), MERGING_ATTR, None)
+
+
+def evit(model: nn.Module) -> dict[str, Any] | None:
+    """EViT's config (keep rates, locations, fusion), or None."""
+    return getattr(unwrap(model), EVIT_ATTR, None)
+
+
+def set_evit(model: nn.Module, cfg: dict[str, Any]) -> None:
+    setattr(unwrap(model), EVIT_ATTR, cfg)
+
+
+def token_method(model: nn.Module) -> str | None:
+    """Which token reduction the model has (DynamicViT, the training-free selection, ToMe, EViT), or None:
+    one at a time, each patches the forward."""
+    bare = unwrap(model)
+    found = [name for name, attr in (("DynamicViT", DYNAMICVIT_ATTR), ("training-free", TRAINING_FREE_ATTR),
+                                     ("ToMe merging", MERGING_ATTR), ("EViT", EVIT_ATTR))
+             if getattr(bare, attr, None) is not None]
+    return found[0] if found else None
+
+
+def refuse_other_token_method(model: nn.Module, own: str) -> None:
+    """A UserError when `model` already has a token reduction other than `own` (a `token_method` name)."""
+    other = token_method(model)
+    if other not in (None, own):
+        raise UserError(f"this model already has {other} token reduction; apply {own} to an unpruned "
+                        f"(or block-pruned only) model")
 
 
 def block_spec(model: nn.Module) -> list[dict[str, int]] | None:

@@ -20,10 +20,10 @@ from torch import nn
 
 from vitprune import param_rules
 from vitprune.errors import UserError
-from vitprune.methods import block_pruning, dynamicvit, merging, training_free
+from vitprune.methods import block_pruning, dynamicvit, evit, merging, training_free
 from vitprune.methods.method import TOKEN, WIDTH, Method
 
-BUILT_IN = (block_pruning, dynamicvit, training_free, merging)  # width methods first: the order they apply in
+BUILT_IN = (block_pruning, dynamicvit, training_free, merging, evit)  # width methods first: the order they apply in
 METHODS: dict[str, Method] = {}
 
 

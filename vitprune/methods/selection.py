@@ -21,7 +21,8 @@ step (2^-8 was tried) merges real differences too -- a DynamicViT stage whose pr
 every token within 2e-3 of the others then keeps tokens by index, and lost 10 points. DynamicViT
 ranks the log-odds log p(keep) - log p(drop) (p(keep)'s order; not log p(keep), which is exactly 0
 for every token kept with p > 1 - 6e-8 in float32), the EViT-style pruning log CLS attention.
-ToMe ranks cosine similarity at `COSINE_STEP`, its float values, as its official code does.
+ToMe's cosine similarity and EViT's CLS attention rank at `EXACT_STEP`, their float values, as
+their official codes do.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ import torch
 STEP = 2.0 ** -14  # 6.1e-5: rounding grid of the DynamicViT and CLS-attention rankings
 LOG_RANGE = (-2.0 ** 20, 2.0 ** 20)  # scores in log space (log-odds, log attention); wide, so no real score is clamped
 COSINE_RANGE = (-1.0, 1.0)
-# ToMe's cosine similarities rank by their float values (a grid below fp32's resolution near 1), as the
-# official code ranks them: at STEP, 13-26 of 1,000 fmnist test images (r = 2, 3, 4 on the released
+# ToMe's cosine similarities and EViT's attention weights rank by their float values (a grid below fp32's
+# resolution near 1), as the official codes rank them. For ToMe: at STEP, 13-26 of 1,000 fmnist test images (r = 2, 3, 4 on the released
 # vit_fmnist) got other logits than the official code's (up to 1.5); by value none did, and onnxruntime
 # chose other tokens on one image either way (no prediction changed)
-COSINE_STEP = 2.0 ** -30
+EXACT_STEP = 2.0 ** -30
 
 _MAX_KEY = 2 ** 62  # int64 headroom: |round(score / step)| * n must stay below it
 

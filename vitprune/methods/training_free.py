@@ -45,9 +45,7 @@ def apply(model: nn.Module, base_rate: float | None = 0.7, schedule: str = "geom
     """
     if not isinstance(model, VisionTransformer):
         raise UserError(f"training-free token pruning patches timm VisionTransformer models, got {type(model).__name__}")
-    if pruning_state.dynamicvit(model) is not None:
-        raise UserError("this model already has DynamicViT token pruning attached; apply the training-free "
-                        "comparator to an unpruned (or block-pruned only) model")
+    pruning_state.refuse_other_token_method(model, "training-free")
     if model.global_pool != "token" or model.num_prefix_tokens < 1:
         raise UserError(f"training-free (EViT) pruning ranks tokens by CLS attention: it needs a class token and "
                         f"global_pool 'token', got global_pool {model.global_pool!r}")

@@ -192,6 +192,7 @@ def logits_and_kept_masks(model: nn.Module, images: torch.Tensor,
 
 def patch_masks(kept: list[torch.Tensor], num_patches: int) -> list[torch.Tensor]:
     """Bool masks [B, num_patches] over the original patch grid, one per entry of `kept` (each
-    [B, k] original patch indices still carrying their own token): what kept_token_masks return."""
-    return [torch.zeros(idx.shape[0], num_patches, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
-            for idx in kept]
+    [B, k] original patch indices still carrying their own token; -1: a token that holds no one
+    patch, e.g. EViT's fused token): what kept_token_masks return."""
+    return [torch.zeros(idx.shape[0], num_patches, dtype=torch.long, device=idx.device)
+            .scatter_add_(1, idx.clamp_min(0), (idx >= 0).long()) > 0 for idx in kept]
