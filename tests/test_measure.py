@@ -130,13 +130,14 @@ def test_deit_base_known_values():
     assert res["flops"] == 2 * res["macs"]
 
 
-def test_efficientformer_l1_counts():
-    model = timm.create_model("efficientformer_l1", pretrained=False)
-    res = measure.count(model)
+def test_efficientformer_l1_counts_from_the_command_line(capsys):
+    """A timm model with no ViT blocks (the one Table 1 cites) counts without any method flag."""
+    assert cli(["measure", "efficientformer_l1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
     # EfficientFormer paper (Li et al. 2022): 12.3 M params, 1.3 GMACs
     assert res["params"] == pytest.approx(12.3e6, rel=0.01)
     assert res["macs"] == pytest.approx(1.30e9, rel=0.01)
-    assert res["flops"] == 2 * res["macs"]
+    assert res["flops"] == 2 * res["macs"] and "block_masks" not in res
 
 
 def test_cli_json_subprocess():

@@ -151,9 +151,9 @@ def detach_masks(model: nn.Module) -> nn.Module:
 
 
 def has_masks(model: nn.Module) -> bool:
-    """True if gates are installed (the model is in its masked, not yet removed, form)."""
-    return any(hasattr(getattr(b.attn, "proj", None), MASK) or hasattr(getattr(b.mlp, "fc2", None), MASK)
-               for b in vit_blocks(model))
+    """True if gates are installed (the model is in its masked, not yet removed, form); False for
+    any model without them, a non-ViT timm model too (its state is read by every CLI count)."""
+    return any(hasattr(m, MASK) for m in unwrap(model).modules())
 
 
 def get_masks(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
