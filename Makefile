@@ -15,12 +15,13 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 setup: $(STAMP)
 
-# Re-install whenever pyproject.toml changes; the stamp is written only after success. pip
-# byte-compiles the ~15k installed files one at a time (about 45 s of a fresh set-up); compileall
-# writes the same files on every core (a few files for newer Pythons do not compile, hence || true).
-$(STAMP): pyproject.toml
+# Re-install whenever pyproject.toml or constraints.txt (the study's exact versions) changes; the
+# stamp is written only after success. pip byte-compiles the ~15k installed files one at a time
+# (about 45 s of a fresh set-up); compileall writes the same files on every core (a few files for
+# newer Pythons do not compile, hence || true).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check --no-compile -q -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check --no-compile -q -c constraints.txt -e '.[dev]'
 	@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	@touch $(STAMP)
 
