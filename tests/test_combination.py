@@ -26,7 +26,7 @@ def test_rows_for_both_orders_and_training_free(smoke_runs):
 
 def test_merging_rows_at_the_training_free_macs(smoke_runs):
     """The comparators come from the registry in the order listed: ToMe has no keep rate, so at each
-    rate it is matched to the MACs of the first comparator's (EViT-style) row."""
+    rate it is matched to the MACs of the first comparator's (CLS-attention top-k) row."""
     m = _metrics(smoke_runs)
     free = {r["base_rate"]: r for r in m["rows"] if r["method"] == "training_free"}
     tome = [r for r in m["rows"] if r["method"] == "merging"]

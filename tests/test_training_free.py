@@ -1,4 +1,4 @@
-"""Training-free (EViT-style) comparator: counts, identity at rate 1, MACs, which tokens are kept."""
+"""Training-free CLS-attention top-k comparator: counts, identity at rate 1, MACs, which tokens are kept."""
 
 import pytest
 import torch

@@ -4,7 +4,7 @@ Kinds (any combination a checkpoint or `registry.apply_all` produces):
 baseline timm ViT; DynamicViT (`dynamicvit.attach`, eval mode = the gathered forward: the
 score predictors and the top-k gather are inside the graph); the physically block-pruned
 dense model (`block_pruning.remove` / `apply_spec`); both orders of the combination (the
-exported graph only sees the final module structure); the training-free EViT-style comparator
+exported graph only sees the final module structure); the training-free CLS-attention top-k comparator
 (`training_free.apply`); ToMe-style merging (`merging.apply`).
 
 Shapes. Keep counts and merge counts are static: they are Python ints fixed by the schedule

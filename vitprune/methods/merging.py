@@ -345,7 +345,7 @@ def _from_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_label(params: dict[str, Any]) -> str:
-    """Named by the row whose MACs it matches (`matched_label`, e.g. "EViT-style ρ=0.7"), else its rate."""
+    """Named by the row whose MACs it matches (`matched_label`, e.g. "CLS-attention top-k ρ=0.7"), else its rate."""
     matched = params.get("matched_label") or f"ρ={params['base_rate']:g}"
     return f"ToMe at {matched}'s MACs, no training"
 

@@ -4,7 +4,7 @@ A pruned model carries its state as plain JSON-able attributes on the bare model
 DDP / torch.compile wrapper), so a checkpoint can store it and rebuild the model:
 
 * token pruning (DynamicViT, `dynamicvit.attach`): its schedule config, a dict;
-* training-free token pruning (EViT-style, `training_free.apply`): its schedule config, a dict;
+* training-free token pruning (CLS-attention top-k, `training_free.apply`): its schedule config, a dict;
 * token merging (ToMe, `merging.apply`) and EViT (`evit.apply`): their configs, dicts;
 * block pruning after removal (`block_pruning.remove` / `prune_to` / `apply_spec`): the
   per-block widths `[{"heads": h, "mlp": m}, ...]`;
@@ -43,7 +43,7 @@ def set_dynamicvit(model: nn.Module, cfg: dict[str, Any]) -> None:
 
 
 def training_free(model: nn.Module) -> dict[str, Any] | None:
-    """Training-free (EViT-style) config of `model` (None: not applied)."""
+    """Training-free (CLS-attention top-k) config of `model` (None: not applied)."""
     return getattr(unwrap(model), TRAINING_FREE_ATTR, None)
 
 

@@ -1,7 +1,7 @@
 """Token selection that picks the same tokens in PyTorch and in an exported ONNX graph.
 
 Every token method decides which tokens go on by ranking float scores: DynamicViT's top-k of
-its predicted keep log-probabilities, the EViT-style top-k of CLS attention, ToMe's best
+its predicted keep log-probabilities, the top-k of CLS attention (`training_free`, `evit`), ToMe's best
 partner (an argmax) and its most similar edges (a sort). onnxruntime computes those scores with
 other kernels, so they differ from PyTorch's by float rounding (~1e-6); where two scores are
 closer than that, a plain top-k may rank them the other way, a different token survives and the
@@ -20,7 +20,7 @@ measured by `export.agreement`) and well below the score differences a method ac
 step (2^-8 was tried) merges real differences too -- a DynamicViT stage whose predictor scores
 every token within 2e-3 of the others then keeps tokens by index, and lost 10 points. DynamicViT
 ranks the log-odds log p(keep) - log p(drop) (p(keep)'s order; not log p(keep), which is exactly 0
-for every token kept with p > 1 - 6e-8 in float32), the EViT-style pruning log CLS attention.
+for every token kept with p > 1 - 6e-8 in float32), the CLS-attention top-k log CLS attention.
 ToMe's cosine similarity and EViT's CLS attention rank at `EXACT_STEP`, their float values, as
 their official codes do.
 """

@@ -1,4 +1,4 @@
-"""Training-free token reduction (EViT-style), the comparator for DynamicViT.
+"""Training-free CLS-attention top-k token pruning (EViT's selection alone), a comparator for DynamicViT.
 
 Method: Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via
 Token Reorganizations" (EViT), ICLR 2022 (arXiv:2202.07800). EViT keeps the patch tokens the
@@ -6,7 +6,9 @@ class token attends to most, the attention of CLS to each patch averaged over he
 eq. 1-2: the "attentiveness" of token j is mean_h softmax(q_cls k^T / sqrt(d))_j). EViT also
 fuses the dropped tokens into one extra token and fine-tunes; this comparator does neither:
 inattentive tokens are simply dropped and nothing is trained, so it answers "what does
-DynamicViT's learned predictor (and its fine-tuning) buy over a free heuristic?".
+DynamicViT's learned predictor (and its fine-tuning) buy over a free heuristic?". It is named for
+what it is, CLS-attention top-k; EViT itself (fusion, fine-tuning, its own block's attention) is
+`evit`.
 
 Same locations and keep counts as DynamicViT (`token_schedule.keep_counts`: cumulative
 fractions of the patch tokens, CLS excluded). The score at a location comes from the block
@@ -177,13 +179,13 @@ def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
 
 
 METHOD = Method(
-    name="training_free", label="EViT-style, training-free", marker="v", kind=TOKEN,
+    name="training_free", label="CLS-attention top-k, training-free", marker="v", kind=TOKEN,
     apply=apply, state=state_entry("training_free", pruning_state.training_free),
     restore=restore_entry("training_free", apply), describe=describe, tokens_per_block=tokens_per_block,
     kept_token_masks=kept_token_masks, from_flags=_from_flags,
-    flags=(Flag("--training-free", {"action": "store_true", "help": "the keep schedule drives the EViT-style "
+    flags=(Flag("--training-free", {"action": "store_true", "help": "the keep schedule drives the CLS-attention top-k "
                                     "CLS-attention pruning instead of DynamicViT (nothing trained)"}),
            *token_schedule.SCHEDULE_FLAGS),
     from_params=token_schedule.options_from_params,
-    row_label=lambda params: f"EViT-style ρ={params['base_rate']:g}, no training")
-"""EViT's token selection without training (Liang et al. 2022)."""
+    row_label=lambda params: f"CLS-attention top-k ρ={params['base_rate']:g}, no training")
+"""CLS-attention top-k without training: EViT's selection alone (Liang et al. 2022)."""

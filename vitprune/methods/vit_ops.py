@@ -1,5 +1,5 @@
 """timm VisionTransformer pieces the token pruners share (DynamicViT in `dynamicvit`, the
-EViT-style comparator in `training_free`, ToMe in `merging`): argument checks (blocks, locations,
+CLS-attention top-k in `training_free`, EViT in `evit`, ToMe in `merging`): argument checks (blocks, locations,
 a recorded config, no attention mask), the token embedding, timm Attention split into its q/k/v
 and output halves, DynamicViT's masked attention, token counts per block, the ToMe-style class
 patch and the kept-token masks.

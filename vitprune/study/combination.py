@@ -100,7 +100,7 @@ def comparator_rows(baseline: nn.Module, comparators: Sequence[str], rates: Sequ
         for rate in rates:
             reference = first.get(rate, {})
             at = {**params, "base_rate": rate, "target_macs": reference.get("macs"),
-                  "matched_label": reference.get("label", "").split(",")[0]}  # e.g. "EViT-style ρ=0.7"
+                  "matched_label": reference.get("label", "").split(",")[0]}  # e.g. "CLS-attention top-k ρ=0.7"
             options = method.options(at)
             model = registry.apply(copy.deepcopy(baseline), name, **options)
             matched = {"matched_rate": rate, "matched_macs": reference["macs"]} if "target_macs" in options else {}
