@@ -52,7 +52,7 @@ def test_the_fused_token_is_the_attention_weighted_sum_of_the_dropped_ones():
     with torch.no_grad():
         tokens = model.blocks[0](vit_ops.embed(model, x))
         blk = model.blocks[1]
-        attended, cls_attn = evit._attention_with_cls(blk.attn, blk.norm1(tokens))
+        attended, cls_attn = vit_ops.attention_with_cls(blk.attn, blk.norm1(tokens))
         after = tokens + attended
         _, masks = evit.kept_token_masks(model, x)
     kept = masks[0]

@@ -4,6 +4,7 @@ the official code itself is not needed here)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -19,6 +20,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "official"
 TOLERANCE = 1e-4  # max |Δ logit|
 
 
+@functools.cache
 def _tool():
     spec = importlib.util.spec_from_file_location("official_fixtures", REPO / "tools" / "official_fixtures.py")
     module = importlib.util.module_from_spec(spec)

@@ -134,7 +134,7 @@ def official_evit(evit_module, model: torch.nn.Module, rate: float, locations) -
     if isinstance(model.patch_embed, models.ConvStem):
         kwargs["embed_layer"] = lambda **kw: copy.deepcopy(model.patch_embed)
     official = evit_module.EViT(**kwargs)
-    official.load_state_dict({k: v for k, v in model.state_dict().items()}, strict=True)
+    official.load_state_dict(model.state_dict(), strict=True)
     return official.eval()
 
 

@@ -97,20 +97,12 @@ def describe(model: nn.Module) -> dict[str, Any]:
             "tokens_per_block": tokens_per_block(model), "tokens_include_cls": True}
 
 
-def _attention_with_cls(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm Attention on x [B, T, C] and the class token's attention on the others, averaged over
-    heads [B, T - 1] (EViT eq. 2)."""
-    q, k, v, gate = vit_ops.attention_qkv(attn, x)
-    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    return vit_ops.attention_output(attn, weights, v, gate), weights[:, :, 0, 1:].mean(dim=1)
-
-
 def evit_features(model: nn.Module, images: torch.Tensor, record: bool = False):
     """The EViT forward: normed tokens after the last block. With `record`, also per location the
     original patch index of every token after it (-1: a fused token, which holds no one patch)."""
     cfg = config(model)
     x = vit_ops.embed(model, images)
-    B, C = x.shape[0], x.shape[-1]
+    B = x.shape[0]
     rates = dict(zip(cfg["locations"], cfg["keep_rate"]))
     origin = torch.arange(x.shape[1] - 1, device=x.device).expand(B, -1)
     kept = []
@@ -118,9 +110,8 @@ def evit_features(model: nn.Module, images: torch.Tensor, record: bool = False):
         if i not in rates:
             x = blk(x)
             continue
-        ls1, ls2 = getattr(blk, "ls1", vit_ops.identity), getattr(blk, "ls2", vit_ops.identity)
-        dp1, dp2 = getattr(blk, "drop_path1", vit_ops.identity), getattr(blk, "drop_path2", vit_ops.identity)
-        a, cls_attn = _attention_with_cls(blk.attn, blk.norm1(x))
+        ls1, ls2, dp1, dp2 = vit_ops.residual_scales(blk)
+        a, cls_attn = vit_ops.attention_with_cls(blk.attn, blk.norm1(x))
         x = x + dp1(ls1(a))
         candidates = x.shape[1] - 1
         k = math.ceil(rates[i] * candidates)

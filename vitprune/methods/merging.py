@@ -295,8 +295,7 @@ def merged_features(model: nn.Module, images: torch.Tensor, record: bool = False
         if size is None and r == 0:
             x = blk(x)
             continue
-        ls1, ls2 = getattr(blk, "ls1", vit_ops.identity), getattr(blk, "ls2", vit_ops.identity)
-        dp1, dp2 = getattr(blk, "drop_path1", vit_ops.identity), getattr(blk, "drop_path2", vit_ops.identity)
+        ls1, ls2, dp1, dp2 = vit_ops.residual_scales(blk)
         a, metric = _attention(blk.attn, blk.norm1(x), size)
         x = x + dp1(ls1(a))
         if r > 0:

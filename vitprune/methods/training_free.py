@@ -99,20 +99,9 @@ def describe(model: nn.Module) -> dict[str, Any]:
             "score_blocks": score_sources(model)}
 
 
-def _attention_with_cls(attn: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm Attention (non-fused path) on x [B, T, C], also returning CLS->patch attention
-    averaged over heads [B, T - prefix]. Geometry is read from the module (works on pruned heads)."""
-    q, k, v, gate = vit_ops.attention_qkv(attn, x)
-    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, H, T, T]
-    # EViT eq. 2: attentiveness of patch j = mean over heads of CLS's attention weight on j
-    cls_attn = weights[:, :, 0, prefix:].mean(dim=1)
-    return vit_ops.attention_output(attn, weights, v, gate), cls_attn
-
-
 def _block_with_cls(blk: nn.Module, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ls1, ls2 = getattr(blk, "ls1", vit_ops.identity), getattr(blk, "ls2", vit_ops.identity)
-    dp1, dp2 = getattr(blk, "drop_path1", vit_ops.identity), getattr(blk, "drop_path2", vit_ops.identity)
-    a, cls_attn = _attention_with_cls(blk.attn, blk.norm1(x), prefix)
+    ls1, ls2, dp1, dp2 = vit_ops.residual_scales(blk)
+    a, cls_attn = vit_ops.attention_with_cls(blk.attn, blk.norm1(x), prefix)
     x = x + dp1(ls1(a))
     return x + dp2(ls2(blk.mlp(blk.norm2(x)))), cls_attn
 

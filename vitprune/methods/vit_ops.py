@@ -140,6 +140,21 @@ def attention_output(attn: nn.Module, weights: torch.Tensor, v: torch.Tensor, ga
     return attn.proj_drop(attn.proj(out))
 
 
+
+def attention_with_cls(attn: nn.Module, x: torch.Tensor, prefix: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm Attention (non-fused path) on x [B, T, C], also returning the class token's attention
+    on the tokens after the `prefix` ones, averaged over heads [B, T - prefix] (EViT eq. 2: the
+    attentiveness of token j). Geometry is read from the module (works on pruned heads)."""
+    q, k, v, gate = attention_qkv(attn, x)
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, H, T, T]
+    return attention_output(attn, weights, v, gate), weights[:, :, 0, prefix:].mean(dim=1)
+
+
+def residual_scales(blk: nn.Module) -> tuple[Callable, Callable, Callable, Callable]:
+    """A timm Block's (ls1, ls2, drop_path1, drop_path2), identity where the block has none: what a
+    forward that splits the block between its attention and MLP branches applies to each."""
+    return tuple(getattr(blk, name, identity) for name in ("ls1", "ls2", "drop_path1", "drop_path2"))
+
 # ---------------------------------------------------------------- counts and patching
 
 
