@@ -39,7 +39,8 @@ reproduce: setup data-package
 	$(BIN)/python -m vitprune run --profile $(PROFILE)
 
 # the fine-tunes (notebooks 02-04) over SEEDS seeds from the one released baseline, with the runs
-# params/$(PROFILE)/study.yaml adds (every control, the study's linear rate); seed 0 of make reproduce's
+# params/$(PROFILE)/study.yaml adds (every control, the study's linear rate, EViT and ToMe fine-tuned at
+# DynamicViT rho 0.7's MACs); seed 0 of make reproduce's
 # runs is reused when up to date; Table 1 and figures go to figures/$(PROFILE)-$(SEEDS)seeds/
 study: setup data-package
 	$(BIN)/python -m vitprune run --profile $(PROFILE) --seeds $(SEEDS) --study

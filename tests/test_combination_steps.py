@@ -66,7 +66,8 @@ def test_second_stage_trains_on_what_the_first_stage_left(monkeypatch):
 
 
 def test_main_row_is_the_first_trained_one():
-    rows = [{"method": "training_free"}, {"method": "block_then_token"}, {"method": "token_then_block"}]
+    rows = [{"method": "merging", "history": None}, {"method": "block_then_token", "history": []},
+            {"method": "token_then_block", "history": []}]  # a comparator (evaluated as applied) first
     assert combination.main_row(rows) is rows[1]
     assert combination.main_row(rows[:1]) is rows[0]
     with pytest.raises(Exception, match="nothing was run"):

@@ -134,7 +134,7 @@ def test_a_plugin_reaches_table1_through_the_smoke_profile_alone(smoke_runs):
 
     table = pd.read_csv(smoke_runs / "05_analysis" / "figures" / "table1.csv")
     toy = table[table["method"] == "toy"]
-    assert list(toy["model"]) == ["toy: largest-norm tokens ρ=0.5"]
+    assert list(toy["model"]) == ["toy: largest-norm tokens ρ=0.5, no training"]
     assert (toy["n_seeds"] == 0).all()  # no training: the same at every seed
     runs = results.collect_runs(smoke_runs.parent, "smoke", seeds=[0])
     assert sum(r["metrics"].get("method") == "toy" for r in runs) == 1

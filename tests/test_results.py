@@ -286,9 +286,9 @@ def test_equal_mac_comparison_sets_each_row_against_both_sweeps(tmp_path):
 def test_an_untrained_row_of_one_seed_is_set_against_every_seed(tmp_path):
     """Notebook 04 evaluates the comparators at one seed only (nothing in them trains): the
     equal-MAC comparison still pairs that row with each seed's sweep, as when every seed held it."""
-    def row(method, label, macs, top1, seed):
+    def row(method, label, macs, top1, seed, **extra):
         return {"method": method, "label": label, "macs": macs, "flops": 2 * macs, "params": 1, "top1": top1,
-                "seed": seed}
+                "seed": seed, **extra}
 
     def comparison(free_seeds):
         root = tmp_path / "x".join(map(str, free_seeds))
@@ -298,7 +298,7 @@ def test_an_untrained_row_of_one_seed_is_set_against_every_seed(tmp_path):
                 _write_run(root / f"fmnist/03_block_pruning/target_mac_ratio_{ratio}__seed_{seed}",
                            row("block", f"block {ratio}", macs, top1, seed))
             t2b = row("token_then_block", "t->b", 15, 85.0, seed)
-            free = [row("training_free", "free", 15, 83.0, seed)] if seed in free_seeds else []
+            free = [row("training_free", "free", 15, 83.0, seed, history=None)] if seed in free_seeds else []
             _write_run(root / f"fmnist/04_combination/seed_{seed}", {**t2b, "rows": [t2b, *free]})
         return {r["label"]: r for r in comparisons.equal_mac_comparison(results.collect_runs(root, "fmnist"))}
 
@@ -322,7 +322,7 @@ def test_seeded_comparisons_pair_runs_by_seed_with_t_intervals(tmp_path):
             _write_run(tmp_path / f"fmnist/03_block_pruning/target_mac_ratio_{ratio}__seed_{seed}",
                        row("block", f"block {ratio}", macs, top1, seed))
         t2b = row("token_then_block", "t->b", 15, combo[seed], seed)
-        free = row("training_free", "free", 15, 83.0, seed)
+        free = row("training_free", "free", 15, 83.0, seed, history=None)  # evaluated as applied
         _write_run(tmp_path / f"fmnist/04_combination/seed_{seed}", {**t2b, "rows": [t2b, free]})
     runs = results.collect_runs(tmp_path, "fmnist")
     assert len(results.collect_runs(tmp_path, "fmnist", seeds=[0, 2])) == 1 + 2 * 4

@@ -14,7 +14,8 @@ weights and images are in tests/fixtures/official/evit.pt):
 - Fusion (paper eq. 3): the dropped tokens become one extra token, their sum weighted by their
   attentiveness (the raw weights, not renormalised, as the official code does), appended last.
 - `keep_rate` is one rate for every location (the official `*_shrink_base` models) or one per
-  location. Tokens per block count CLS and the fused token.
+  location; `rate_for_macs` finds the one rate whose MACs come closest to another row's, for a
+  contest at equal MACs. Tokens per block count CLS and the fused token.
 
 The official code trains with the keep rate lowered from 1 over its first epochs; a fine-tune here
 keeps the final rate throughout (the recipe's loss: cross-entropy plus logit distillation). The
@@ -24,6 +25,7 @@ chosen tokens in their original order, the fused token last. Nothing is added to
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from typing import Any, Sequence
@@ -32,6 +34,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
+from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, token_schedule, vit_ops
 from vitprune.methods.method import TOKEN, FineTune, Method, Training, restore_entry, state_entry
@@ -57,6 +60,43 @@ def apply(model: nn.Module, keep_rate: float | Sequence[float] = 0.7,
     pruning_state.set_evit(model, {"keep_rate": rates, "locations": list(locs), "fuse_token": bool(fuse_token)})
     model.__class__ = vit_ops.mixed_class(_EViTMixin, type(model), "EViT", sys.modules[__name__])
     return model
+
+
+RATE_STEP = 0.01  # the rates `rate_for_macs` tries: 0.01, 0.02, ..., 1
+
+
+def rate_for_macs(model: nn.Module, target_macs: float, locations: Sequence[int] = token_schedule.DEFAULT_LOCATIONS,
+                  fuse_token: bool = True) -> float:
+    """The keep rate (a multiple of RATE_STEP, one for every location) whose MACs per image
+    (`measure.count`, batch 1) come closest to `target_macs`. MACs grow with the rate, so a
+    bisection over the rates finds it in about 7 counts. `model` is left as it was."""
+    if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or target_macs <= 0:
+        raise UserError(f"target_macs must be a positive number of MACs per image, got {target_macs!r}")
+    steps, probe = round(1 / RATE_STEP), copy.deepcopy(model)
+    cache: dict[int, int] = {}
+
+    def macs(step: int) -> int:
+        if step not in cache:
+            cache[step] = int(measure.count(apply(probe, step * RATE_STEP, locations, fuse_token))["macs"])
+        return cache[step]
+
+    lo, hi = 1, steps  # the smallest rate whose MACs reach the target, then the closer of it and the one below
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if macs(mid) < target_macs else (lo, mid)
+    best = min((s for s in (lo - 1, lo) if s >= 1), key=lambda s: abs(macs(s) - target_macs))
+    return round(best * RATE_STEP, 6)
+
+
+def apply_options(model: nn.Module, keep_rate: float | Sequence[float] | None = None,
+                  locations: Sequence[int] = token_schedule.DEFAULT_LOCATIONS, fuse_token: bool = True,
+                  target_macs: float | None = None) -> nn.Module:
+    """`apply` at `keep_rate`, or at the rate whose MACs come closest to `target_macs` (`rate_for_macs`)."""
+    if (keep_rate is None) == (target_macs is None):
+        raise UserError("EViT takes a keep_rate or a target_macs, exactly one")
+    if keep_rate is None:
+        keep_rate = rate_for_macs(model, target_macs, locations, fuse_token)
+    return apply(model, keep_rate, locations, fuse_token)
 
 
 def config(model: nn.Module) -> dict[str, Any]:
@@ -156,15 +196,23 @@ def _fine_tune(model: nn.Module, epochs: int, fresh: bool) -> FineTune:
 
 
 def _from_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A notebook's EViT: its base rate at every location."""
-    return {"keep_rate": float(params["base_rate"]),
-            "locations": list(params.get("locations") or token_schedule.DEFAULT_LOCATIONS)}
+    """A notebook's EViT: its base rate at every location, or the rate at `target_macs` (notebook 02's
+    `match_macs_of`)."""
+    where = list(params.get("locations") or token_schedule.DEFAULT_LOCATIONS)
+    if params.get("target_macs") is not None:
+        return {"target_macs": params["target_macs"], "locations": where}
+    return {"keep_rate": float(params["base_rate"]), "locations": where}
+
+
+def _row_label(params: dict[str, Any]) -> str:
+    """"EViT ρ=0.7", or named by the row whose MACs it matches ("EViT at DynamicViT ρ=0.7's MACs")."""
+    matched = params.get("matched_label")
+    return f"EViT at {matched}'s MACs" if matched else f"EViT ρ={params['base_rate']:g}"
 
 
 METHOD = Method(
     name="evit", label="EViT", marker="P", kind=TOKEN,
-    apply=apply, state=state_entry("evit", pruning_state.evit), restore=restore_entry("evit", apply),
+    apply=apply_options, state=state_entry("evit", pruning_state.evit), restore=restore_entry("evit", apply),
     describe=describe, tokens_per_block=tokens_per_block, kept_token_masks=kept_token_masks,
-    from_params=_from_params, row_label=lambda params: f"EViT ρ={params['base_rate']:g}",
-    training=Training(settings=(), plug=_fine_tune))
+    from_params=_from_params, row_label=_row_label, training=Training(settings=(), plug=_fine_tune, plain=True))
 """EViT (Liang et al. 2022): CLS-attention top-k with the inattentive tokens fused into one."""

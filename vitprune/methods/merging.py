@@ -1,4 +1,4 @@
-"""Training-free token merging (ToMe), the comparator that merges tokens instead of dropping them.
+"""Token merging (ToMe): merge similar tokens instead of dropping them, with or without training.
 
 Method: Bolya, Fu, Dai, Zhang, Feichtenhofer, Hoffman, "Token Merging: Your ViT but Faster",
 ICLR 2023 (arXiv:2210.09461). Our own implementation, held to the official code's outputs:
@@ -33,8 +33,13 @@ Schedules: `apply(model, r)` with one int (the paper's constant r per block) or 
 block; `schedule_for_macs` finds the schedule whose MACs (`measure.count`, traced at batch 1
 with the merged shapes) come closest to a target, for comparisons at matched MACs.
 
-Nothing is trained and no parameter is added: the state dict is the baseline's. The model is
-patched in place by a class swap, as `dynamicvit` does. Tokens per block count CLS.
+No parameter is added: the state dict is the baseline's. The model is patched in place by a
+class swap, as `dynamicvit` does. Tokens per block count CLS. Used as the paper first does,
+nothing trained (notebook 04's comparator), or fine-tuned with the recipe's loss through the same
+merges (notebook 02, `method: merging`): the paper fine-tunes with ToMe in the forward pass, and the
+gradients flow through the size-weighted averages. Proportional attention stays on while
+training, as the official timm patch has it (its MAE patch turns it off for average-pooled
+models).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from torch import nn
 from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, vit_ops
-from vitprune.methods.method import TOKEN, Flag, Method, comma_list, restore_entry, state_entry
+from vitprune.methods.method import TOKEN, FineTune, Flag, Method, Training, comma_list, restore_entry, state_entry
 
 CONFIG_ATTR = pruning_state.MERGING_ATTR  # where apply() records its config (read via pruning_state)
 
@@ -335,18 +340,27 @@ def apply_options(model: nn.Module, r: int | Sequence[int] | None = None, mac_ra
 
 
 def _from_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A notebook's comparator row: the spread schedule at the MACs of the row it is matched to
-    (`target_macs`: notebook 04 gives the MACs of the rate's first comparator)."""
+    """A notebook's ToMe: the spread schedule at the MACs of the row it is matched to (`target_macs`:
+    notebook 04 gives the MACs of the rate's first comparator, notebook 02 those of `match_macs_of`)."""
+    if params.get("control"):
+        return {"r": 0}  # notebook 02's control: the same fine-tune, nothing merged
     if params.get("target_macs") is None:
-        raise UserError("ToMe merging has no keep rate: list it after a comparator that has one (e.g. "
-                        "training_free), whose MACs it then matches")
+        raise UserError("ToMe merging has no keep rate: match it to another method's MACs (notebook 02: "
+                        "match_macs_of: dynamicvit; notebook 04: list it after a comparator that has a rate, "
+                        "e.g. training_free)")
     return {"target_macs": params["target_macs"]}
 
 
 def _row_label(params: dict[str, Any]) -> str:
-    """Named by the row whose MACs it matches (`matched_label`, e.g. "CLS-attention top-k ρ=0.7"), else its rate."""
+    """Named by the row whose MACs it matches (`matched_label`, e.g. "DynamicViT ρ=0.7"), else its rate."""
     matched = params.get("matched_label") or f"ρ={params['base_rate']:g}"
-    return f"ToMe at {matched}'s MACs, no training"
+    return f"ToMe at {matched}'s MACs"
+
+
+def _fine_tune(model: nn.Module, epochs: int, fresh: bool) -> FineTune:
+    """No parameters and no loss of its own: the recipe's (cross-entropy and KL distillation from
+    the teacher's logits) through the merged forward."""
+    return FineTune(teacher="logits", summary=f"ToMe merges {merge_counts(model)} tokens in the blocks")
 
 
 def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
@@ -362,7 +376,7 @@ def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
 
 
 METHOD = Method(
-    name="merging", label="ToMe merging, training-free", marker="^", kind=TOKEN,
+    name="merging", label="ToMe merging", marker="^", kind=TOKEN,
     apply=apply_options, state=state_entry("merging", pruning_state.merging),
     restore=restore_entry("merging", apply), describe=describe, tokens_per_block=tokens_per_block,
     kept_token_masks=kept_token_masks, from_flags=_from_flags,
@@ -370,6 +384,6 @@ METHOD = Method(
                                       "(comma-separated)"}),
            Flag("--merge-mac-ratio", {"type": float, "help": "ToMe token merging with the schedule whose MACs come "
                                                              "closest to the unmerged model's / F"})),
-    from_params=_from_params,
-    row_label=_row_label)
+    from_params=_from_params, row_label=_row_label,
+    training=Training(settings=(), plug=_fine_tune, plain=True), training_free=True)
 """ToMe (Bolya et al. 2023): bipartite soft matching, size-weighted merges, proportional attention."""

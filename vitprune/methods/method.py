@@ -72,13 +72,22 @@ class Training:
       which has the method applied; `epochs` of the run, `fresh` True when the method's own
       parameters were just created (nothing learned yet) rather than continued from a checkpoint;
     - `init(model, **settings)`: what happens once after `apply` on a fresh model (e.g. DynamicViT's
-      keep prior, official weights), reading the settings it names in `init_settings`.
+      keep prior, official weights), reading the settings it names in `init_settings`;
+    - `plain`: its fine-tune is the recipe's alone (no loss, parameter groups or phases of its
+      own), so with nothing pruned it is the same plain fine-tune as every other plain method's:
+      they share one control run (`PLAIN_CONTROL`) instead of one each.
     """
 
     settings: tuple[str, ...]
     plug: Callable[..., FineTune]
     init: Callable[..., None] | None = None
     init_settings: tuple[str, ...] = ()
+    plain: bool = False
+
+
+PLAIN_CONTROL = "plain_control"
+"""The named point (sweep.yaml / study.yaml `points`) of the control the plain methods share, and
+the `shared_control` their metrics rows record."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,9 @@ class Method:
       keep schedule, `target_macs` for a method matched to another row's MACs), as `from_flags`
       for the command line;
     - `row_label(params)`: the Table 1 label of a row of this method at those parameters;
-    - `training`: how it fine-tunes (None: it is evaluated as applied).
+    - `training`: how it fine-tunes (None: it is only evaluated as applied);
+    - `training_free`: a method that trains is also a result evaluated as applied, nothing trained
+      (its paper does so: ToMe); see `result_without_training`.
     """
 
     name: str  # one name everywhere: Table 1's `method`, metrics, figures, --method
@@ -121,11 +132,33 @@ class Method:
     from_params: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     row_label: Callable[[Mapping[str, Any]], str] | None = None
     training: Training | None = None
+    training_free: bool = False
 
     @property
     def trains(self) -> bool:
-        """False: evaluated as applied (its rows are the same at every seed)."""
+        """Whether it can be fine-tuned (notebook 02's `method`); False: only evaluated as applied."""
         return self.training is not None
+
+    @property
+    def result_without_training(self) -> bool:
+        """Whether evaluating it as applied is a result of its own (it does not train, or it declares
+        `training_free`): notebook 04 lists such methods as comparators."""
+        return self.training is None or self.training_free
+
+    @property
+    def shared_control(self) -> str | None:
+        """The control run it shares with other methods (`PLAIN_CONTROL` for a plain fine-tune), else None."""
+        return PLAIN_CONTROL if self.training is not None and self.training.plain else None
+
+    @property
+    def control_point(self) -> str:
+        """The named point of its control run: the shared one, else its own (`control`)."""
+        return self.shared_control or "control"
+
+    @property
+    def control_label(self) -> str:
+        """The row label of its control run."""
+        return f"{'plain fine-tune' if self.shared_control else self.label} control (nothing pruned)"
 
     def options(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """`apply`'s keywords at a notebook's parameters (one UserError line if it takes none)."""

@@ -110,24 +110,26 @@ def token_methods() -> list[Method]:
     return [m for m in METHODS.values() if m.kind == TOKEN]
 
 
-def _fits(kind: str, trains: bool):
-    return lambda name: name in METHODS and METHODS[name].kind == kind and METHODS[name].trains == trains
+def _token_method(name: Any, trains: bool = False, training_free: bool = False) -> bool:
+    found = METHODS.get(name) if isinstance(name, str) else None
+    return found is not None and found.kind == TOKEN and (found.trains or not trains) and (
+        found.result_without_training or not training_free)
 
 
-# the notebooks' method parameters: 02 fine-tunes `method`, 04 evaluates each of `comparators` as applied
+# the notebooks' method parameters: 02 fine-tunes `method` (its MACs matched to `match_macs_of`'s),
+# 04 evaluates each of `comparators` as applied
 param_rules.declare({
-    "method": param_rules.Rule(_fits(TOKEN, True), "a registered token method that fine-tunes, like dynamicvit "
+    "method": param_rules.Rule(lambda name: _token_method(name, trains=True),
+                               "a registered token method that fine-tunes, like dynamicvit, evit or merging "
                                "(vitprune.list_methods(); a plugin's once `plugins` names it)"),
+    "match_macs_of": param_rules.Rule(lambda name: name == "" or _token_method(name),
+                                      "empty, or a registered token method whose MACs at base_rate this run "
+                                      "matches, like dynamicvit"),
     "comparators": param_rules.Rule(
-        lambda names: isinstance(names, (list, tuple)) and all(map(_fits(TOKEN, False), names)),
-        "a list of registered token methods that need no training, like training_free and merging "
+        lambda names: isinstance(names, (list, tuple)) and all(_token_method(n, training_free=True) for n in names),
+        "a list of registered token methods that are results without training, like training_free and merging "
         "(vitprune.list_methods(); a plugin's once `plugins` names it)"),
 })
-
-
-def untrained() -> tuple[str, ...]:
-    """Names of the methods evaluated as applied (their rows are the same at every seed)."""
-    return tuple(m.name for m in METHODS.values() if not m.trains)
 
 
 def applied(model: nn.Module) -> list[Method]:

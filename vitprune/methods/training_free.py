@@ -176,5 +176,5 @@ METHOD = Method(
                                     "CLS-attention pruning instead of DynamicViT (nothing trained)"}),
            *token_schedule.SCHEDULE_FLAGS),
     from_params=token_schedule.options_from_params,
-    row_label=lambda params: f"CLS-attention top-k ρ={params['base_rate']:g}, no training")
+    row_label=lambda params: f"CLS-attention top-k ρ={params['base_rate']:g}")
 """CLS-attention top-k without training: EViT's selection alone (Liang et al. 2022)."""

@@ -95,8 +95,9 @@ def comparator_rows(baseline: nn.Module, comparators: Sequence[str], rates: Sequ
     first: dict[float, dict[str, Any]] = {}  # the first comparator's row at each rate
     for name in comparators:
         method = registry.get(name)
-        if method.trains:
-            raise UserError(f"comparator {name!r} trains; notebook 02 fine-tunes it (method: {name})")
+        if not method.result_without_training:
+            raise UserError(f"comparator {name!r} is no result without training; notebook 02 fine-tunes it "
+                            f"(method: {name})")
         for rate in rates:
             reference = first.get(rate, {})
             at = {**params, "base_rate": rate, "target_macs": reference.get("macs"),
@@ -104,7 +105,7 @@ def comparator_rows(baseline: nn.Module, comparators: Sequence[str], rates: Sequ
             options = method.options(at)
             model = registry.apply(copy.deepcopy(baseline), name, **options)
             matched = {"matched_rate": rate, "matched_macs": reference["macs"]} if "target_macs" in options else {}
-            rows.append(finish(model, name, method.label_at(at), history=None, train_wall_time_s=0.0,
+            rows.append(finish(model, name, f"{method.label_at(at)}, no training", history=None, train_wall_time_s=0.0,
                                **method.describe(model), **matched))
             first.setdefault(rate, rows[-1])
             del model
@@ -115,4 +116,4 @@ def main_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The run's main row: the first combined order's (a trained model), else the first row."""
     if not rows:
         raise UserError("nothing was run: choose an order and/or give comparators")
-    return next((r for r in rows if r["method"] not in registry.untrained()), rows[0])
+    return next((r for r in rows if results.is_trained(r)), rows[0])

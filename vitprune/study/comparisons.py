@@ -10,7 +10,7 @@ from typing import Any
 
 from vitprune.methods import registry
 from vitprune.study import stats
-from vitprune.study.results import COMBINATIONS, fold_seeds, is_model_row, method_rank, seed_of
+from vitprune.study.results import COMBINATIONS, fold_seeds, is_model_row, is_trained, method_rank, seed_of
 from vitprune.study.table1 import REFERENCE_ROWS, STUDY, STUDY_BASELINE
 
 STUDY_METHOD = "dynamicvit"  # the token method whose drops the study reports (table1.STUDY)
@@ -22,8 +22,7 @@ def swept_methods(runs: list[dict[str, Any]]) -> list[str]:
     macs: dict[str, set] = {}
     for r in runs:
         m = r["metrics"]
-        if m.get("method") in registry.METHODS and registry.get(m["method"]).trains and is_model_row(m) \
-                and not is_control(m):
+        if m.get("method") in registry.METHODS and is_trained(m) and is_model_row(m) and not is_control(m):
             macs.setdefault(m["method"], set()).add(float(m["macs"]))
     return sorted((name for name, points in macs.items() if len(points) >= 2), key=method_rank)
 
@@ -31,6 +30,12 @@ def swept_methods(runs: list[dict[str, Any]]) -> list[str]:
 def is_control(m: dict[str, Any]) -> bool:
     """A control row: a fine-tune recipe run with nothing pruned (`control: true` in its metrics)."""
     return bool(m.get("control"))
+
+
+def control_key(m: dict[str, Any]) -> str | None:
+    """Which control a row is read against: the one its methods share (`shared_control`, the plain
+    fine-tune of EViT and ToMe), else its own method's."""
+    return m.get("shared_control") or m.get("method")
 
 
 def interpolate_top1(points: list[tuple[float, float]], macs: float) -> float | None:
@@ -106,6 +111,53 @@ def equal_mac_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda row: (method_rank(row["method"]), row["macs"]))
 
 
+def matched_contests(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row fine-tuned at another method's MACs (notebook 02's `match_macs_of`: EViT and ToMe at
+    DynamicViT ρ 0.7's) against that method's row, paired by seed: the reference's top-1 minus the
+    row's (positive: the reference, e.g. DynamicViT's learned predictor, does better at these MACs),
+    as mean, 95 % t interval and verdict (`stats.verdict`, from the reference's side)."""
+    points = [p for p in fold_seeds([r for r in runs if is_model_row(r["metrics"])]) if not is_control(p["metrics"])]
+    named = {(p["metrics"].get("method"), p["metrics"].get("label")): p for p in points}
+    out = []
+    for point in points:
+        m = point["metrics"]
+        reference = named.get((m.get("matched_method"), m.get("matched_label")))
+        if reference is None:
+            continue
+        theirs = {seed_of(r): float(r["metrics"]["top1"]) for r in reference["seed_runs"]}
+        diffs = [theirs[seed_of(r)] - float(r["metrics"]["top1"]) for r in point["seed_runs"] if seed_of(r) in theirs]
+        if not diffs:
+            continue
+        interval = stats.paired_interval(diffs)
+        ref = reference["metrics"]
+        out.append({"label": m["label"], "method": m["method"], "macs": float(m["macs"]), "top1": float(m["top1"]),
+                    "top1_std": m.get("top1_std"), "reference": ref["label"], "reference_macs": float(ref["macs"]),
+                    "reference_top1": float(ref["top1"]), "reference_top1_std": ref.get("top1_std"),
+                    **interval, "verdict": stats.verdict(interval)})
+    return sorted(out, key=lambda row: (method_rank(row["method"]), row["macs"]))
+
+
+def _contest_markdown(contests: list[dict[str, Any]]) -> list[str]:
+    """The matched rows (`matched_contests`) as Markdown lines."""
+    def top1(value, std):
+        return f"{value:.2f}" + (f" ± {std:.2f}" if std is not None else "") + " %"
+
+    lines = ["## At the same MACs, fine-tuned the same way", ""]
+    for c in contests:
+        if c["low"] is None:
+            said = f"{c['mean']:+.2f} points (one seed, no interval)"
+        else:
+            said = (f"{abs(c['mean']):.2f} points {VERDICT_WORDS[c['verdict']]} it" if c["verdict"] in VERDICT_WORDS
+                    else "not distinguishable from it") + f" ({stats.format_interval(c)}, {c['n']} seeds)"
+        lines.append(f"- {c['reference']} ({c['reference_macs'] / 1e6:.2f} M MACs, "
+                     f"{top1(c['reference_top1'], c['reference_top1_std'])}) against {c['label']} "
+                     f"({c['macs'] / 1e6:.2f} M MACs, {top1(c['top1'], c['top1_std'])}): {said}.")
+    return lines + ["", "Each row was fine-tuned with the reference's recipe (learning rates, warm-up, budget, seed, "
+                    "logit distillation from the baseline) without the reference's own loss terms, at the MACs "
+                    "closest to the reference's; the difference is the reference's top-1 minus the row's, seed by "
+                    "seed, as mean [95 % Student t interval].", ""]
+
+
 def study_drop(base_rate: float = 0.7) -> float | None:
     """The study's own small-scale DynamicViT drop: DyViT-Sub/<rate> minus its DeiT-B row (points)."""
     rows = {r["model"]: r for r in REFERENCE_ROWS if r["source"] == STUDY}
@@ -126,7 +178,7 @@ def baseline_drops(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     base_top1 = float(base[0]["top1"])
     points = fold_seeds([r for r in runs if is_model_row(r["metrics"])])
-    controls = {(r["metrics"].get("method"), seed_of(r)): float(r["metrics"]["top1"])
+    controls = {(control_key(r["metrics"]), seed_of(r)): float(r["metrics"]["top1"])
                 for point in points if is_control(point["metrics"]) for r in point["seed_runs"]}
     out = []
     for point in points:
@@ -136,7 +188,7 @@ def baseline_drops(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         interval = stats.paired_interval([float(r["metrics"]["top1"]) - base_top1 for r in point["seed_runs"]])
         row = {"label": m.get("label", ""), "method": m.get("method"), "run": point["run"], "macs": float(m["macs"]),
                "baseline_top1": base_top1, "is_control": is_control(m), "control": None, **interval}
-        paired = [(r, controls.get((m.get("method"), seed_of(r)))) for r in point["seed_runs"]]
+        paired = [(r, controls.get((control_key(m), seed_of(r)))) for r in point["seed_runs"]]
         if not is_control(m) and paired and all(c is not None for _, c in paired):
             row["control"] = stats.paired_interval([float(r["metrics"]["top1"]) - c for r, c in paired])
         rate = m.get("base_rate")
@@ -173,10 +225,12 @@ def _drops_markdown(drops: list[dict[str, Any]]) -> list[str]:
                     "Student's t over the fine-tune seeds.".format(drops[0]["baseline_top1"]), ""]
 
 
-def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] | None = None) -> str:
-    """The comparisons as Markdown: drops against the baseline (with the study's), then every row
-    against both sweeps at equal MACs, each a paired difference with its 95 % interval and a
-    verdict that says 'not distinguishable' when the interval holds 0."""
+def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] | None = None,
+                       contests: list[dict[str, Any]] | None = None) -> str:
+    """The comparisons as Markdown: drops against the baseline (with the study's), the rows matched
+    to another's MACs against it (`contests`), then every row against both sweeps at equal MACs, each
+    a paired difference with its 95 % interval and a verdict that says 'not distinguishable' when
+    the interval holds 0."""
     def pct(v):
         return "—" if v is None else f"{v:.2f}"
 
@@ -187,7 +241,7 @@ def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] |
         verdict = "" if v["low"] is None else f" {v['verdict']}"
         return f"{v['at_macs']:.2f}; {stats.format_interval(v)}{verdict}"
 
-    lines = _drops_markdown(drops) if drops else []
+    lines = (_drops_markdown(drops) if drops else []) + (_contest_markdown(contests) if contests else [])
     swept = [k[:-len("_top1_at_macs")] for k in (rows[0] if rows else {}) if k.endswith("_top1_at_macs")]
     lines += ["## At equal MACs", "",
               "| row | method | MACs (M) | top-1 % | seeds | "
@@ -230,12 +284,12 @@ def equal_mac_markdown(rows: list[dict[str, Any]], drops: list[dict[str, Any]] |
 
 
 def write_equal_macs(rows: list[dict[str, Any]], out_dir: str | os.PathLike,
-                     drops: list[dict[str, Any]] | None = None) -> Path:
+                     drops: list[dict[str, Any]] | None = None, contests: list[dict[str, Any]] | None = None) -> Path:
     """equal_macs.md in `out_dir` (atomic)."""
     path = Path(out_dir) / "equal_macs.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("# Seeded comparisons: against the baseline and at equal MACs\n\n" + equal_mac_markdown(rows, drops))
+    tmp.write_text("# Seeded comparisons: against the baseline and at equal MACs\n\n" + equal_mac_markdown(rows, drops, contests))
     os.replace(tmp, path)
     return path
 

@@ -106,10 +106,9 @@ def point_axes(profile: str, notebook: str) -> list[str]:
 def point_named(profile: str, notebook: str, values: dict[str, Any]) -> str | None:
     """The name of the profile's named point (sweep.yaml or study.yaml `points`) that `values` are
     at: every parameter the point sets has its value there (None: a point of the sweep)."""
-    for name, point in profile_points(profile, study=True).get(notebook, {}).items():
-        if all(values.get(k) == v for k, v in point.items()):
-            return name
-    return None
+    matches = [(len(point), name) for name, point in profile_points(profile, study=True).get(notebook, {}).items()
+               if all(values.get(k) == v for k, v in point.items())]
+    return max(matches)[1] if matches else None  # the most specific: {method: evit, control: true} over {control: true}
 
 
 def is_seeded(notebook: str) -> bool:

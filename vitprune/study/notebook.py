@@ -89,7 +89,8 @@ class Session:
         if metrics.get("control"):
             return text + ". This is the control: what the fine-tune alone does, with nothing pruned."
         try:
-            control = results.read_metrics(self.upstream(self.notebook, "control", seed=self.params["seed"]))
+            point = metrics.get("shared_control") or "control"  # the plain fine-tune EViT and ToMe share
+            control = results.read_metrics(self.upstream(self.notebook, point, seed=self.params["seed"]))
         except UserError:
             control = None
         if control and control.get("top1") is not None:

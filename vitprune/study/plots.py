@@ -32,9 +32,11 @@ from vitprune.study.plot_kit import (annotate_all, is_number, mac_scale, method_
 FORMATS = ("png", "pdf")
 
 
-def _trained_token_rows() -> list[str]:
-    """Row methods whose tokens were learned: trained token methods and the combinations."""
-    return [m.name for m in registry.token_methods() if m.trains] + list(results.COMBINATIONS)
+def _trained_token_row(r: dict) -> bool:
+    """A trained row of a token method or a combination (its tokens were learned or tuned for)."""
+    method = metric(r, "method")
+    return results.is_trained(r["metrics"]) and (
+        method in results.COMBINATIONS or method in {m.name for m in registry.token_methods()})
 
 
 # ---------------------------------------------------------------- figures
@@ -129,7 +131,7 @@ def tokens_per_block(runs: list[dict]) -> Figure | None:
     """Tokens entering each block (CLS included) for each schedule of a trained token method: one
     line per distinct schedule (seeds and controls keep the same counts, so they are drawn once)."""
     rows = [r for r in runs if isinstance(metric(r, "tokens_per_block"), list) and metric(r, "tokens_per_block")
-            and metric(r, "method") in _trained_token_rows() and not metric(r, "control")]
+            and _trained_token_row(r) and not metric(r, "control")]
     distinct = {(metric(r, "method"), tuple(metric(r, "tokens_per_block"))): r for r in rows}
     if not distinct:
         return None

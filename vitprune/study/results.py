@@ -194,11 +194,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 
-def _untrained() -> tuple[str, ...]:
-    from vitprune.methods import registry  # local: the run processes import results without torch
-    return registry.untrained()
-
-
 def seed_of(run: dict[str, Any]) -> int | None:
     """The fine-tune seed of a SEEDED notebook's run (None for the baseline and the data)."""
     seed = run["metrics"].get("seed")
@@ -226,6 +221,12 @@ def _budget_total(m: dict[str, Any]) -> dict[str, Any] | None:
             "wall_s": sum(wall) if all(w is not None for w in wall) else None, "stages": len(stages)}
 
 
+def is_trained(m: dict[str, Any]) -> bool:
+    """Whether a row's model was trained: False for a method evaluated as applied (notebook 04's
+    comparators record `history: None`), which is the same at every seed."""
+    return bool(m.get("trained", m.get("history", ()) is not None))
+
+
 def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per configuration: its seeds' runs folded into one run-like dict whose metrics
     are the first seed's with `top1`, `top5`, `speedup` replaced by their means over the seeds,
@@ -240,7 +241,7 @@ def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for point, members in groups.items():
         members = sorted(members, key=lambda r: (seed_of(r) is None, seed_of(r) or 0))
         first = members[0]["metrics"]
-        trained = first.get("method") not in _untrained()  # evaluated as applied: the same at every seed
+        trained = is_trained(first)  # else evaluated as applied: the same at every seed
         folded = dict(first)
         for key in ("top1", "top5", "speedup"):
             values = [r["metrics"][key] for r in members if isinstance(r["metrics"].get(key), (int, float))]

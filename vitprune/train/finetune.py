@@ -6,11 +6,12 @@ the registry is fine-tuned the way the study fine-tunes its own.
 
 `params` is a notebook's parameters (its `globals()`) or any mapping: each method reads only the
 settings it names (`Training.settings`), and keyword overrides replace single values (notebook 04
-gives the block widths it computed).
+gives the block widths it computed; `match_macs` the MACs of another method's row).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 from torch.utils.data import Dataset
 
+from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import registry
 from vitprune.methods.method import FineTune, Method
@@ -80,10 +82,26 @@ def prepare(model: nn.Module, method: str, params: Mapping[str, Any], **override
     weights); returns the model."""
     values = {**params, **overrides}
     found = registry.get(method)
-    model = registry.apply(model, method, **found.options(values))
+    options = found.options(values)
+    if values.get("target_macs") is not None and "target_macs" not in options:
+        raise UserError(f"method {method!r} cannot be matched to another method's MACs (match_macs_of): "
+                        "its base_rate sets its MACs")
+    model = registry.apply(model, method, **options)
     if found.training is not None and found.training.init is not None:
         found.training.init(model, **_picked(values, found.training.init_settings))
     return model
+
+
+def match_macs(baseline: nn.Module, of: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run matched to another method's MACs gives `prepare` (and its row records): the MACs
+    per image of method `of` applied to a copy of `baseline` at `params` (`target_macs`), that
+    row's label (`matched_label`, e.g. "DynamicViT ρ=0.7") and `matched_method`; {} when `of` is
+    empty. EViT and ToMe take it, so a contest with DynamicViT is at equal MACs by construction."""
+    if not of:
+        return {}
+    reference = prepare(copy.deepcopy(baseline), of, params)
+    return {"target_macs": int(measure.count(reference)["macs"]), "matched_label": registry.get(of).label_at(params),
+            "matched_method": of}
 
 
 def _one(plugged: dict[str, FineTune], what: str) -> Any:
