@@ -36,10 +36,14 @@ def test_evit_and_tome_take_dynamicvits_macs_and_fine_tune_with_the_recipe_alone
         data = torch.utils.data.TensorDataset(torch.randn(16, 3, 28, 28), torch.randint(0, 10, (16,)))
         before = {k: v.clone() for k, v in model.state_dict().items()}
         tuned = finetune.finetune(model, name, data, recipe.TrainConfig(epochs=1, batch_size=8, lr=1e-3,
-                                                                       progress=False), teacher=base)
+                                                                       progress=False),
+                                  params={"backbone_lr_scale": 0.2}, teacher=base)
         plugged = tuned.plugged[name]
-        assert (plugged.loss_fn, plugged.param_groups, plugged.on_step) == (None, None, None)
-        assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert (plugged.loss_fn, plugged.on_step) == (None, None)  # the recipe's loss, no phases
+        [group] = plugged.param_groups  # notebook 02's recipe: the backbone at lr x backbone_lr_scale
+        assert group["lr_scale"] == 0.2 and len(group["params"]) == len(list(model.parameters())) - 2
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+        assert changed and not changed & {"cls_token", "pos_embed"}  # fixed, as DynamicViT's recipe keeps them
     assert registry.get("dynamicvit").shared_control is None
     assert registry.get("merging").result_without_training and not registry.get("evit").result_without_training
     with pytest.raises(UserError, match="'dynamicvit' cannot be matched to another method's MACs"):
@@ -88,3 +92,10 @@ def test_matched_rows_are_read_against_their_reference_and_their_shared_control(
     assert "DynamicViT ρ=0.7 (17.50 M MACs, 91.00 ± 0.50 %) against EViT at DynamicViT ρ=0.7's MACs " \
            "(17.40 M MACs, 89.83 ± 0.29 %): 1.17 points above it" in text
     assert "against ToMe at DynamicViT ρ=0.7's MACs (17.60 M MACs, 90.67 ± 0.76 %): not distinguishable" in text
+
+
+def test_a_row_is_trained_by_its_own_record_not_by_its_method():
+    assert results.is_trained({"method": "merging", "history": []})  # ToMe fine-tuned by notebook 02
+    assert not results.is_trained({"method": "merging", "history": None})  # notebook 04's comparator
+    # the released baseline evaluated by notebook 01 (`trained`: that run did not train it) was trained
+    assert results.is_trained({"method": "baseline", "trained": False, "history": []})

@@ -5,7 +5,7 @@
   released checkpoints' layout (`dynamicvit_io`); `token_schedule`: keep ratios and counts;
 - `training_free`: CLS-attention top-k token pruning (EViT's selection alone), nothing trained;
 - `evit`: EViT, the attentive tokens kept and the rest fused into one, fine-tuned;
-- `merging`: ToMe's token merging, as its official code computes it;
+- `merging`: ToMe's token merging, as its official code computes it, as applied or fine-tuned;
 - `block_pruning`: heads and MLP channels, with their gates (`block_masks`), importance scores
   (`block_importance`) and physical removal (`block_removal`);
 - shared: `vit_ops` (block-level forward pieces), `selection` (token rankings both runtimes

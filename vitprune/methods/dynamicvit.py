@@ -48,6 +48,7 @@ from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection
 from vitprune.methods.dynamicvit_loss import TrainAux, make_loss_fn
 from vitprune.methods.method import TOKEN, FineTune, Method, Training, restore_entry, state_entry
+from vitprune.methods.method import backbone_parameters as method_backbone
 from vitprune.methods.token_schedule import (DEFAULT_LOCATIONS, SCHEDULE_FLAGS, keep_counts, options_from_flags,
                                              options_from_params,
                                              recorded_keep_counts, schedule_config, schedule_ratios)
@@ -380,15 +381,7 @@ def predictor_parameters(model: nn.Module) -> list[nn.Parameter]:
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Trainable backbone parameters; cls_token and pos_embed stay frozen as in the official
     get_param_groups (main_dynamic_vit.py)."""
-    bare = unwrap(model)
-    out = []
-    for name, p in bare.named_parameters():
-        if name.startswith(PREDICTOR_ATTR + ".") or not p.requires_grad:
-            continue
-        if name in ("cls_token", "pos_embed", "reg_token", "dist_token"):
-            continue
-        out.append(p)
-    return out
+    return method_backbone(model, skip_prefix=PREDICTOR_ATTR + ".")
 
 
 def param_groups(model: nn.Module, backbone_lr_scale: float = 0.01) -> list[dict]:

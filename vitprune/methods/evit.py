@@ -18,7 +18,8 @@ weights and images are in tests/fixtures/official/evit.pt):
   contest at equal MACs. Tokens per block count CLS and the fused token.
 
 The official code trains with the keep rate lowered from 1 over its first epochs; a fine-tune here
-keeps the final rate throughout (the recipe's loss: cross-entropy plus logit distillation). The
+keeps the final rate throughout (notebook 02's recipe without DynamicViT's own parts: cross-entropy
+plus logit distillation, the model at `lr * backbone_lr_scale`, cls_token and pos_embed fixed). The
 selection ranks attention weights by their float values (`selection.EXACT_STEP`) and keeps the
 chosen tokens in their original order, the fused token last. Nothing is added to the state dict.
 """
@@ -37,7 +38,7 @@ from timm.models.vision_transformer import VisionTransformer
 from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, token_schedule, vit_ops
-from vitprune.methods.method import TOKEN, FineTune, Method, Training, restore_entry, state_entry
+from vitprune.methods.method import TOKEN, FineTune, Method, Training, plain_fine_tune, restore_entry, state_entry
 
 
 def apply(model: nn.Module, keep_rate: float | Sequence[float] = 0.7,
@@ -187,12 +188,11 @@ class _EViTMixin:
         return evit_features(self, x)
 
 
-def _fine_tune(model: nn.Module, epochs: int, fresh: bool) -> FineTune:
-    """No parameters of its own and no loss of its own: the recipe's (cross-entropy and KL
-    distillation from the teacher's logits) at the run's keep rate throughout."""
+def _fine_tune(model: nn.Module, epochs: int, fresh: bool, backbone_lr_scale: float = 1.0) -> FineTune:
+    """No parameters and no loss of its own: the recipe's plain fine-tune at the run's keep rate throughout."""
     cfg = config(model)
-    return FineTune(teacher="logits", summary=f"EViT keeps {cfg['keep_rate']} of the tokens at blocks "
-                                              f"{cfg['locations']}{', fusing the rest' if cfg['fuse_token'] else ''}")
+    return plain_fine_tune(model, backbone_lr_scale, f"EViT keeps {cfg['keep_rate']} of the tokens at blocks "
+                                                     f"{cfg['locations']}{', fusing the rest' if cfg['fuse_token'] else ''}")
 
 
 def _from_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -214,5 +214,5 @@ METHOD = Method(
     name="evit", label="EViT", marker="P", kind=TOKEN,
     apply=apply_options, state=state_entry("evit", pruning_state.evit), restore=restore_entry("evit", apply),
     describe=describe, tokens_per_block=tokens_per_block, kept_token_masks=kept_token_masks,
-    from_params=_from_params, row_label=_row_label, training=Training(settings=(), plug=_fine_tune, plain=True))
+    from_params=_from_params, row_label=_row_label, training=Training(settings=("backbone_lr_scale",), plug=_fine_tune, plain=True))
 """EViT (Liang et al. 2022): CLS-attention top-k with the inattentive tokens fused into one."""

@@ -36,8 +36,8 @@ with the merged shapes) come closest to a target, for comparisons at matched MAC
 No parameter is added: the state dict is the baseline's. The model is patched in place by a
 class swap, as `dynamicvit` does. Tokens per block count CLS. Used as the paper first does,
 nothing trained (notebook 04's comparator), or fine-tuned with the recipe's loss through the same
-merges (notebook 02, `method: merging`): the paper fine-tunes with ToMe in the forward pass, and the
-gradients flow through the size-weighted averages. Proportional attention stays on while
+merges (notebook 02, `method: merging`, its plain recipe: `method.plain_fine_tune`): the paper
+fine-tunes with ToMe in the forward pass, and the gradients flow through the size-weighted averages. Proportional attention stays on while
 training, as the official timm patch has it (its MAE patch turns it off for average-pooled
 models).
 """
@@ -56,7 +56,8 @@ from torch import nn
 from vitprune import measure
 from vitprune.errors import UserError
 from vitprune.methods import pruning_state, selection, vit_ops
-from vitprune.methods.method import TOKEN, FineTune, Flag, Method, Training, comma_list, restore_entry, state_entry
+from vitprune.methods.method import (TOKEN, FineTune, Flag, Method, Training, comma_list, plain_fine_tune,
+                                     restore_entry, state_entry)
 
 CONFIG_ATTR = pruning_state.MERGING_ATTR  # where apply() records its config (read via pruning_state)
 
@@ -357,10 +358,9 @@ def _row_label(params: dict[str, Any]) -> str:
     return f"ToMe at {matched}'s MACs"
 
 
-def _fine_tune(model: nn.Module, epochs: int, fresh: bool) -> FineTune:
-    """No parameters and no loss of its own: the recipe's (cross-entropy and KL distillation from
-    the teacher's logits) through the merged forward."""
-    return FineTune(teacher="logits", summary=f"ToMe merges {merge_counts(model)} tokens in the blocks")
+def _fine_tune(model: nn.Module, epochs: int, fresh: bool, backbone_lr_scale: float = 1.0) -> FineTune:
+    """No parameters and no loss of its own: the recipe's plain fine-tune through the merged forward."""
+    return plain_fine_tune(model, backbone_lr_scale, f"ToMe merges {merge_counts(model)} tokens in the blocks")
 
 
 def _from_flags(values: dict[str, Any]) -> dict[str, Any] | None:
@@ -385,5 +385,5 @@ METHOD = Method(
            Flag("--merge-mac-ratio", {"type": float, "help": "ToMe token merging with the schedule whose MACs come "
                                                              "closest to the unmerged model's / F"})),
     from_params=_from_params, row_label=_row_label,
-    training=Training(settings=(), plug=_fine_tune, plain=True), training_free=True)
+    training=Training(settings=("backbone_lr_scale",), plug=_fine_tune, plain=True), training_free=True)
 """ToMe (Bolya et al. 2023): bipartite soft matching, size-weighted merges, proportional attention."""

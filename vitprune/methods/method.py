@@ -18,6 +18,7 @@ from torch import nn
 
 from vitprune.errors import UserError
 from vitprune.param_rules import Rule
+from vitprune.torchutil import unwrap
 
 TOKEN, WIDTH = "token", "width"  # a token method changes which tokens blocks see; a width method removes units
 
@@ -83,6 +84,28 @@ class Training:
     init: Callable[..., None] | None = None
     init_settings: tuple[str, ...] = ()
     plain: bool = False
+
+
+FIXED_TOKENS = ("cls_token", "pos_embed", "reg_token", "dist_token")
+"""Parameters the study's fine-tunes keep fixed (DynamicViT's official `get_param_groups`)."""
+
+
+def backbone_parameters(model: nn.Module, skip_prefix: str | None = None) -> list[nn.Parameter]:
+    """The trainable parameters a fine-tune updates at `lr * backbone_lr_scale`: all but
+    FIXED_TOKENS and, with `skip_prefix`, a method's own modules (DynamicViT's predictors)."""
+    return [p for name, p in unwrap(model).named_parameters()
+            if p.requires_grad and name not in FIXED_TOKENS and not (skip_prefix and name.startswith(skip_prefix))]
+
+
+def plain_fine_tune(model: nn.Module, backbone_lr_scale: float, summary: str) -> FineTune:
+    """A `Training.plain` method's fine-tune: the recipe's loss (cross-entropy and KL distillation
+    from the teacher's logits), the model at `lr * backbone_lr_scale` as DynamicViT's backbone
+    trains, cls_token and pos_embed fixed: notebook 02's recipe without DynamicViT's own parts."""
+    if backbone_lr_scale <= 0:
+        raise UserError(f"backbone_lr_scale must be > 0 for a fine-tune with nothing else to train, "
+                        f"got {backbone_lr_scale}")
+    return FineTune(teacher="logits", summary=summary,
+                    param_groups=[{"params": backbone_parameters(model), "lr_scale": float(backbone_lr_scale)}])
 
 
 PLAIN_CONTROL = "plain_control"

@@ -223,8 +223,9 @@ def _budget_total(m: dict[str, Any]) -> dict[str, Any] | None:
 
 def is_trained(m: dict[str, Any]) -> bool:
     """Whether a row's model was trained: False for a method evaluated as applied (notebook 04's
-    comparators record `history: None`), which is the same at every seed."""
-    return bool(m.get("trained", m.get("history", ()) is not None))
+    comparators record `history: None`), which is the same at every seed. (Notebook 01's own
+    `trained` says whether that run trained the baseline, not whether the baseline was trained.)"""
+    return m.get("history", ()) is not None
 
 
 def fold_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
