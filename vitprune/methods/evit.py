@@ -214,5 +214,6 @@ METHOD = Method(
     name="evit", label="EViT", marker="P", kind=TOKEN,
     apply=apply_options, state=state_entry("evit", pruning_state.evit), restore=restore_entry("evit", apply),
     describe=describe, tokens_per_block=tokens_per_block, kept_token_masks=kept_token_masks,
-    from_params=_from_params, row_label=_row_label, training=Training(settings=("backbone_lr_scale",), plug=_fine_tune, plain=True))
+    from_params=_from_params, row_label=_row_label,
+    training=Training(settings=("backbone_lr_scale",), plug=_fine_tune, plain=True))
 """EViT (Liang et al. 2022): CLS-attention top-k with the inattentive tokens fused into one."""

@@ -35,11 +35,11 @@ with the merged shapes) come closest to a target, for comparisons at matched MAC
 
 No parameter is added: the state dict is the baseline's. The model is patched in place by a
 class swap, as `dynamicvit` does. Tokens per block count CLS. Used as the paper first does,
-nothing trained (notebook 04's comparator), or fine-tuned with the recipe's loss through the same
-merges (notebook 02, `method: merging`, its plain recipe: `method.plain_fine_tune`): the paper
-fine-tunes with ToMe in the forward pass, and the gradients flow through the size-weighted averages. Proportional attention stays on while
-training, as the official timm patch has it (its MAE patch turns it off for average-pooled
-models).
+nothing trained (notebook 04's comparator), or fine-tuned through the same merges (notebook 02,
+`method: merging`, with the plain recipe of `method.plain_fine_tune`), as the paper also trains
+with ToMe in the forward pass: the gradients flow through the size-weighted averages.
+Proportional attention stays on while training, as the official timm patch has it (its MAE
+patch turns it off for average-pooled models).
 """
 
 from __future__ import annotations

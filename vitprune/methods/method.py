@@ -170,13 +170,9 @@ class Method:
 
     @property
     def shared_control(self) -> str | None:
-        """The control run it shares with other methods (`PLAIN_CONTROL` for a plain fine-tune), else None."""
+        """The named point of the control run it shares with other methods (`PLAIN_CONTROL` for a
+        plain fine-tune), else None: its own, `control`."""
         return PLAIN_CONTROL if self.training is not None and self.training.plain else None
-
-    @property
-    def control_point(self) -> str:
-        """The named point of its control run: the shared one, else its own (`control`)."""
-        return self.shared_control or "control"
 
     @property
     def control_label(self) -> str:

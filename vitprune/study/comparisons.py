@@ -289,7 +289,8 @@ def write_equal_macs(rows: list[dict[str, Any]], out_dir: str | os.PathLike,
     path = Path(out_dir) / "equal_macs.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("# Seeded comparisons: against the baseline and at equal MACs\n\n" + equal_mac_markdown(rows, drops, contests))
+    tmp.write_text("# Seeded comparisons: against the baseline and at equal MACs\n\n"
+                   + equal_mac_markdown(rows, drops, contests))
     os.replace(tmp, path)
     return path
 
