@@ -57,7 +57,8 @@ def test_imagenet_profile_end_to_end(profile_run):
     # the study's four base rates; --study adds a control of every fine-tune recipe (off by default)
     assert [s["run"] for s in summaries] == [
         "00_data_cache", "01_deit_baseline", *[f"02_token_pruning/base_rate_{r}__seed_0" for r in (0.7, 0.6, 0.5, 0.4)],
-        "02_token_pruning/control__seed_0", "03_block_pruning/seed_0", "03_block_pruning/control__seed_0",
+        *[f"02_token_pruning/{point}__seed_0" for point in ("control", "evit", "tome", "plain_control")],
+        "03_block_pruning/seed_0", "03_block_pruning/control__seed_0",
         "04_combination/seed_0", "04_combination/control__seed_0", "05_analysis"]
     base = runs / "imagenet"
     cache = results.read_metrics(base / "00_data_cache")
@@ -70,6 +71,10 @@ def test_imagenet_profile_end_to_end(profile_run):
     assert token["base_rate"] == 0.7 and token["recipe"]["mixup_alpha"] == 0.8
     control = results.read_metrics(base / "02_token_pruning/control__seed_0")
     assert control["control"] and control["keep_counts"] == [control["tokens_per_block"][0] - 1] * 3
+    for point in ("evit", "tome"):  # the contest: DeiT-B's recipe at DynamicViT rho 0.7's MACs
+        matched = results.read_metrics(base / f"02_token_pruning/{point}__seed_0")
+        assert matched["matched_label"] == "DynamicViT ρ=0.7" and matched["shared_control"] == "plain_control"
+        assert matched["macs"] == pytest.approx(token["macs"], rel=0.05)
     combo = results.read_metrics(base / "04_combination/seed_0")
     t2b = next(r for r in combo["rows"] if r["method"] == "token_then_block")
     assert t2b["source_run"] == str(base / TOKEN_RUN / "model.pt")  # no hand-off in this profile
